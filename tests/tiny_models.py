@@ -1,0 +1,109 @@
+"""Tiny random checkpoints built locally (no Hub access): a Whisper, a base Llama and a chat Qwen2."""
+
+import os
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+    WhisperModel,
+)
+
+CORPUS = [
+    "the quick brown fox jumps over the lazy dog",
+    "please transcribe the following audio into text",
+    "continue the following text in a coherent and engaging style with less than 40 words.",
+    "translate the following audio into german text",
+    "a cat sat on the mat and looked at the bird in the tree",
+    "###[Human]: ###[Assistant]: system user assistant you are a helpful assistant",
+]
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tokenizer(chat: bool) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on a few sentences; ChatML special tokens when `chat`."""
+    special = ["<unk>", "<s>", "</s>", "<pad>"] + (["<|im_start|>", "<|im_end|>"] if chat else [])
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tokenizer.train_from_iterator(CORPUS * 20, trainer=trainer)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token="<unk>",
+        bos_token=None if chat else "<s>",
+        eos_token="<|im_end|>" if chat else "</s>",
+        pad_token="<pad>",
+    )
+    if chat:
+        wrapped.chat_template = CHATML_TEMPLATE
+    return wrapped
+
+
+def tiny_whisper_config(**overrides) -> WhisperConfig:
+    settings = dict(
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        num_mel_bins=80,
+        vocab_size=100,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=3,
+        max_target_positions=32,
+        dropout=0.0,
+    )
+    return WhisperConfig(**{**settings, **overrides})
+
+
+def save_tiny_whisper(directory: str) -> str:
+    WhisperModel(tiny_whisper_config()).save_pretrained(directory)
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(directory)
+    return directory
+
+
+def save_tiny_llm(directory: str, chat: bool) -> str:
+    """A tiny base Llama (no chat template) or a tiny chat Qwen2 (ChatML template), with its tokenizer."""
+    tokenizer = build_tokenizer(chat)
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    if chat:
+        model = Qwen2ForCausalLM(Qwen2Config(**common, tie_word_embeddings=True))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**common, bos_token_id=tokenizer.bos_token_id))
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def build_tiny_checkpoints(root: str) -> dict[str, str]:
+    """Whisper, base Llama and chat Qwen2 checkpoints under `root`; returns their directories."""
+    paths = {name: os.path.join(root, name) for name in ("whisper", "llama", "qwen2")}
+    save_tiny_whisper(paths["whisper"])
+    save_tiny_llm(paths["llama"], chat=False)
+    save_tiny_llm(paths["qwen2"], chat=True)
+    return paths
