@@ -172,9 +172,14 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
             text_pretrained_model_name_or_path, dtype=dtype, **(text_kwargs or {})
         )
         tokenizer = AutoTokenizer.from_pretrained(text_pretrained_model_name_or_path)
+        attn_implementation = {
+            "speech_config": speech_encoder.config._attn_implementation,
+            "text_config": language_model.config._attn_implementation,
+        }
         config = BlspConfig(speech_config=speech_encoder.config, text_config=language_model.config, **config_kwargs)
         config.speech_token_id = add_speech_token(tokenizer, config.speech_token)
         model = cls(config, speech_encoder=speech_encoder, language_model=language_model)
+        model.set_attn_implementation(attn_implementation)
         model.generation_config = language_model.generation_config
         model.speech_encoder.requires_grad_(not freeze_speech_encoder)
         model.language_model.requires_grad_(not freeze_language_model)

@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny random checkpoints, saved BLSP models, real speech clips. Nothing touches the network."""
+
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.dirname(os.path.abspath(__file__))]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from speech import build_speech_corpus, speech_tools_available  # noqa: E402
+from tiny_models import build_tiny_checkpoints  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory) -> dict[str, str]:
+    """Directories of a tiny Whisper, a tiny base Llama (no chat template) and a tiny chat Qwen2."""
+    torch.manual_seed(0)
+    return build_tiny_checkpoints(str(tmp_path_factory.mktemp("tiny")))
+
+
+@pytest.fixture(scope="session")
+def saved_blsp(tiny_checkpoints, tmp_path_factory) -> dict[str, str]:
+    """BLSP checkpoints (model + processor) saved with save_pretrained, keyed by LLM: "llama" and "qwen2"."""
+    from modeling_blsp import BlspForConditionalGeneration
+    from processing_blsp import BlspProcessor
+
+    saved = {}
+    for llm in ("llama", "qwen2"):
+        torch.manual_seed(0)
+        model = BlspForConditionalGeneration.from_speech_text_pretrained(
+            tiny_checkpoints["whisper"], tiny_checkpoints[llm]
+        )
+        processor = BlspProcessor.from_speech_text_pretrained(
+            tiny_checkpoints["whisper"], tiny_checkpoints[llm], config=model.config
+        )
+        directory = str(tmp_path_factory.mktemp(f"blsp_{llm}"))
+        model.save_pretrained(directory)
+        processor.save_pretrained(directory)
+        saved[llm] = directory
+    return saved
+
+
+@pytest.fixture(scope="session")
+def speech_corpus(tmp_path_factory) -> tuple[str, list[dict]]:
+    """A directory of real speech FLAC clips (espeak-ng) and their rows: file_name, text."""
+    if not speech_tools_available():
+        pytest.skip("espeak-ng and sox are needed (.ci/run installs them)")
+    directory = str(tmp_path_factory.mktemp("speech"))
+    return directory, build_speech_corpus(directory)

@@ -1,0 +1,142 @@
+"""BlspForConditionalGeneration: padding invariance, long audio, freezing, LoRA, count checks."""
+
+import numpy as np
+import peft
+import pytest
+import torch
+from transformers import pipeline
+
+from modeling_blsp import BlspForConditionalGeneration
+from processing_blsp import BlspProcessor
+
+RATE = 16000
+DURATIONS = [2.0, 7.5, 16.0, 31.0, 40.0]
+
+
+@pytest.fixture(scope="module")
+def clips() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [(0.1 * rng.standard_normal(int(seconds * RATE))).astype(np.float32) for seconds in DURATIONS]
+
+
+@pytest.fixture(scope="module")
+def qwen2(saved_blsp):
+    model = BlspForConditionalGeneration.from_pretrained(saved_blsp["qwen2"]).eval()
+    return model, BlspProcessor.from_pretrained(saved_blsp["qwen2"])
+
+
+def valid_logits(model, inputs, row: int) -> torch.Tensor:
+    """Logits of one row at its real (non-padding) positions."""
+    with torch.no_grad():
+        logits = model(**inputs).logits[row]
+    return logits[inputs["attention_mask"][row].bool()]
+
+
+def test_each_clip_in_a_mixed_batch_equals_the_clip_alone(qwen2, clips):
+    model, processor = qwen2
+    prompts = [processor.render_prompt("Transcribe.")] * len(clips)
+    batch = processor(text=prompts, audio=clips)
+    for row, clip in enumerate(clips):
+        alone = processor(text=prompts[row], audio=clip)
+        torch.testing.assert_close(valid_logits(model, batch, row), valid_logits(model, alone, 0), atol=1e-4, rtol=0)
+
+
+def test_generate_is_padding_invariant(qwen2, clips):
+    model, processor = qwen2
+    prompts = [processor.render_prompt("Transcribe.")] * len(clips)
+    batch = processor(text=prompts, audio=clips)
+    batched = model.generate(**batch, do_sample=False, max_new_tokens=6)[:, batch["input_ids"].shape[1] :]
+    for row, clip in enumerate(clips):
+        alone_inputs = processor(text=prompts[row], audio=clip)
+        alone = model.generate(**alone_inputs, do_sample=False, max_new_tokens=6)[0, alone_inputs["input_ids"].shape[1] :]
+        assert batched[row].tolist() == alone.tolist()
+
+
+def test_pipeline_batch_equals_single_inputs(saved_blsp, clips):
+    speech_llm = pipeline(model=saved_blsp["llama"], trust_remote_code=True)
+    inputs = [{"raw": clip, "sampling_rate": RATE} for clip in clips]
+    batched = speech_llm(inputs, instruction="Transcribe.", batch_size=len(clips), max_new_tokens=6)
+    singles = [speech_llm(item, instruction="Transcribe.", max_new_tokens=6) for item in inputs]
+    assert batched == singles
+    assert all(set(result) == {"generated_text"} for result in batched)
+
+
+def test_max_length_encoder_padding_gives_the_same_logits(saved_blsp, qwen2, clips):
+    model, processor = qwen2
+    original = BlspForConditionalGeneration.from_pretrained(saved_blsp["qwen2"], encoder_padding="max_length").eval()
+    inputs = processor(text=[processor.render_prompt("Transcribe.")] * 2, audio=clips[:2])
+    with torch.no_grad():
+        torch.testing.assert_close(original(**inputs).logits, model(**inputs).logits, atol=1e-4, rtol=0)
+
+
+def test_audio_over_30_seconds_is_fully_used(qwen2, clips):
+    model, processor = qwen2
+    prompt = processor.render_prompt("Transcribe.")
+    full = processor(text=prompt, audio=clips[-1])
+    altered = clips[-1].copy()
+    altered[-5 * RATE :] = 0.0  # change only the last 5 s of the 40 s clip
+    changed = processor(text=prompt, audio=altered)
+    with torch.no_grad():
+        difference = (model(**full).logits[0, -1] - model(**changed).logits[0, -1]).abs().max()
+    assert difference > 1e-4
+
+
+def test_placeholder_count_mismatch_names_both_numbers(qwen2, clips):
+    model, processor = qwen2
+    inputs = processor(text=processor.render_prompt("Transcribe."), audio=clips[0])
+    inputs["input_ids"] = inputs["input_ids"][:, 1:]
+    inputs["attention_mask"] = inputs["attention_mask"][:, 1:]
+    inputs["input_ids"][0, inputs["input_ids"][0].tolist().index(processor.speech_token_id)] = 5
+    with pytest.raises(ValueError, match="12 speech tokens but the audio gives 13 adapter frames"):
+        model(**inputs)
+
+
+def trainable_gradients(model, processor, clips) -> set[str]:
+    inputs = processor(
+        text=[processor.render_prompt("Continue.")] * 2, audio=clips[:2], text_target=["the cat", "a dog"]
+    )
+    model.train()
+    model(**inputs).loss.backward()
+    return {name for name, parameter in model.named_parameters() if parameter.grad is not None}
+
+
+def test_default_freezing_puts_gradients_on_the_adapter_only(tiny_checkpoints, qwen2, clips):
+    _, processor = qwen2
+    model = BlspForConditionalGeneration.from_speech_text_pretrained(
+        tiny_checkpoints["whisper"], tiny_checkpoints["qwen2"]
+    )
+    with_grad = trainable_gradients(model, processor, clips)
+    adapter = {name for name, _ in model.named_parameters() if name.startswith("adapter.")}
+    assert with_grad == adapter
+    assert all(model.get_parameter(name).grad.abs().sum() > 0 for name in adapter)
+
+
+def test_unfrozen_encoder_and_lora_on_the_llm(tiny_checkpoints, qwen2, clips):
+    _, processor = qwen2
+    model = BlspForConditionalGeneration.from_speech_text_pretrained(
+        tiny_checkpoints["whisper"], tiny_checkpoints["qwen2"], freeze_speech_encoder=False
+    )
+    lora = peft.LoraConfig(r=4, target_modules=r".*language_model.*\.(q_proj|v_proj)", modules_to_save=None)
+    model = peft.get_peft_model(model, lora)
+    for name, parameter in model.named_parameters():
+        if ".adapter." in name or ".speech_encoder." in name:
+            parameter.requires_grad_(True)
+    with_grad = trainable_gradients(model, processor, clips)
+    assert any("lora_A" in name for name in with_grad)
+    assert any(".speech_encoder.layers.0." in name for name in with_grad)
+    assert any(".adapter.convs.0." in name for name in with_grad)
+    assert not any(".language_model." in name and "lora_" not in name for name in with_grad)
+
+
+def test_pretrained_weights_are_kept_exactly(tiny_checkpoints):
+    from transformers import AutoModelForCausalLM, WhisperModel
+
+    model = BlspForConditionalGeneration.from_speech_text_pretrained(
+        tiny_checkpoints["whisper"], tiny_checkpoints["llama"]
+    )
+    llm = AutoModelForCausalLM.from_pretrained(tiny_checkpoints["llama"])
+    encoder = WhisperModel.from_pretrained(tiny_checkpoints["whisper"]).encoder
+    for name, tensor in llm.state_dict().items():
+        assert torch.equal(model.language_model.state_dict()[name], tensor), name
+    for name, tensor in encoder.state_dict().items():
+        assert torch.equal(model.speech_encoder.state_dict()[name], tensor), name
