@@ -48,7 +48,9 @@ def test_generate_is_padding_invariant(qwen2, clips):
     batched = model.generate(**batch, do_sample=False, max_new_tokens=6)[:, batch["input_ids"].shape[1] :]
     for row, clip in enumerate(clips):
         alone_inputs = processor(text=prompts[row], audio=clip)
-        alone = model.generate(**alone_inputs, do_sample=False, max_new_tokens=6)[0, alone_inputs["input_ids"].shape[1] :]
+        alone = model.generate(**alone_inputs, do_sample=False, max_new_tokens=6)[
+            0, alone_inputs["input_ids"].shape[1] :
+        ]
         assert batched[row].tolist() == alone.tolist()
 
 

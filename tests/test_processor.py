@@ -6,9 +6,9 @@ import soundfile
 import soxr
 
 from processing_blsp import (
+    IGNORE_INDEX,
     AudioInputError,
     BlspProcessor,
-    IGNORE_INDEX,
     window_lengths,
 )
 
@@ -46,7 +46,9 @@ def test_long_audio_is_split_into_windows_not_truncated(processors):
     assert window_lengths(70 * RATE, 30 * RATE) == [373334, 373333, 373333]
     assert inputs["input_features"].shape[0] == 3
     assert int(inputs["input_features_mask"].sum()) == sum(n // 160 for n in window_lengths(70 * RATE, 30 * RATE))
-    assert speech_token_count(processor, inputs, 0) == 3 * 146  # 2333 mel frames -> 1167 -> 584 -> 292 -> 146 per window
+    assert (
+        speech_token_count(processor, inputs, 0) == 3 * 146
+    )  # 2333 mel frames -> 1167 -> 584 -> 292 -> 146 per window
 
 
 def test_base_template_and_chat_template(processors):
