@@ -331,15 +331,9 @@ class HubStore:
     def commit(self, repo: Repo, rev: str, lines: list[dict], create_pr: bool) -> tuple[Commit, int | None]:
         """Apply an ndjson commit payload on branch ``rev`` (or a new PR from it)."""
         header = next((line["value"] for line in lines if line.get("key") == "header"), {})
+        branch = rev.removeprefix("refs/heads/")
         with self.lock:
-            pr_num = None
-            if create_pr:
-                repo.pr_count += 1
-                pr_num = repo.pr_count
-                repo.branches[f"refs/pr/{pr_num}"] = repo.resolve(rev)
-                rev = f"refs/pr/{pr_num}"
-            branch = rev.removeprefix("refs/heads/")
-            head = repo.branches.get(branch)
+            head = repo.resolve(rev) if create_pr else repo.branches.get(branch)
             if head is None:
                 raise HubError(404, f"Branch not found: {rev}", "RevisionNotFound")
             parent = header.get("parentCommit")
@@ -349,6 +343,12 @@ class HubStore:
             for line in lines:
                 if line.get("key") != "header":
                     apply_operation(files, line.get("key"), line.get("value", {}), self.lfs)
+            pr_num = None
+            if create_pr:
+                repo.pr_count += 1
+                pr_num = repo.pr_count
+                branch = f"refs/pr/{pr_num}"
+                repo.branches[branch] = head
             commit = repo.add_commit(branch, header.get("summary", ""), header.get("description", ""), files)
             return commit, pr_num
 
@@ -378,10 +378,11 @@ class HubServer(ThreadingHTTPServer):
 
     def stop(self) -> None:
         """Stop serving and close the socket."""
-        self.shutdown()
-        self.server_close()
         if self._thread is not None:
+            self.shutdown()
             self._thread.join(timeout=5)
+            self._thread = None
+        self.server_close()
 
     def __enter__(self) -> HubServer:
         return self.start()
@@ -453,24 +454,31 @@ class HubHandler(BaseHTTPRequestHandler):
         return f"http://{self.headers.get('Host') or self.server.url.split('://')[1]}"
 
     def dispatch(self) -> None:
-        """Read the body, find the route and answer; errors become Hub-style error responses."""
+        """Read the body, run the route under the store lock, then write the response outside of it."""
+        self.response: tuple[int, dict, bytes] | None = None
+        try:
+            self.body = self.read_body()
+            with self.store.lock:
+                self.route()
+        except HubError as err:
+            self.send_error_json(err)
+        except Exception as err:  # reported to the client and logged
+            traceback.print_exc()
+            self.send_error_json(HubError(500, f"{type(err).__name__}: {err}"))
+        self.write_response()
+
+    def route(self) -> None:
+        """Find the route of this request and run it; 404 if there is none."""
         split = urlsplit(self.path)
         self.query = parse_qs(split.query)
         method = "GET" if self.command == "HEAD" else self.command
-        try:
-            self.body = self.read_body()
-            for route_method, pattern, name in ROUTES:
-                match = pattern.match(split.path)
-                if match and route_method == method:
-                    args = {k: unquote(v) if v is not None else None for k, v in match.groupdict().items()}
-                    return getattr(self, f"route_{name}")(**args)
-            self.server.unhandled.append(f"{self.command} {self.path}")
-            raise HubError(404, f"No route for {self.command} {split.path}")
-        except HubError as err:
-            self.send_error_json(err)
-        except Exception as err:  # pragma: no cover - reported to the client and logged
-            traceback.print_exc()
-            self.send_error_json(HubError(500, f"{type(err).__name__}: {err}"))
+        for route_method, pattern, name in ROUTES:
+            match = pattern.match(split.path)
+            if match and route_method == method:
+                args = {k: unquote(v) if v is not None else None for k, v in match.groupdict().items()}
+                return getattr(self, f"route_{name}")(**args)
+        self.server.unhandled.append(f"{self.command} {self.path}")
+        raise HubError(404, f"No route for {self.command} {split.path}")
 
     def read_body(self) -> bytes:
         """Request body (Content-Length or chunked), gunzipped when needed."""
@@ -502,9 +510,14 @@ class HubHandler(BaseHTTPRequestHandler):
         return self.query.get(name, [""])[-1].lower() in ("1", "true", "yes")
 
     def send_bytes(self, status: int, data: bytes, headers: dict | None = None) -> None:
-        """Send a response; the body is omitted for HEAD requests."""
+        """Set the response, written by ``write_response`` once the store lock is released."""
+        self.response = (status, headers or {}, data)
+
+    def write_response(self) -> None:
+        """Write the response; the body is omitted for HEAD requests."""
+        status, headers, data = self.response or (500, {}, b"")
         self.send_response(status)
-        for key, value in (headers or {}).items():
+        for key, value in headers.items():
             self.send_header(key, str(value))
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -518,7 +531,7 @@ class HubHandler(BaseHTTPRequestHandler):
         headers = dict(err.headers)
         if err.code:
             headers["X-Error-Code"] = err.code
-        headers["X-Error-Message"] = err.message.encode("ascii", "replace").decode()
+        headers["X-Error-Message"] = " ".join(err.message.encode("ascii", "replace").decode().split())
         self.send_json({"error": err.message}, err.status, headers)
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server signature
@@ -541,8 +554,16 @@ class HubHandler(BaseHTTPRequestHandler):
     def route_whoami(self) -> None:
         user = self.store.user
         token = {"displayName": "local", "role": "write"}
-        self.send_json({"type": "user", "id": user, "name": user, "fullname": user, "orgs": [],
-                        "auth": {"type": "access_token", "accessToken": token}})
+        self.send_json(
+            {
+                "type": "user",
+                "id": user,
+                "name": user,
+                "fullname": user,
+                "orgs": [],
+                "auth": {"type": "access_token", "accessToken": token},
+            }
+        )
 
     def route_create_repo(self) -> None:
         payload = self.json_body()
@@ -558,9 +579,8 @@ class HubHandler(BaseHTTPRequestHandler):
     def route_delete_repo(self) -> None:
         payload = self.json_body()
         key = (payload.get("type") or "model", self.store.full_id(payload["name"], payload.get("organization")))
-        with self.store.lock:
-            if self.store.repos.pop(key, None) is None:
-                raise HubError(404, f"Repository not found: {key}", "RepoNotFound")
+        if self.store.repos.pop(key, None) is None:
+            raise HubError(404, f"Repository not found: {key}", "RepoNotFound")
         self.send_json({})
 
     def route_settings(self, kind: str, repo: str) -> None:
@@ -597,33 +617,29 @@ class HubHandler(BaseHTTPRequestHandler):
 
     def route_create_branch(self, kind: str, repo: str, rev: str) -> None:
         target = self.repo(kind, repo)
-        with self.store.lock:
-            if rev in target.branches:
-                raise HubError(409, f"Branch {rev} already exists")
-            target.branches[rev] = target.resolve(self.json_body().get("startingPoint") or "main")
+        if rev in target.branches:
+            raise HubError(409, f"Branch {rev} already exists")
+        target.branches[rev] = target.resolve(self.json_body().get("startingPoint") or "main")
         self.send_json({})
 
     def route_delete_branch(self, kind: str, repo: str, rev: str) -> None:
         target = self.repo(kind, repo)
-        with self.store.lock:
-            if rev == "main" or target.branches.pop(rev, None) is None:
-                raise HubError(404 if rev != "main" else 403, f"Cannot delete branch {rev}", "RevisionNotFound")
+        if rev == "main" or target.branches.pop(rev, None) is None:
+            raise HubError(404 if rev != "main" else 403, f"Cannot delete branch {rev}", "RevisionNotFound")
         self.send_json({})
 
     def route_create_tag(self, kind: str, repo: str, rev: str) -> None:
         target = self.repo(kind, repo)
         tag = self.json_body()["tag"]
-        with self.store.lock:
-            if tag in target.tags:
-                raise HubError(409, f"Tag {tag} already exists")
-            target.tags[tag] = target.resolve(rev)
+        if tag in target.tags:
+            raise HubError(409, f"Tag {tag} already exists")
+        target.tags[tag] = target.resolve(rev)
         self.send_json({})
 
     def route_delete_tag(self, kind: str, repo: str, rev: str) -> None:
         target = self.repo(kind, repo)
-        with self.store.lock:
-            if target.tags.pop(rev, None) is None:
-                raise HubError(404, f"Tag {rev} not found", "RevisionNotFound")
+        if target.tags.pop(rev, None) is None:
+            raise HubError(404, f"Tag {rev} not found", "RevisionNotFound")
         self.send_json({})
 
     # --- listing --------------------------------------------------------------------------------------------
@@ -670,8 +686,15 @@ class HubHandler(BaseHTTPRequestHandler):
         lines = [json.loads(line) for line in self.body.splitlines() if line.strip()]
         commit, pr_num = self.store.commit(target, rev, lines, create_pr=self.flag("create_pr"))
         pr_url = f"{self.repo_url(target)}/discussions/{pr_num}" if pr_num else None
-        self.send_json({"success": True, "commitOid": commit.oid, "commitUrl": f"{self.repo_url(target)}/commit/"
-                        f"{commit.oid}", "hookOutput": "", "pullRequestUrl": pr_url})
+        self.send_json(
+            {
+                "success": True,
+                "commitOid": commit.oid,
+                "commitUrl": f"{self.repo_url(target)}/commit/{commit.oid}",
+                "hookOutput": "",
+                "pullRequestUrl": pr_url,
+            }
+        )
 
     def route_lfs_batch(self, kind: str | None, repo: str) -> None:
         self.repo(kind, repo)
@@ -694,8 +717,7 @@ class HubHandler(BaseHTTPRequestHandler):
         blob = Blob(self.body, lfs=True)
         if blob.sha256 != oid:
             raise HubError(400, f"sha256 mismatch: expected {oid}, got {blob.sha256}")
-        with self.store.lock:
-            self.store.lfs.setdefault(oid, blob)
+        self.store.lfs.setdefault(oid, blob)
         self.send_bytes(200, b"", {"ETag": f'"{hashlib.md5(self.body).hexdigest()}"'})
 
     def route_lfs_verify(self) -> None:
