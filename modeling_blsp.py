@@ -284,6 +284,32 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
             **kwargs,
         )
 
+    def window_order_by_row(self, input_ids: torch.Tensor, input_features_mask: torch.Tensor) -> list[list[int]]:
+        """Indices of the speech windows that belong to each row of `input_ids`, in order."""
+        window_tokens = self.speech_frame_count(input_features_mask.sum(-1)).cumsum(0)
+        row_tokens = (input_ids == self.config.speech_token_id).sum(-1).cumsum(0)
+        row_of_window = torch.searchsorted(row_tokens, window_tokens).tolist()
+        return [[window for window, row in enumerate(row_of_window) if row == index] for index in range(len(input_ids))]
+
+    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
+        """Repeat each row's speech windows along with the row (beam search, several return sequences).
+
+        The base class repeats tensors item by item along dim 0, which is wrong for speech windows: a row may own
+        several windows (audio over 30 s) or none.
+        """
+        features = model_kwargs.pop("input_features", None)
+        features_mask = model_kwargs.pop("input_features_mask", None)
+        if features is not None and expand_size > 1:
+            rows = self.window_order_by_row(input_ids, features_mask)
+            order = [window for windows in rows for _ in range(expand_size) for window in windows]
+            features, features_mask = features[order], features_mask[order]
+        expanded_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size, is_encoder_decoder, input_ids, **model_kwargs
+        )
+        if features is not None:
+            model_kwargs.update(input_features=features, input_features_mask=features_mask)
+        return expanded_ids, model_kwargs
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save weights and config, plus the pipeline code that `pipeline(model=path, trust_remote_code=True)` finds."""
         pipeline_impl = f"{BlspPipeline.__module__.rsplit('.', 1)[-1]}.{BlspPipeline.__name__}"

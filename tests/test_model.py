@@ -54,6 +54,23 @@ def test_generate_is_padding_invariant(qwen2, clips):
         assert batched[row].tolist() == alone.tolist()
 
 
+def test_beam_search_keeps_each_rows_speech_windows(qwen2, clips):
+    model, processor = qwen2
+    seconds = np.arange(20 * RATE) / RATE
+    tone = 0.5 * np.sin(2 * np.pi * 300 * seconds)
+    noise_then_tone = np.concatenate([clips[2][: 20 * RATE], tone]).astype(np.float32)
+    chosen = [noise_then_tone, clips[0]]  # a 40 s clip of two different 20 s windows beside a 2 s clip
+    prompts = [processor.render_prompt("Transcribe.")] * 2
+    settings = dict(do_sample=False, num_beams=2, num_return_sequences=2, max_new_tokens=4)
+    settings.update(return_dict_in_generate=True, output_scores=True)
+    batched = model.generate(**processor(text=prompts, audio=chosen), **settings)
+    for row, clip in enumerate(chosen):
+        alone = model.generate(**processor(text=prompts[row], audio=clip), **settings)
+        torch.testing.assert_close(
+            batched.sequences_scores[2 * row : 2 * row + 2], alone.sequences_scores, atol=1e-5, rtol=0
+        )
+
+
 def test_pipeline_batch_equals_single_inputs(saved_blsp, clips):
     speech_llm = pipeline(model=saved_blsp["llama"], trust_remote_code=True)
     inputs = [{"raw": clip, "sampling_rate": RATE} for clip in clips]
