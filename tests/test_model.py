@@ -3,6 +3,7 @@
 import numpy as np
 import peft
 import pytest
+import soundfile
 import torch
 from transformers import pipeline
 
@@ -78,6 +79,15 @@ def test_pipeline_batch_equals_single_inputs(saved_blsp, clips):
     singles = [speech_llm(item, instruction="Transcribe.", max_new_tokens=6) for item in inputs]
     assert batched == singles
     assert all(set(result) == {"generated_text"} for result in batched)
+
+
+def test_pipeline_reads_audio_files(saved_blsp, clips, tmp_path):
+    speech_llm = pipeline(model=saved_blsp["llama"], trust_remote_code=True)
+    path = str(tmp_path / "clip.wav")
+    soundfile.write(path, clips[1], RATE, subtype="FLOAT")
+    from_file = speech_llm(path, instruction="Transcribe.", max_new_tokens=6)
+    from_array = speech_llm({"array": clips[1], "sampling_rate": RATE}, instruction="Transcribe.", max_new_tokens=6)
+    assert from_file == from_array
 
 
 def test_max_length_encoder_padding_gives_the_same_logits(saved_blsp, qwen2, clips):
