@@ -1,0 +1,197 @@
+"""Speech corpora for BLSP's scripts: opening them, stable row ids, checked audio, and rejects that survive `kill -9`.
+
+`open_corpus` gives a `datasets.Dataset` with these columns whatever the source (plus any asked to be kept):
+- `row_id`: the row's position in the source split (after `max_samples`), stable from run to run;
+- `audio`: `Audio(decode=False)`, i.e. `{"path", "bytes"}`; decode it lazily with `processing_blsp.load_audio`;
+- `text`: the transcript, as the source holds it (check it with `text_rejection`).
+"""
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+from datasets import Audio, Dataset, DatasetDict, Value, concatenate_datasets, load_dataset, load_from_disk
+
+from processing_blsp import AudioInputError, load_audio
+
+ROW_ID, AUDIO, TEXT = "row_id", "audio", "text"
+SAMPLING_RATE = 16000
+METADATA_FILES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
+FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+@dataclass
+class CorpusArguments:
+    """Which speech corpus to read, and which of its rows are usable."""
+
+    dataset_name: str = field(
+        metadata={
+            "help": "A Hub dataset id or a local path: an audiofolder-style directory (audio files and a "
+            "metadata.csv/.jsonl/.parquet with `file_name` and the transcript), a `save_to_disk` directory, or a "
+            "csv/json/jsonl/parquet file whose audio column holds paths (relative to the file)."
+        }
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration."})
+    split: str = field(default="train", metadata={"help": "The split to read."})
+    audio_column_name: str = field(default="audio", metadata={"help": "The column holding the audio."})
+    text_column_name: str = field(default="text", metadata={"help": "The column holding the transcript."})
+    max_samples: int | None = field(default=None, metadata={"help": "Read only the first N rows of the split."})
+    min_audio_seconds: float = field(default=0.1, metadata={"help": "Reject clips shorter than this."})
+    silence_threshold: float = field(
+        default=1e-4, metadata={"help": "Reject clips whose peak amplitude (full scale 1.0) stays below this."}
+    )
+
+
+def open_corpus(args: CorpusArguments, keep_columns: tuple[str, ...] = ()) -> Dataset:
+    """The corpus as `row_id`, `audio` (`Audio(decode=False)`) and `text` columns, in the source's order.
+
+    `keep_columns` are carried over unchanged after those (e.g. step 1's `continuation`).
+    """
+    dataset = load_source(args)
+    if args.max_samples is not None:
+        dataset = dataset.select(range(min(args.max_samples, len(dataset))))
+    wanted = [args.audio_column_name, args.text_column_name, *keep_columns]
+    missing = [name for name in wanted if name not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"{args.dataset_name!r} has no column(s) {missing}; its columns are {dataset.column_names}. "
+            "Set --audio_column_name and --text_column_name."
+        )
+    dataset = dataset.select_columns(wanted)
+    dataset = dataset.rename_columns({args.audio_column_name: AUDIO, args.text_column_name: TEXT})
+    dataset = dataset.add_column(ROW_ID, list(range(len(dataset))))
+    dataset = dataset.select_columns([ROW_ID, AUDIO, TEXT, *keep_columns])
+    if dataset.features[AUDIO] == Value("large_string"):  # Audio casts only from `string` paths
+        dataset = dataset.cast_column(AUDIO, Value("string"))
+    return dataset.cast_column(AUDIO, Audio(decode=False))
+
+
+def load_source(args: CorpusArguments) -> Dataset:
+    """The split named by `args`, from a local directory or file, or else from the Hub."""
+    path = args.dataset_name
+    if os.path.isfile(os.path.join(path, "state.json")) or os.path.isfile(os.path.join(path, "dataset_dict.json")):
+        dataset = load_from_disk(path)
+        return dataset[args.split] if isinstance(dataset, DatasetDict) else dataset
+    if os.path.isdir(path) and metadata_files(path, args.split):
+        return load_audiofolder(path, args.split)
+    extension = os.path.splitext(path)[1].lower()
+    if os.path.isfile(path) and extension in FILE_BUILDERS:
+        dataset = load_dataset(FILE_BUILDERS[extension], data_files=path, split="train")
+        return absolute_audio_paths(dataset, args.audio_column_name, os.path.dirname(os.path.abspath(path)))
+    return load_dataset(path, args.dataset_config_name, split=args.split)
+
+
+def metadata_files(directory: str, split: str) -> list[str]:
+    """The audiofolder metadata files under `directory/split` if that folder exists, else under `directory`."""
+    if os.path.isdir(os.path.join(directory, split)):
+        directory = os.path.join(directory, split)
+    found = []
+    for root, _, files in sorted(os.walk(directory)):
+        found.extend(os.path.join(root, name) for name in sorted(files) if name in METADATA_FILES)
+    return found
+
+
+def load_audiofolder(directory: str, split: str) -> Dataset:
+    """An audiofolder-style corpus: each metadata file's `file_name` (relative to it) becomes the `audio` column.
+
+    Read here rather than with `load_dataset("audiofolder")`, which needs torchcodec to store audio paths.
+    """
+    parts = []
+    for path in metadata_files(directory, split):
+        builder = FILE_BUILDERS[os.path.splitext(path)[1]]
+        part = load_dataset(builder, data_files=path, split="train").rename_column("file_name", AUDIO)
+        parts.append(absolute_audio_paths(part, AUDIO, os.path.dirname(path)))
+    return concatenate_datasets(parts)
+
+
+def absolute_audio_paths(dataset: Dataset, column: str, base_directory: str) -> Dataset:
+    """Resolve relative audio paths of a string column against `base_directory` (URLs and bytes are left alone)."""
+    feature = dataset.features.get(column)
+    if not isinstance(feature, Value) or feature.dtype not in ("string", "large_string"):
+        return dataset
+
+    def resolve(batch):
+        return {
+            column: [
+                path if path is None or "://" in path or os.path.isabs(path) else os.path.join(base_directory, path)
+                for path in batch[column]
+            ]
+        }
+
+    return dataset.map(resolve, batched=True, desc="Resolving audio paths")
+
+
+def audio_source(audio: dict | None) -> str:
+    """Where a clip comes from, for reject records: its path, or its size when it is embedded bytes."""
+    if not audio:
+        return "<no audio>"
+    return audio.get("path") or f"<{len(audio.get('bytes') or b'')} bytes>"
+
+
+def audio_rejection(audio: dict | None, min_seconds: float, silence_threshold: float) -> tuple[str, str] | None:
+    """Why a clip cannot be used, as (reason, detail); None when it decodes to audible sound of a useful length."""
+    if not audio or (audio.get("path") is None and audio.get("bytes") is None):
+        return "missing_audio", "the row has no audio"
+    try:
+        samples = load_audio(audio, SAMPLING_RATE)
+    except AudioInputError as error:
+        return "unusable_audio", str(error)
+    if len(samples) < min_seconds * SAMPLING_RATE:
+        return "short_audio", f"{len(samples) / SAMPLING_RATE:.3f} s, less than {min_seconds} s"
+    peak = float(np.abs(samples).max())
+    if peak < silence_threshold:
+        return "silent_audio", f"peak amplitude {peak:.2e} below {silence_threshold:.0e}"
+    return None
+
+
+def text_rejection(text) -> tuple[str, str] | None:
+    """Why a transcript cannot be used, as (reason, detail); None for a non-blank string."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return "empty_transcript", "the transcript is empty"
+    if not isinstance(text, str):
+        return "non_text_transcript", f"the transcript is a {type(text).__name__}, not text"
+    return None
+
+
+def reject_record(row_id: int, audio: dict | None, reason: tuple[str, str]) -> dict:
+    """One line of a rejects file: row id, audio source, reason code and detail."""
+    return {ROW_ID: row_id, "source": audio_source(audio), "reason": reason[0], "detail": reason[1]}
+
+
+class JsonlLog:
+    """An append-only JSON-lines file, written a batch of records at a time, that survives its writer's `kill -9`.
+
+    A line counts once its newline is written: a torn last line is ignored by `read_jsonl` and cut off here when
+    the file is reopened for appending.
+    """
+
+    def __init__(self, path: str):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        drop_torn_line(path)
+        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+
+    def append(self, records: list[dict]) -> None:
+        if records:
+            self.file.write("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+            self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def drop_torn_line(path: str) -> None:
+    """Cut an unterminated last line (left by a killed writer) off `path`, if it exists."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb+") as file:
+        content = file.read()
+        file.truncate(content.rfind(b"\n") + 1)
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """The complete lines of a JSON-lines file (none if it does not exist)."""
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as file:
+        return [json.loads(line) for line in file if line.endswith("\n")]

@@ -1,0 +1,93 @@
+"""evaluate.py: metrics, predictions for speech and text input, rejected rows."""
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from data_blsp import CorpusArguments
+from evaluate import EvaluationArguments, evaluate, score
+from processing_blsp import BlspProcessor, render_prompt
+
+
+def test_score_counts_words_and_exact_matches():
+    perfect = score(
+        ["The cat sat on the mat.", "a dog ran home fast"], ["the cat sat on the mat", "A dog ran home fast!"]
+    )
+    assert perfect == {"wer": 0.0, "bleu": pytest.approx(100.0), "exact_match": 100.0}
+    one_wrong = score(["the cat sat down"], ["the dog sat down"])
+    assert one_wrong["wer"] == 25.0
+    assert one_wrong["exact_match"] == 0.0
+
+
+@pytest.fixture(scope="module")
+def corpus_with_bad_row(speech_corpus, tmp_path_factory):
+    source, rows = speech_corpus
+    directory = tmp_path_factory.mktemp("eval_corpus")
+    for row in rows[:4]:
+        shutil.copy(os.path.join(source, row["file_name"]), directory / row["file_name"])
+    (directory / "broken.flac").write_bytes(b"not audio at all")
+    records = [{**row, "translation": row["text"].upper()} for row in rows[:4]]
+    records.append({"file_name": "broken.flac", "text": "broken", "translation": "BROKEN"})
+    (directory / "metadata.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    return str(directory), records
+
+
+def read_predictions(directory: str) -> list[dict]:
+    with open(os.path.join(directory, "predictions.jsonl")) as file:
+        return [json.loads(line) for line in file]
+
+
+def test_speech_input_predictions_match_the_model_and_bad_rows_are_counted(saved_blsp, corpus_with_bad_row, tmp_path):
+    directory, records = corpus_with_bad_row
+    args = EvaluationArguments(
+        model_name_or_path=saved_blsp["qwen2"],
+        output_dir=str(tmp_path),
+        task="translate",
+        reference_column_name="translation",
+        batch_size=2,
+        max_new_tokens=4,
+    )
+    metrics = evaluate(CorpusArguments(dataset_name=directory), args)
+    assert (metrics["rows"], metrics["scored"], metrics["rejected"]) == (5, 4, 1)
+    assert "broken.flac" in metrics["rejects"][0]["reason"]
+    predictions = read_predictions(str(tmp_path))
+    assert [p["reference"] for p in predictions] == [r["translation"] for r in records[:4]]
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(saved_blsp["qwen2"], trust_remote_code=True).eval()
+    processor = BlspProcessor.from_pretrained(saved_blsp["qwen2"])
+    inputs = processor(
+        text=processor.render_prompt(args.instruction or "Please translate the following audio into German text."),
+        audio=os.path.join(directory, records[0]["file_name"]),
+    )
+    output = model.generate(**inputs, do_sample=False, max_new_tokens=4)[:, inputs["input_ids"].shape[1] :]
+    assert predictions[0]["prediction"] == processor.batch_decode(output, skip_special_tokens=True)[0].strip()
+    assert set(metrics) >= {"wer", "bleu", "exact_match"}
+
+
+def test_text_input_uses_the_llm_on_the_transcript(saved_blsp, corpus_with_bad_row, tmp_path):
+    directory, records = corpus_with_bad_row
+    args = EvaluationArguments(
+        model_name_or_path=saved_blsp["llama"],
+        output_dir=str(tmp_path),
+        input="text",
+        task="continue",
+        batch_size=3,
+        max_new_tokens=5,
+    )
+    metrics = evaluate(CorpusArguments(dataset_name=directory), args)
+    assert (metrics["scored"], metrics["rejected"]) == (5, 0)
+    processor = BlspProcessor.from_pretrained(saved_blsp["llama"])
+    from transformers import AutoModel
+
+    llm = AutoModel.from_pretrained(saved_blsp["llama"], trust_remote_code=True).language_model.eval()
+    for prediction, record in zip(read_predictions(str(tmp_path)), records):
+        prompt = render_prompt(processor.tokenizer, prediction["instruction"], record["text"])
+        ids = processor.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+        with torch.no_grad():
+            output = llm.generate(**ids, do_sample=False, max_new_tokens=5)[0, ids["input_ids"].shape[1] :]
+        assert prediction["prediction"] == processor.tokenizer.decode(output, skip_special_tokens=True).strip()
+        assert prediction["input_text"] == record["text"]
