@@ -8,10 +8,12 @@
 
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 from datasets import Audio, Dataset, DatasetDict, Value, concatenate_datasets, load_dataset, load_from_disk
+from transformers import HfArgumentParser
 
 from processing_blsp import AudioInputError, load_audio
 
@@ -195,3 +197,14 @@ def read_jsonl(path: str) -> list[dict]:
         return []
     with open(path, encoding="utf-8") as file:
         return [json.loads(line) for line in file if line.endswith("\n")]
+
+
+def parse_script_arguments(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
+    """The scripts' arguments: flags, or a single .json/.yaml file holding them (transformers examples style)."""
+    parser = HfArgumentParser(dataclass_types)
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(os.path.abspath(argv[0]))
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(os.path.abspath(argv[0]))
+    return parser.parse_args_into_dataclasses(args=argv)

@@ -23,12 +23,11 @@ from transformers import (
     AutoModelForCausalLM,
     AutoProcessor,
     AutoTokenizer,
-    HfArgumentParser,
     pipeline,
 )
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
-from data_blsp import CorpusArguments, load_source
+from data_blsp import CorpusArguments, load_source, parse_script_arguments
 from processing_blsp import CONTINUATION_INSTRUCTION, AudioInputError, load_audio, render_prompt
 
 SAMPLING_RATE = 16000
@@ -239,8 +238,7 @@ def evaluate(corpus: CorpusArguments, args: EvaluationArguments) -> dict:
 
 
 def main():
-    parser = HfArgumentParser((CorpusArguments, EvaluationArguments))
-    corpus, args = parser.parse_args_into_dataclasses()
+    corpus, args = parse_script_arguments((CorpusArguments, EvaluationArguments))
     metrics = evaluate(corpus, args)
     keys = ("task", "input", "rows", "scored", "rejected", "wer", "bleu", "exact_match")
     print(json.dumps({key: metrics[key] for key in keys if key in metrics}, indent=2))

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -30,7 +29,7 @@ from datasets import Dataset
 from huggingface_hub import HfApi
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, set_seed
+from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
 from data_blsp import (
@@ -41,6 +40,7 @@ from data_blsp import (
     JsonlLog,
     audio_rejection,
     open_corpus,
+    parse_script_arguments,
     read_jsonl,
     reject_record,
     text_rejection,
@@ -101,13 +101,7 @@ class ContinuationArguments:
 
 def parse_arguments(argv: list[str] | None = None) -> tuple[CorpusArguments, ContinuationArguments]:
     """Flags, or a single .json/.yaml file holding them."""
-    parser = HfArgumentParser((CorpusArguments, ContinuationArguments))
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(os.path.abspath(argv[0]))
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(args=argv)
+    return parse_script_arguments((CorpusArguments, ContinuationArguments), argv)
 
 
 def load_tokenizer(name_or_path: str):
