@@ -1,0 +1,353 @@
+"""train_adapter.py end to end: tiny local models, real speech clips, short runs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from conftest_hub import hub_env, local_hub  # noqa: F401 - fixtures
+from datasets import Audio, Dataset
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import train_adapter
+from generate_continuations import HUB_METADATA_FILE
+from modeling_blsp import BlspForConditionalGeneration
+from processing_blsp import BlspProcessor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INSTRUCTION = "Continue the following text."
+METADATA = {"instruction": INSTRUCTION, "prompt_layout": "instruction_first", "system_prompt": None}
+# A fixed continuation per clip, made of words the tiny tokenizer knows.
+CONTINUATIONS = ["the cat sat on the mat", "a quick brown fox", "the bird in the tree", "please translate the text"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and spinning threads stall for seconds on a busy shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def continuation_rows(corpus, with_continuation: bool, unreadable_rows: int = 0) -> Dataset:
+    """A dataset as generate_continuations.py makes it: audio as {"path", "bytes"}, prompt metadata in the
+    description."""
+    corpus_dir, rows = corpus
+    records = {"row_id": [], "audio": [], "text": [], "continuation": []}
+    for index, row in enumerate(rows):
+        with open(os.path.join(corpus_dir, row["file_name"]), "rb") as file:
+            audio = {"path": row["file_name"], "bytes": file.read()}
+        records["row_id"].append(index)
+        records["audio"].append(audio)
+        records["text"].append(row["text"])
+        records["continuation"].append(CONTINUATIONS[index % len(CONTINUATIONS)])
+    for index in range(unreadable_rows):
+        records["row_id"].append(len(rows) + index)
+        records["audio"].append({"path": "broken.flac", "bytes": b"this is not audio"})
+        records["text"].append("the cat")
+        records["continuation"].append("sat on the mat")
+    if not with_continuation:
+        del records["continuation"]
+    dataset = Dataset.from_dict(records).cast_column("audio", Audio(decode=False))
+    dataset.info.description = json.dumps(METADATA)
+    return dataset
+
+
+def write_dataset(directory: str, corpus, with_continuation: bool, unreadable_rows: int = 0) -> str:
+    continuation_rows(corpus, with_continuation, unreadable_rows).save_to_disk(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def responsive_llm(tiny_checkpoints, tmp_path_factory) -> str:
+    """The tiny chat LLM with its matrices scaled up to std 0.5.
+
+    At std 0.02 its predictions are near uniform whatever the input, so no adapter could lower a loss.
+    """
+    directory = str(tmp_path_factory.mktemp("responsive_llm"))
+    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoints["qwen2"])
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.ndim == 2:
+                parameter.mul_(25.0)
+    model.save_pretrained(directory)
+    AutoTokenizer.from_pretrained(tiny_checkpoints["qwen2"]).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def initial_blsp(tiny_checkpoints, responsive_llm, tmp_path_factory) -> str:
+    """A saved, untrained BLSP checkpoint (tiny Whisper + responsive LLM) to continue training from."""
+    directory = str(tmp_path_factory.mktemp("initial_blsp"))
+    torch.manual_seed(0)
+    model = BlspForConditionalGeneration.from_speech_text_pretrained(tiny_checkpoints["whisper"], responsive_llm)
+    processor = BlspProcessor.from_speech_text_pretrained(
+        tiny_checkpoints["whisper"], responsive_llm, config=model.config
+    )
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def continuation_dataset(speech_corpus, tmp_path_factory) -> str:
+    """8 clips with continuations, plus one row whose audio cannot be decoded."""
+    return write_dataset(str(tmp_path_factory.mktemp("continuations")), speech_corpus, True, unreadable_rows=1)
+
+
+@pytest.fixture(scope="module")
+def transcript_dataset(speech_corpus, tmp_path_factory) -> str:
+    """8 clips with transcripts only: enough for the KL objective."""
+    return write_dataset(str(tmp_path_factory.mktemp("transcripts")), speech_corpus, False)
+
+
+def model_flags(tiny_checkpoints, llm: str) -> list[str]:
+    return ["--speech_encoder_name_or_path", tiny_checkpoints["whisper"], "--llm_name_or_path", llm]
+
+
+def run_settings(dataset: str, output_dir: str, max_steps: int) -> dict:
+    """Settings shared by every run: every row in one batch (so that successive losses are of the same batch), a
+    high constant learning rate, a log entry per step, CPU."""
+    return {
+        "dataset_name_or_path": dataset,
+        "output_dir": output_dir,
+        "max_steps": max_steps,
+        "per_device_train_batch_size": 16,
+        "learning_rate": 1e-2,
+        "lr_scheduler_type": "constant",
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "use_cpu": True,
+        "seed": 0,
+        "disable_tqdm": True,
+    }
+
+
+def run_flags(dataset: str, output_dir: str, max_steps: int, *extra: str) -> list[str]:
+    settings = run_settings(dataset, output_dir, max_steps)
+    return [item for key, value in settings.items() for item in (f"--{key}", str(value))] + list(extra)
+
+
+def logged_losses(output_dir: str) -> list[float]:
+    with open(os.path.join(output_dir, "trainer_state.json")) as file:
+        return [entry["loss"] for entry in json.load(file)["log_history"] if "loss" in entry]
+
+
+def assert_loss_falls(output_dir: str):
+    losses = logged_losses(output_dir)
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.95 * first, f"loss did not fall: {losses}"
+
+
+def saved_weights(directory: str) -> dict[str, torch.Tensor]:
+    return load_file(os.path.join(directory, "model.safetensors"))
+
+
+def weights_under(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {key[len(prefix) :]: value for key, value in weights.items() if key.startswith(prefix)}
+
+
+def assert_bit_identical(trained: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]):
+    shared = trained.keys() & reference.keys()
+    assert shared
+    changed = [key for key in shared if not torch.equal(trained[key], reference[key])]
+    assert not changed, f"frozen weights changed: {changed}"
+
+
+@pytest.fixture(scope="module")
+def ce_run(tiny_checkpoints, responsive_llm, continuation_dataset, tmp_path_factory) -> str:
+    """The default run: a new model, cross-entropy, adapter only, an eval split, checkpoints."""
+    output_dir = str(tmp_path_factory.mktemp("ce_run"))
+    train_adapter.main(
+        model_flags(tiny_checkpoints, responsive_llm)
+        + run_flags(continuation_dataset, output_dir, 30, "--save_strategy", "steps", "--save_steps", "15")
+        + ["--eval_split_ratio", "0.2", "--eval_strategy", "steps", "--eval_steps", "15"]
+    )
+    return output_dir
+
+
+def test_ce_loss_falls_and_unreadable_row_is_skipped(ce_run):
+    assert_loss_falls(ce_run)
+    with open(os.path.join(ce_run, "all_results.json")) as file:
+        results = json.load(file)
+    assert results["skipped_audio_rows"] >= 1
+    assert results["eval_loss"] > 0
+
+
+def test_only_the_adapter_changes_by_default(ce_run, tiny_checkpoints, responsive_llm):
+    trained = saved_weights(ce_run)
+    assert_bit_identical(weights_under(trained, "language_model."), saved_weights(responsive_llm))
+    whisper = weights_under(saved_weights(tiny_checkpoints["whisper"]), "encoder.")
+    assert_bit_identical(weights_under(trained, "speech_encoder."), whisper)
+
+    optimizer = torch.load(os.path.join(ce_run, "checkpoint-30", "optimizer.pt"), weights_only=False)
+    adapter_tensors = len(weights_under(trained, "adapter."))
+    assert len(optimizer["state"]) == adapter_tensors  # frozen parts hold no optimizer state
+
+
+def test_trained_model_loads_with_auto_classes_and_pipeline(ce_run, speech_corpus):
+    from transformers import AutoModel, AutoProcessor, pipeline
+
+    clip = os.path.join(speech_corpus[0], speech_corpus[1][0]["file_name"])
+    model = AutoModel.from_pretrained(ce_run, trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(ce_run, trust_remote_code=True)
+    assert processor.render_prompt(INSTRUCTION).count(processor.speech_token) == 1
+    inputs = processor(text=processor.render_prompt(INSTRUCTION), audio=clip)
+    assert model.generate(**inputs, max_new_tokens=4, do_sample=False).shape[1] > inputs["input_ids"].shape[1]
+    speech_llm = pipeline(model=ce_run, trust_remote_code=True)
+    assert isinstance(speech_llm(clip, instruction=INSTRUCTION, max_new_tokens=4)["generated_text"], str)
+
+    with open(os.path.join(ce_run, "README.md")) as file:
+        card = file.read()
+    for section in (
+        "## Base models",
+        "## Training data",
+        "## Objective",
+        "## Hyper-parameters",
+        "eval loss",
+        "```python",
+    ):
+        assert section in card
+
+
+@pytest.mark.parametrize("loss", ["kl", "ce+kl"])
+def test_distillation_losses_fall(
+    loss, tiny_checkpoints, responsive_llm, transcript_dataset, continuation_dataset, tmp_path
+):
+    dataset = transcript_dataset if loss == "kl" else continuation_dataset  # KL needs no continuation
+    train_adapter.main(
+        model_flags(tiny_checkpoints, responsive_llm) + run_flags(dataset, str(tmp_path), 30, "--loss", loss)
+    )
+    assert_loss_falls(str(tmp_path))
+
+
+def test_lora_changes_only_lora_and_adapter(initial_blsp, continuation_dataset, tmp_path):
+    output_dir = str(tmp_path)
+    train_adapter.main(
+        ["--model_name_or_path", initial_blsp, "--lora_r", "4", "--lora_save", "adapter", "--loss", "ce+kl"]
+        + run_flags(continuation_dataset, output_dir, 6)
+    )
+    trained, initial = saved_weights(output_dir), saved_weights(initial_blsp)
+    assert trained.keys() == initial.keys()
+    for part in ("language_model.", "speech_encoder."):
+        assert_bit_identical(weights_under(trained, part), weights_under(initial, part))
+    adapter = weights_under(trained, "adapter.")
+    assert all(not torch.equal(value, initial["adapter." + key]) for key, value in adapter.items())
+
+    lora_dir = os.path.join(output_dir, train_adapter.LORA_ADAPTER_DIR)
+    lora = load_file(os.path.join(lora_dir, "adapter_model.safetensors"))
+    assert any("lora_B" in key and value.abs().sum() > 0 for key, value in lora.items())  # lora_B starts at zero
+    model = BlspForConditionalGeneration.from_pretrained(output_dir)
+    model.language_model.load_adapter(lora_dir)
+    assert any("lora_A" in name for name, _ in model.named_parameters())
+
+
+def test_resumed_run_matches_uninterrupted_run(initial_blsp, continuation_dataset, tmp_path, monkeypatch):
+    def flags(output_dir: str) -> list[str]:
+        checkpoints = ["--save_strategy", "steps", "--save_steps", "4", "--per_device_train_batch_size", "4"]
+        checkpoints += ["--lr_scheduler_type", "linear", "--warmup_steps", "2"]  # a schedule to resume mid-way
+        return ["--model_name_or_path", initial_blsp] + run_flags(continuation_dataset, output_dir, 8, *checkpoints)
+
+    uninterrupted, interrupted = str(tmp_path / "uninterrupted"), str(tmp_path / "interrupted")
+    train_adapter.main(flags(uninterrupted))
+
+    training_step = train_adapter.BlspTrainer.training_step
+
+    def crash_after_checkpoint(trainer, *args, **kwargs):
+        if trainer.state.global_step == 6:
+            raise KeyboardInterrupt("simulated crash")
+        return training_step(trainer, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_adapter.BlspTrainer, "training_step", crash_after_checkpoint)
+        with pytest.raises(KeyboardInterrupt):
+            train_adapter.main(flags(interrupted))
+    assert not os.path.exists(os.path.join(interrupted, "model.safetensors"))
+    train_adapter.main(flags(interrupted) + ["--resume_from_checkpoint", os.path.join(interrupted, "checkpoint-4")])
+
+    expected = weights_under(saved_weights(uninterrupted), "adapter.")
+    resumed = weights_under(saved_weights(interrupted), "adapter.")
+    assert all(torch.equal(resumed[key], value) for key, value in expected.items())
+
+
+def test_two_process_accelerate_launch(initial_blsp, continuation_dataset, tmp_path):
+    """DDP on CPU (gloo), arguments given as a YAML file."""
+    output_dir = str(tmp_path / "ddp")
+    settings = {"model_name_or_path": initial_blsp, **run_settings(continuation_dataset, output_dir, 3)}
+    settings["per_device_train_batch_size"] = 2
+    config = tmp_path / "args.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [*launch, os.path.join(ROOT, "train_adapter.py"), str(config)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with open(os.path.join(output_dir, "train_results.json")) as file:
+        assert file.read()
+    assert len(logged_losses(output_dir)) == 3
+    assert os.path.exists(os.path.join(output_dir, "model.safetensors"))
+
+
+def test_hub_dataset_in_and_push_to_hub_then_load_in_fresh_process(
+    hub_env,  # noqa: F811
+    initial_blsp,
+    speech_corpus,
+    tmp_path,
+    monkeypatch,
+):
+    """Train on a Hub dataset pushed as generate_continuations.py pushes it; push the model; load it elsewhere."""
+    from huggingface_hub import HfApi
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    dataset_id, repo_id = "user/continuations", "user/blsp-tiny"
+    continuation_rows(speech_corpus, True).push_to_hub(dataset_id)
+    HfApi().upload_file(
+        path_or_fileobj=json.dumps(METADATA).encode(),
+        path_in_repo=HUB_METADATA_FILE,
+        repo_id=dataset_id,
+        repo_type="dataset",
+    )
+    train_adapter.main(
+        ["--model_name_or_path", initial_blsp]
+        + run_flags(dataset_id, str(tmp_path / "out"), 2, "--push_to_hub", "--hub_model_id", repo_id)
+    )
+    code = f"""
+from huggingface_hub import hf_hub_download
+from transformers import AutoModel, AutoProcessor
+import numpy as np
+model = AutoModel.from_pretrained({repo_id!r}, trust_remote_code=True)
+processor = AutoProcessor.from_pretrained({repo_id!r}, trust_remote_code=True)
+inputs = processor(text=processor.render_prompt("Describe the audio."), audio=np.random.randn(16000).astype("float32"))
+generated = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+print("NEW_TOKENS", generated.shape[1] - inputs["input_ids"].shape[1])
+print(open(hf_hub_download({repo_id!r}, "README.md")).read())
+"""
+    output = hub_env.run_python(code, tmp_path / "consumer_home")
+    assert "NEW_TOKENS 3" in output
+    assert "## Objective" in output and "## Usage" in output and f'"{repo_id}"' in output
+    assert f"`{INSTRUCTION}`" in output  # read from the Hub dataset's metadata file
+
+
+def test_dataset_without_needed_columns_is_rejected(initial_blsp, transcript_dataset, tmp_path):
+    with pytest.raises(ValueError, match="lacks \\['continuation'\\]"):
+        train_adapter.main(["--model_name_or_path", initial_blsp] + run_flags(transcript_dataset, str(tmp_path), 1))
+
+
+def test_checkpoint_of_another_model_type_is_rejected(tiny_checkpoints, continuation_dataset, tmp_path):
+    with pytest.raises(ValueError, match="is a 'qwen2' checkpoint, not a 'blsp' one"):
+        train_adapter.main(
+            ["--model_name_or_path", tiny_checkpoints["qwen2"]] + run_flags(continuation_dataset, str(tmp_path), 1)
+        )

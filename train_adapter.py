@@ -1,0 +1,763 @@
+#!/usr/bin/env python
+"""Step 2 of BLSP: train the modality adapter so that the LLM, given speech, behaves as it does given the transcript.
+
+Datasets come from `generate_continuations.py` (step 1): columns `audio`, `text` (transcript) and `continuation`.
+Each row becomes the step-1 prompt with the speech in place of the transcript, followed by the continuation.
+Objectives (`--loss`):
+- `ce`: cross-entropy on the continuation and EOS (the BLSP paper);
+- `kl`: KL divergence, with temperature, between the LLM's next-token distributions on the response positions given
+  the speech (student) and given the transcript (teacher: the same LLM without adapter or LoRA, no gradient), as in
+  BLSP-KD and Ultravox; the response is the continuation when the dataset has one, else the transcript itself, so
+  no continuation is needed;
+- `ce+kl`: `--ce_weight` * ce + `--kl_weight` * kl.
+
+Only the adapter trains by default; `--train_speech_encoder` adds the Whisper encoder, `--lora_r` LoRA on the LLM.
+
+Examples:
+
+    python train_adapter.py --speech_encoder_name_or_path openai/whisper-small \
+        --llm_name_or_path Qwen/Qwen2.5-7B-Instruct --dataset_name_or_path continuations/ \
+        --output_dir blsp-qwen --loss ce --learning_rate 5e-5 --warmup_steps 1000 --bf16
+    accelerate launch train_adapter.py args.yaml   # the same arguments from a .json or .yaml file
+"""
+
+import io
+import json
+import logging
+import math
+import os
+import re
+import sys
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from functools import partial
+
+import datasets
+import soundfile
+import torch
+import transformers
+from datasets import Audio, concatenate_datasets
+from huggingface_hub import ModelCard, ModelCardData, hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError
+from peft import LoraConfig, get_peft_model
+from torch import nn
+from transformers import PreTrainedConfig, Trainer, TrainingArguments, set_seed
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+
+from data_blsp import CorpusArguments, load_source, parse_script_arguments
+from generate_continuations import HUB_METADATA_FILE
+from modeling_blsp import BlspForConditionalGeneration
+from processing_blsp import CONTINUATION_INSTRUCTION, IGNORE_INDEX, PROMPT_LAYOUTS, AudioInputError, BlspProcessor
+
+logger = logging.getLogger(__name__)
+
+LOSSES = ("ce", "kl", "ce+kl")
+LORA_SAVE_MODES = ("merged", "adapter")
+LORA_ADAPTER_DIR = "llm_lora"
+TEACHER_PREFIX = "teacher_"
+SKIPPED_ROWS_KEY = "num_skipped_rows"
+HUB_ID_PATTERN = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+
+@dataclass
+class ModelArguments:
+    """Which model to train, and which of its parts."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "An existing BLSP checkpoint (local or Hub) to continue training."}
+    )
+    speech_encoder_name_or_path: str | None = field(
+        default=None, metadata={"help": "A Whisper checkpoint for a new BLSP model (only its encoder is kept)."}
+    )
+    llm_name_or_path: str | None = field(
+        default=None, metadata={"help": "A causal LM checkpoint for a new BLSP model."}
+    )
+    encoder_padding: str | None = field(
+        default=None,
+        metadata={
+            "help": "'longest' (encoder runs on the batch's longest clip) or 'max_length' (30 s, as published). "
+            "Default: 'longest' for a new model, the checkpoint's setting otherwise.",
+            "choices": ["longest", "max_length"],
+        },
+    )
+    dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "Dtype of the loaded weights (default: each checkpoint's own); trainable parameters are kept "
+            "in float32.",
+            "choices": ["auto", "bfloat16", "float16", "float32"],
+        },
+    )
+    train_speech_encoder: bool = field(default=False, metadata={"help": "Also train the Whisper encoder."})
+    lora_r: int = field(default=0, metadata={"help": "Rank of LoRA on the LLM; 0 leaves the LLM frozen."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA inputs."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["all-linear"],
+        metadata={"help": "LLM modules that get LoRA (peft names; 'all-linear' is every linear layer but the head)."},
+    )
+    lora_save: str = field(
+        default="merged",
+        metadata={
+            "help": "How the final model keeps LoRA: 'merged' into the LLM weights (one checkpoint, loads with "
+            f"AutoModel), or 'adapter': the base LLM weights plus a peft adapter in `{LORA_ADAPTER_DIR}/`.",
+            "choices": list(LORA_SAVE_MODES),
+        },
+    )
+
+    def __post_init__(self):
+        if isinstance(self.lora_target_modules, str):  # a single name in a .json/.yaml file
+            self.lora_target_modules = [self.lora_target_modules]
+        new_model = self.speech_encoder_name_or_path is not None or self.llm_name_or_path is not None
+        if (self.model_name_or_path is not None) == new_model:
+            raise ValueError(
+                "Give either --model_name_or_path (a BLSP checkpoint to continue) or both "
+                "--speech_encoder_name_or_path and --llm_name_or_path (a new BLSP model)."
+            )
+        if new_model and (self.speech_encoder_name_or_path is None or self.llm_name_or_path is None):
+            raise ValueError("A new BLSP model needs both --speech_encoder_name_or_path and --llm_name_or_path.")
+
+
+@dataclass
+class DataArguments:
+    """Which continuation datasets to train and evaluate on, and the prompt they were made with."""
+
+    dataset_name_or_path: list[str] = field(
+        metadata={"help": "One or more datasets made by generate_continuations.py: save_to_disk folders or Hub ids."}
+    )
+    dataset_split: str = field(default="train", metadata={"help": "Split to read from each training dataset."})
+    eval_dataset_name_or_path: list[str] | None = field(
+        default=None, metadata={"help": "Evaluation dataset(s), in the same format."}
+    )
+    eval_dataset_split: str = field(default="train", metadata={"help": "Split to read from each evaluation dataset."})
+    eval_split_ratio: float = field(
+        default=0.0, metadata={"help": "Hold out this fraction of the training rows for evaluation instead."}
+    )
+    instruction: str | None = field(
+        default=None,
+        metadata={"help": "Prompt instruction; default: each dataset's recorded one, else the BLSP continuation one."},
+    )
+    prompt_layout: str | None = field(
+        default=None,
+        metadata={"help": "Prompt layout; default: the datasets' recorded one.", "choices": list(PROMPT_LAYOUTS)},
+    )
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "System prompt for chat LLMs; default: the datasets' recorded one."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (debugging)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation set."})
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for reading audio durations."}
+    )
+
+    def __post_init__(self):
+        if isinstance(self.dataset_name_or_path, str):  # a single name in a .json/.yaml file
+            self.dataset_name_or_path = [self.dataset_name_or_path]
+        if isinstance(self.eval_dataset_name_or_path, str):
+            self.eval_dataset_name_or_path = [self.eval_dataset_name_or_path]
+        if not 0.0 <= self.eval_split_ratio < 1.0:
+            raise ValueError(f"--eval_split_ratio must be in [0, 1), got {self.eval_split_ratio}.")
+        if self.eval_split_ratio and self.eval_dataset_name_or_path:
+            raise ValueError("Give --eval_split_ratio or --eval_dataset_name_or_path, not both.")
+
+
+@dataclass
+class BlspTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the objective; batches are grouped by audio duration by default."""
+
+    loss: str = field(
+        default="ce",
+        metadata={"help": "Objective: 'ce' (continuation), 'kl' (distillation), 'ce+kl'.", "choices": list(LOSSES)},
+    )
+    kl_temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of the KL objective."})
+    ce_weight: float = field(default=1.0, metadata={"help": "Weight of the cross-entropy term."})
+    kl_weight: float = field(default=1.0, metadata={"help": "Weight of the KL term."})
+    train_sampling_strategy: str = field(
+        default="group_by_length",
+        metadata={
+            "help": "Sampler: 'group_by_length' (default: batches of similar audio duration), 'random', ...",
+            "choices": ["random", "sequential", "group_by_length", "batch_rebalance"],
+        },
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Must stay False: the collator decodes the raw audio column."}
+    )
+    prediction_loss_only: bool = field(default=True, metadata={"help": "Evaluation computes the loss only."})
+    ddp_find_unused_parameters: bool | None = field(
+        default=False, metadata={"help": "Every trainable parameter is used at every step: no search needed."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.remove_unused_columns:
+            raise ValueError("train_adapter.py decodes audio in its collator: --remove_unused_columns must be False.")
+
+    @property
+    def loss_terms(self) -> set[str]:
+        """The terms of the objective: a subset of {"ce", "kl"}."""
+        return set(self.loss.split("+"))
+
+
+# ----------------------------------------------------------------------------------------------------- data
+
+
+def required_columns(loss_terms: set[str]) -> list[str]:
+    """Columns the objective needs: the continuation only for cross-entropy."""
+    return ["audio", "text", "continuation"] if "ce" in loss_terms else ["audio", "text"]
+
+
+def check_columns(dataset: datasets.Dataset, name: str, loss_terms: set[str]):
+    """Fail with a clear message when a dataset lacks the columns of the objective."""
+    missing = [column for column in required_columns(loss_terms) if column not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"Dataset {name!r} has columns {dataset.column_names} but lacks {missing}: train_adapter.py needs "
+            f"{required_columns(loss_terms)} for --loss {'+'.join(sorted(loss_terms))} (datasets made by "
+            "generate_continuations.py have them; --loss kl needs no continuation)."
+        )
+
+
+def prompt_metadata(dataset: datasets.Dataset, name_or_path: str) -> dict:
+    """instruction / prompt_layout / system_prompt that generate_continuations.py recorded: in the description of a
+    saved dataset, in a json file next to a Hub one."""
+    try:
+        if os.path.exists(name_or_path):
+            metadata = json.loads(dataset.info.description or "{}")
+        else:
+            with open(hf_hub_download(name_or_path, HUB_METADATA_FILE, repo_type="dataset")) as file:
+                metadata = json.load(file)
+    except (json.JSONDecodeError, EntryNotFoundError):
+        return {}
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def agreed_setting(name: str, override, metadatas: list[dict], default):
+    """The command-line value, else the one value the datasets recorded, else `default`; datasets must agree."""
+    if override is not None:
+        return override
+    recorded = {metadata[name] for metadata in metadatas if metadata.get(name) is not None}
+    if len(recorded) > 1:
+        raise ValueError(f"The datasets were made with different {name} values {sorted(recorded)}: give --{name}.")
+    return recorded.pop() if recorded else default
+
+
+def dataset_instruction(data_args: DataArguments, metadata: dict) -> str:
+    """The command-line instruction, else the dataset's recorded one, else BLSP's continuation instruction."""
+    return data_args.instruction or metadata.get("instruction") or CONTINUATION_INSTRUCTION
+
+
+def audio_duration_ms(audio: dict) -> dict:
+    """Duration of a `{"path", "bytes"}` audio cell from its header (no decoding); 0 when unreadable."""
+    source = io.BytesIO(audio["bytes"]) if audio.get("bytes") else audio.get("path")
+    try:
+        info = soundfile.info(source)
+    except Exception:  # an unreadable row: the collator skips and counts it
+        return {"length": 0}
+    return {"length": int(1000 * info.frames / info.samplerate)}
+
+
+def prepare_dataset(
+    names: list[str], split: str, data_args: DataArguments, loss_terms: set[str], length_column: str
+) -> tuple[datasets.Dataset, list[dict]]:
+    """Open, check and concatenate datasets; add an `instruction` column and audio durations for length grouping.
+
+    Returns the dataset and each source's prompt metadata.
+    """
+    parts, metadatas = [], []
+    for name in names:
+        dataset = load_source(CorpusArguments(dataset_name=name, split=split))
+        check_columns(dataset, name, loss_terms)
+        metadata = prompt_metadata(dataset, name)
+        instruction = dataset_instruction(data_args, metadata)
+        keep = [column for column in ("audio", "text", "continuation") if column in dataset.column_names]
+        dataset = dataset.select_columns(keep).cast_column("audio", Audio(decode=False))
+        parts.append(dataset.add_column("instruction", [instruction] * len(dataset)))
+        metadatas.append(metadata)
+    dataset = concatenate_datasets(parts)
+    if "continuation" in dataset.column_names:
+        before = len(dataset)
+        dataset = dataset.filter(bool, input_columns=["continuation"])
+        if len(dataset) < before:
+            logger.warning("Dropped %d rows without a continuation.", before - len(dataset))
+    dataset = dataset.map(
+        audio_duration_ms,
+        input_columns=["audio"],
+        num_proc=data_args.preprocessing_num_workers,
+        desc="Reading audio durations",
+    )
+    if length_column != "length":
+        dataset = dataset.rename_column("length", length_column)
+    return dataset, metadatas
+
+
+def truncate(dataset: datasets.Dataset | None, max_samples: int | None) -> datasets.Dataset | None:
+    if dataset is None or max_samples is None:
+        return dataset
+    return dataset.select(range(min(max_samples, len(dataset))))
+
+
+@dataclass
+class SpeechPromptCollator:
+    """Decodes each row's audio (soundfile + soxr) and builds the model inputs.
+
+    Student: the prompt with the speech in place of the transcript, then the response (continuation, else transcript)
+    and EOS as labels. Teacher (KL only, keys prefixed `teacher_`): the same prompt with the transcript, same response.
+    Rows whose audio cannot be decoded are skipped, logged and counted under `num_skipped_rows`.
+    """
+
+    processor: BlspProcessor
+    with_teacher: bool
+
+    def readable_rows(self, rows: list[dict]) -> tuple[list[dict], list]:
+        """The rows whose audio decodes to a usable clip, and those clips."""
+        kept, clips = [], []
+        min_samples = self.processor.feature_extractor.hop_length
+        for row in rows:
+            try:
+                clip = self.processor.load_audio(row["audio"])
+                if len(clip) < min_samples:
+                    raise AudioInputError(f"Bad audio {row['audio'].get('path')!r}: only {len(clip)} samples.")
+            except AudioInputError as error:
+                logger.warning("Skipping a row: %s", error)
+                continue
+            kept.append(row)
+            clips.append(clip)
+        return kept, clips
+
+    def __call__(self, rows: list[dict]) -> dict:
+        kept, clips = self.readable_rows(rows)
+        batch = {SKIPPED_ROWS_KEY: torch.tensor(len(rows) - len(kept))}
+        if not kept:
+            return batch
+        responses = [row.get("continuation") or row["text"] for row in kept]
+        student = self.processor(
+            text=[self.processor.render_prompt(row["instruction"]) for row in kept],
+            audio=clips,
+            text_target=responses,
+        )
+        batch.update(student)
+        if self.with_teacher:
+            teacher = self.processor(
+                text=[self.processor.render_prompt(row["instruction"], row["text"]) for row in kept],
+                text_target=responses,
+            )
+            batch.update({TEACHER_PREFIX + key: value for key, value in teacher.items()})
+        return batch
+
+
+# ----------------------------------------------------------------------------------------------------- model
+
+
+def check_model_type(name_or_path: str, expected: str, hint: str):
+    """Fail with a clear message when a checkpoint is not of the `expected` model type."""
+    config_dict, _ = PreTrainedConfig.get_config_dict(name_or_path)
+    model_type = config_dict.get("model_type")
+    if model_type != expected:
+        raise ValueError(f"{name_or_path!r} is a {model_type!r} checkpoint, not a {expected!r} one. {hint}")
+
+
+def load_model_and_processor(model_args: ModelArguments, prompt_layout, system_prompt):
+    """A new BLSP model (Whisper + LLM, new adapter) or an existing checkpoint, with its processor."""
+    if model_args.model_name_or_path is not None:
+        path = model_args.model_name_or_path
+        check_model_type(
+            path, "blsp", "Pass --speech_encoder_name_or_path and --llm_name_or_path to build a new BLSP model."
+        )
+        model = BlspForConditionalGeneration.from_pretrained(path, dtype=model_args.dtype)
+        # The checkpoint's processor config names this repository's own class: no remote code runs.
+        processor = BlspProcessor.from_pretrained(path, trust_remote_code=True)
+        if model_args.encoder_padding is not None:
+            model.config.encoder_padding = model_args.encoder_padding
+    else:
+        speech, text = model_args.speech_encoder_name_or_path, model_args.llm_name_or_path
+        check_model_type(speech, "whisper", "--speech_encoder_name_or_path must be a Whisper checkpoint.")
+        model = BlspForConditionalGeneration.from_speech_text_pretrained(
+            speech, text, dtype=model_args.dtype, encoder_padding=model_args.encoder_padding or "longest"
+        )
+        processor = BlspProcessor.from_speech_text_pretrained(speech, text, config=model.config)
+    processor.prompt_layout = prompt_layout or processor.prompt_layout
+    processor.system_prompt = system_prompt if system_prompt is not None else processor.system_prompt
+    return model, processor
+
+
+def select_trainable_parameters(model: BlspForConditionalGeneration, train_speech_encoder: bool):
+    """Freeze everything but the adapter (and the encoder when asked; its positional table stays frozen)."""
+    model.requires_grad_(False)
+    model.adapter.requires_grad_(True)
+    if train_speech_encoder:
+        model.speech_encoder.requires_grad_(True)
+        model.speech_encoder.embed_positions.requires_grad_(False)
+
+
+def add_lora(model: BlspForConditionalGeneration, model_args: ModelArguments):
+    """Wrap the LLM in a peft LoRA model; the teacher of the KL objective runs with LoRA disabled."""
+    config = LoraConfig(
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=model_args.lora_target_modules[0]
+        if model_args.lora_target_modules == ["all-linear"]
+        else model_args.lora_target_modules,
+        task_type="CAUSAL_LM",
+    )
+    model.language_model = get_peft_model(model.language_model, config)
+
+
+def keep_trainable_in_float32(model: nn.Module):
+    """Trainable parameters in float32 (the master weights of mixed precision); frozen ones keep their dtype."""
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            parameter.data = parameter.data.float()
+
+
+def uses_lora(model: BlspForConditionalGeneration) -> bool:
+    return hasattr(model.language_model, "peft_config")
+
+
+def finalize_lora(model: BlspForConditionalGeneration, mode: str, output_dir: str):
+    """Turn the peft-wrapped LLM back into a plain one: LoRA merged in, or saved aside and removed."""
+    if mode == "adapter":
+        model.language_model.save_pretrained(os.path.join(output_dir, LORA_ADAPTER_DIR))
+        model.language_model = model.language_model.unload()
+    else:
+        model.language_model = model.language_model.merge_and_unload()
+
+
+# ----------------------------------------------------------------------------------------------------- loss
+
+
+def response_window(labels: torch.Tensor) -> int:
+    """Trailing positions whose logits predict response tokens (left padding puts every response last), plus one."""
+    first_learned = int((labels != IGNORE_INDEX).any(0).nonzero()[0])
+    return labels.shape[1] - first_learned + 1
+
+
+def response_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(tokens, vocab) logits at the positions predicting each response token, in reading order."""
+    return logits[:, :-1][labels[:, 1:] != IGNORE_INDEX]
+
+
+def kl_divergence_sum(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Sum over positions of KL(teacher || student) of the temperature-softened distributions, times T^2."""
+    student = nn.functional.log_softmax(student_logits.float() / temperature, dim=-1)
+    teacher = nn.functional.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return nn.functional.kl_div(student, teacher, log_target=True, reduction="sum") * temperature**2
+
+
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """Batches of similar length in an order drawn from (seed, epoch) alone.
+
+    The stock sampler draws from the global RNG, so a run resumed mid-epoch would replay another order.
+    """
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
+class BlspTrainer(Trainer):
+    """A `Trainer` with the BLSP objectives, logits only on response positions, and skipped-row counting."""
+
+    def __init__(self, *args, model_card_builder=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model_card_builder = model_card_builder
+        self.skipped_audio_rows = 0
+        # The loss is normalized by `num_items_in_batch` (the whole accumulated batch's response tokens).
+        self.loss_is_scaled_for_ga = True
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if (
+            self.args.train_sampling_strategy != "group_by_length"
+            or self.args.length_column_name not in dataset.column_names
+        ):
+            return super()._get_train_sampler(train_dataset)
+        return EpochSeededLengthGroupedSampler(
+            self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            lengths=list(dataset[self.args.length_column_name]),
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+        )
+
+    def model_outputs(self, model, inputs: dict, labels: torch.Tensor, num_items_in_batch=None):
+        """Forward with labels, computing logits only on the trailing window that holds the response positions."""
+        window = response_window(labels)
+        loss_kwargs = {} if num_items_in_batch is None else {"num_items_in_batch": num_items_in_batch}
+        return model(**inputs, labels=labels[:, -window:], logits_to_keep=window, **loss_kwargs), labels[:, -window:]
+
+    def teacher_logits(self, model, teacher_inputs: dict) -> torch.Tensor:
+        """The frozen LLM (no adapter: the prompt holds no speech; LoRA disabled) on the transcript prompt."""
+        labels = teacher_inputs.pop("labels")
+        blsp = self.accelerator.unwrap_model(model)
+        lora_off = blsp.language_model.disable_adapter() if uses_lora(blsp) else nullcontext()
+        with torch.no_grad(), lora_off:
+            outputs, labels = self.model_outputs(model, teacher_inputs, labels)
+        return response_logits(outputs.logits, labels)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        self.skipped_audio_rows += int(inputs.pop(SKIPPED_ROWS_KEY, 0))
+        if "input_ids" not in inputs:  # every row of the batch was unreadable
+            loss = sum(parameter.sum() for parameter in model.parameters() if parameter.requires_grad) * 0.0
+            return (loss, None) if return_outputs else loss
+        teacher_inputs = {
+            key[len(TEACHER_PREFIX) :]: inputs.pop(key) for key in list(inputs) if key.startswith(TEACHER_PREFIX)
+        }
+        terms = self.args.loss_terms
+        teacher = self.teacher_logits(model, teacher_inputs) if "kl" in terms else None
+        outputs, labels = self.model_outputs(model, inputs, inputs.pop("labels"), num_items_in_batch)
+        loss = self.args.ce_weight * outputs.loss if "ce" in terms else 0.0
+        if "kl" in terms:
+            student = response_logits(outputs.logits, labels)
+            tokens = num_items_in_batch if num_items_in_batch is not None else student.shape[0]
+            loss = loss + self.args.kl_weight * kl_divergence_sum(student, teacher, self.args.kl_temperature) / tokens
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # the token count was summed over processes
+        return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        if "input_ids" not in inputs:  # every row of the batch was unreadable
+            self.skipped_audio_rows += int(inputs[SKIPPED_ROWS_KEY])
+            return None, None, None
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None):
+        if self.skipped_audio_rows:
+            logs["skipped_audio_rows"] = self.skipped_audio_rows
+        super().log(logs, start_time)
+
+    def create_model_card(self, **kwargs):
+        """Write BLSP's own model card (Trainer.push_to_hub calls this before uploading)."""
+        if self.is_world_process_zero() and self.model_card_builder is not None:
+            self.model_card_builder(self).save(os.path.join(self.args.output_dir, "README.md"))
+
+
+# ----------------------------------------------------------------------------------------------------- card
+
+
+def hub_ids(names: list[str]) -> list[str]:
+    """The names that are Hub repository ids (local paths stay out of the card's metadata)."""
+    return [name for name in names if not os.path.exists(name) and HUB_ID_PATTERN.match(name)]
+
+
+def hyperparameters(trainer: Trainer, model_args: ModelArguments, trainable_parameters: int) -> dict:
+    args = trainer.args
+    values = {
+        "loss": args.loss,
+        "learning_rate": args.learning_rate,
+        "lr_scheduler_type": getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type),
+        "warmup_steps": args.warmup_steps,
+        "weight_decay": args.weight_decay,
+        "max_grad_norm": args.max_grad_norm,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "total_train_batch_size": args.train_batch_size * args.gradient_accumulation_steps * args.world_size,
+        "optimizer_steps": trainer.state.global_step,
+        "epochs": round(trainer.state.epoch or 0.0, 3),
+        "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+        "encoder_padding": trainer.model.config.encoder_padding,
+        "train_sampling_strategy": args.train_sampling_strategy,
+        "seed": args.seed,
+        "trainable_parameters": trainable_parameters,
+        "train_speech_encoder": model_args.train_speech_encoder,
+    }
+    if "kl" in args.loss_terms:
+        values["kl_temperature"] = args.kl_temperature
+    if args.loss == "ce+kl":
+        values.update(ce_weight=args.ce_weight, kl_weight=args.kl_weight)
+    if model_args.lora_r:
+        values.update(
+            lora_r=model_args.lora_r,
+            lora_alpha=model_args.lora_alpha,
+            lora_dropout=model_args.lora_dropout,
+            lora_target_modules=", ".join(model_args.lora_target_modules),
+            lora_save=model_args.lora_save,
+        )
+    return values
+
+
+OBJECTIVES = {
+    "ce": "cross-entropy on the continuation and EOS, given the speech (the BLSP paper)",
+    "kl": "KL divergence (temperature {T}) between the LLM's next-token distributions on the response given the "
+    "speech and given the transcript, the frozen LLM as teacher (BLSP-KD)",
+    "ce+kl": "{ce} x cross-entropy on the continuation + {kl} x KL divergence (temperature {T}) to the frozen LLM "
+    "given the transcript",
+}
+
+
+def usage_snippet(repo: str, instruction: str, lora_adapter: bool) -> str:
+    """Loading and generating; with LoRA kept as an adapter, applying it (a pipeline would load the model without)."""
+    load_lora = f'model.language_model.load_adapter("{repo}", adapter_kwargs={{"subfolder": "{LORA_ADAPTER_DIR}"}})\n'
+    as_pipeline = (
+        "\n# or, as a pipeline\n"
+        f'speech_llm = pipeline(model="{repo}", trust_remote_code=True)\n'
+        'print(speech_llm("speech.flac", instruction="Please transcribe the following audio."))\n'
+    )
+    return (
+        "```python\n"
+        f"from transformers import AutoModel, AutoProcessor{'' if lora_adapter else ', pipeline'}\n\n"
+        f'model = AutoModel.from_pretrained("{repo}", trust_remote_code=True)\n'
+        + (load_lora if lora_adapter else "")
+        + f'processor = AutoProcessor.from_pretrained("{repo}", trust_remote_code=True)\n'
+        f'inputs = processor(text=processor.render_prompt({instruction!r}), audio="speech.flac")\n'
+        "generated = model.generate(**inputs, max_new_tokens=128)\n"
+        'print(processor.batch_decode(generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True))\n'
+        + ("" if lora_adapter else as_pipeline)
+        + "```\n"
+    )
+
+
+def build_model_card(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    instructions: list[str],
+    trainable_parameters: int,
+    trainer: Trainer,
+) -> ModelCard:
+    """Base models, data, objective, hyper-parameters, eval loss and usage, with Hub metadata."""
+    args = trainer.args
+    repo = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
+    if model_args.model_name_or_path:
+        base_models = [model_args.model_name_or_path]
+        base_text = f"- continued from the BLSP checkpoint `{model_args.model_name_or_path}`\n"
+    else:
+        base_models = [model_args.speech_encoder_name_or_path, model_args.llm_name_or_path]
+        base_text = (
+            f"- speech encoder: `{model_args.speech_encoder_name_or_path}` (Whisper encoder)\n"
+            f"- language model: `{model_args.llm_name_or_path}`\n"
+        )
+    datasets_used = data_args.dataset_name_or_path + (data_args.eval_dataset_name_or_path or [])
+    eval_losses = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
+    objective = OBJECTIVES[args.loss].format(T=args.kl_temperature, ce=args.ce_weight, kl=args.kl_weight)
+    table = "\n".join(
+        f"| {name} | {value} |" for name, value in hyperparameters(trainer, model_args, trainable_parameters).items()
+    )
+    processor = trainer.processing_class
+    card_data = ModelCardData(
+        library_name="transformers",
+        base_model=hub_ids(base_models) or None,
+        datasets=hub_ids(datasets_used) or None,
+        tags=["blsp", "speech", "audio-text-to-text"],
+    )
+    body = (
+        f"# {repo}\n\n"
+        "A [BLSP](https://arxiv.org/abs/2309.00916) speech-language model: a Whisper encoder and an LLM joined by a "
+        "modality adapter, trained with `train_adapter.py` so that the LLM, given speech, continues it as it "
+        "continues the transcript.\n\n"
+        f"## Base models\n{base_text}\n"
+        "## Training data\n"
+        + "".join(f"- `{name}`\n" for name in data_args.dataset_name_or_path)
+        + f"\n{len(trainer.train_dataset)} training rows; instruction(s) "
+        + ", ".join(f"`{instruction}`" for instruction in instructions)
+        + f"; prompt layout `{processor.prompt_layout}`"
+        + (f", system prompt `{processor.system_prompt}`" if processor.system_prompt else "")
+        + ".\n\n"
+        f"## Objective\n{objective}.\n\n"
+        f"## Hyper-parameters\n| name | value |\n|---|---|\n{table}\n\n"
+        "## Evaluation\n"
+        + (f"eval loss: {eval_losses[-1]:.4f}\n\n" if eval_losses else "No evaluation set was given.\n\n")
+        + "## Usage\n"
+        + usage_snippet(repo, instructions[0], bool(model_args.lora_r) and model_args.lora_save == "adapter")
+    )
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")
+
+
+# ----------------------------------------------------------------------------------------------------- main
+
+
+def parse_arguments(args: list[str] | None = None) -> tuple[ModelArguments, DataArguments, BlspTrainingArguments]:
+    """Command-line flags, or one .json/.yaml file holding them."""
+    return parse_script_arguments((ModelArguments, DataArguments, BlspTrainingArguments), args)
+
+
+def setup_logging(training_args: TrainingArguments):
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+
+
+def load_datasets(data_args: DataArguments, training_args: BlspTrainingArguments):
+    """Training and evaluation sets (the latter may be None) and the training sets' prompt metadata."""
+    prepare = partial(
+        prepare_dataset,
+        data_args=data_args,
+        loss_terms=training_args.loss_terms,
+        length_column=training_args.length_column_name,
+    )
+    train_dataset, metadatas = prepare(data_args.dataset_name_or_path, data_args.dataset_split)
+    eval_dataset = None
+    if data_args.eval_dataset_name_or_path:
+        eval_dataset, _ = prepare(data_args.eval_dataset_name_or_path, data_args.eval_dataset_split)
+    elif data_args.eval_split_ratio:
+        split = train_dataset.train_test_split(test_size=data_args.eval_split_ratio, seed=training_args.seed)
+        train_dataset, eval_dataset = split["train"], split["test"]
+    train_dataset = truncate(train_dataset, data_args.max_train_samples)
+    return train_dataset, truncate(eval_dataset, data_args.max_eval_samples), metadatas
+
+
+def main(args: list[str] | None = None):
+    model_args, data_args, training_args = parse_arguments(args)
+    setup_logging(training_args)
+
+    with training_args.main_process_first(desc="preparing datasets"):
+        train_dataset, eval_dataset, metadatas = load_datasets(data_args, training_args)
+    instructions = sorted({dataset_instruction(data_args, metadata) for metadata in metadatas})
+    prompt_layout = agreed_setting("prompt_layout", data_args.prompt_layout, metadatas, None)
+    system_prompt = agreed_setting("system_prompt", data_args.system_prompt, metadatas, None)
+
+    set_seed(training_args.seed)
+    model, processor = load_model_and_processor(model_args, prompt_layout, system_prompt)
+    select_trainable_parameters(model, model_args.train_speech_encoder)
+    if model_args.lora_r:
+        add_lora(model, model_args)
+    keep_trainable_in_float32(model)
+    trainable = sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
+    logger.info("Trainable parameters: %d of %d.", trainable, sum(p.numel() for p in model.parameters()))
+
+    trainer = BlspTrainer(
+        model=model,
+        args=training_args,
+        data_collator=SpeechPromptCollator(processor, with_teacher="kl" in training_args.loss_terms),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=processor,
+        model_card_builder=partial(build_model_card, model_args, data_args, instructions, trainable),
+    )
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    metrics = train_result.metrics
+    skipped = torch.tensor(trainer.skipped_audio_rows, device=training_args.device)
+    metrics["skipped_audio_rows"] = int(trainer.accelerator.reduce(skipped, reduction="sum"))
+    if metrics["skipped_audio_rows"] and trainer.is_world_process_zero():
+        logger.warning("Skipped %d rows whose audio could not be decoded.", metrics["skipped_audio_rows"])
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    if eval_dataset is not None:
+        eval_metrics = trainer.evaluate()
+        eval_metrics["eval_perplexity"] = math.exp(min(eval_metrics["eval_loss"], 100.0))
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+
+    if uses_lora(model):
+        finalize_lora(model, model_args.lora_save, training_args.output_dir)
+    trainer.save_model()
+    if training_args.push_to_hub:
+        trainer.push_to_hub(commit_message="End of training")
+    else:
+        trainer.create_model_card()
+
+
+if __name__ == "__main__":
+    main()
