@@ -277,13 +277,14 @@ def test_resumed_run_matches_uninterrupted_run(initial_blsp, continuation_datase
 
 
 def test_two_process_accelerate_launch(initial_blsp, continuation_dataset, tmp_path):
-    """DDP on CPU (gloo), arguments given as a YAML file."""
+    """DDP on CPU (two processes, gloo), arguments given as a YAML file."""
     output_dir = str(tmp_path / "ddp")
     settings = {"model_name_or_path": initial_blsp, **run_settings(continuation_dataset, output_dir, 3)}
-    settings["per_device_train_batch_size"] = 2
+    settings.update(per_device_train_batch_size=2, use_cpu=True, log_level="info")
     config = tmp_path / "args.yaml"
     config.write_text(yaml.safe_dump(settings))
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2"]
+    # `--cpu` alone starts one process in accelerate 1.x; `--multi_gpu` runs torchrun, which uses gloo on CPU
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
@@ -295,6 +296,7 @@ def test_two_process_accelerate_launch(initial_blsp, continuation_dataset, tmp_p
         timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Total train batch size (w. parallel, distributed & accumulation) = 4" in result.stdout + result.stderr
     with open(os.path.join(output_dir, "train_results.json")) as file:
         assert file.read()
     assert len(logged_losses(output_dir)) == 3
