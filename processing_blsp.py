@@ -112,6 +112,25 @@ def window_lengths(num_samples: int, window_samples: int) -> list[int]:
     return [base + 1] * extra + [base] * (num_windows - extra)
 
 
+def log_mel(feature_extractor, samples: np.ndarray) -> np.ndarray:
+    """Whisper log-mel of one clip of at most 30 s, featurised alone (no padding), one frame per hop."""
+    features = feature_extractor(
+        samples, sampling_rate=feature_extractor.sampling_rate, padding="longest", return_tensors="np"
+    )["input_features"][0]
+    return features[:, : len(samples) // feature_extractor.hop_length]
+
+
+def pad_log_mels(features: list[np.ndarray]) -> dict[str, torch.Tensor]:
+    """Zero-pad (mel, frames) features to the longest: `input_features` and the real-frame `input_features_mask`."""
+    num_frames = max(feature.shape[-1] for feature in features)
+    padded = np.zeros((len(features), features[0].shape[0], num_frames), dtype=np.float32)
+    mask = np.zeros((len(features), num_frames), dtype=np.int64)
+    for index, feature in enumerate(features):
+        padded[index, :, : feature.shape[-1]] = feature
+        mask[index, : feature.shape[-1]] = 1
+    return {"input_features": torch.from_numpy(padded), "input_features_mask": torch.from_numpy(mask)}
+
+
 def build_messages(instruction: str | None, content: str, layout: str, system_prompt: str | None) -> list[dict]:
     """One user turn holding the instruction and the content (a transcript or the speech placeholder)."""
     if layout not in PROMPT_LAYOUTS:
@@ -271,24 +290,7 @@ class BlspProcessor(ProcessorMixin):
             tokens_per_clip.append(self.num_speech_tokens(len(clip)))
             bounds = np.cumsum([0] + window_lengths(len(clip), self.feature_extractor.n_samples))
             windows.extend(clip[start:end] for start, end in itertools.pairwise(bounds))
-        features = [self.log_mel(window) for window in windows]
-        num_frames = max(feature.shape[-1] for feature in features)
-        padded = np.zeros((len(features), features[0].shape[0], num_frames), dtype=np.float32)
-        mask = np.zeros((len(features), num_frames), dtype=np.int64)
-        for index, feature in enumerate(features):
-            padded[index, :, : feature.shape[-1]] = feature
-            mask[index, : feature.shape[-1]] = 1
-        return {
-            "input_features": torch.from_numpy(padded),
-            "input_features_mask": torch.from_numpy(mask),
-        }, tokens_per_clip
-
-    def log_mel(self, window: np.ndarray) -> np.ndarray:
-        """Whisper log-mel of one window, one frame per hop."""
-        features = self.feature_extractor(
-            window, sampling_rate=self.sampling_rate, padding="longest", return_tensors="np"
-        )["input_features"][0]
-        return features[:, : len(window) // self.feature_extractor.hop_length]
+        return pad_log_mels([log_mel(self.feature_extractor, window) for window in windows]), tokens_per_clip
 
     def expand_speech_tokens(self, ids: list[int], counts) -> list[int]:
         """Replace each speech placeholder id in `ids` by the next clip's count of speech tokens."""
@@ -407,6 +409,8 @@ __all__ = [
     "AudioInputError",
     "add_speech_token",
     "load_audio",
+    "log_mel",
+    "pad_log_mels",
     "render_prompt",
     "render_conversation",
     "window_lengths",

@@ -17,9 +17,9 @@ from transformers import (
 )
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from processing_blsp import PROMPT_LAYOUTS, BlspProcessor, render_prompt
+from processing_blsp import PROMPT_LAYOUTS, BlspProcessor, log_mel, render_prompt
 from world import build_speech, build_world, language
-from world.cascade import SpeechRecognizer, log_mel
+from world.cascade import SpeechRecognizer
 from world.pretrain_llm import greedy_responses
 from world.pretrain_speech import read_split, word_error_rate
 

@@ -12,14 +12,13 @@ exactly what a BLSP adapter sees.
 import json
 import os
 
-import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoFeatureExtractor, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from modeling_blsp import encode_variable_length
-from processing_blsp import load_audio, render_prompt
+from processing_blsp import load_audio, log_mel, pad_log_mels, render_prompt
 from world.pretrain_llm import greedy_responses
 
 WORLD_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -39,23 +38,6 @@ class CtcHead(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.proj(hidden_states).log_softmax(-1)
-
-
-def log_mel(feature_extractor, samples: np.ndarray) -> np.ndarray:
-    """Whisper log-mel of one clip, one frame per hop: the same features as `BlspProcessor.log_mel`."""
-    features = feature_extractor(
-        samples, sampling_rate=feature_extractor.sampling_rate, padding="longest", return_tensors="np"
-    )["input_features"][0]
-    return features[:, : len(samples) // feature_extractor.hop_length]
-
-
-def pad_features(features: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero-pad (mel, frames) features to the longest: (batch, mel, frames) and the frame lengths."""
-    lengths = torch.tensor([feature.shape[-1] for feature in features])
-    padded = torch.zeros(len(features), features[0].shape[0], int(lengths.max()))
-    for index, feature in enumerate(features):
-        padded[index, :, : feature.shape[-1]] = torch.from_numpy(feature)
-    return padded, lengths
 
 
 def ctc_greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor, vocab: list[str]) -> list[str]:
@@ -86,8 +68,9 @@ class SpeechRecognizer:
             clips = [
                 load_audio(clip, self.feature_extractor.sampling_rate) for clip in audio[start : start + batch_size]
             ]
-            features, frame_lengths = pad_features([log_mel(self.feature_extractor, clip) for clip in clips])
-            hidden_states, lengths = encode_variable_length(self.encoder, features, frame_lengths)
+            inputs = pad_log_mels([log_mel(self.feature_extractor, clip) for clip in clips])
+            frame_lengths = inputs["input_features_mask"].sum(-1)
+            hidden_states, lengths = encode_variable_length(self.encoder, inputs["input_features"], frame_lengths)
             transcripts += ctc_greedy_decode(self.head(hidden_states), lengths, self.vocab)
         return transcripts
 

@@ -26,15 +26,13 @@ from transformers import Trainer, TrainingArguments, WhisperConfig, WhisperFeatu
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from modeling_blsp import encode_variable_length
-from processing_blsp import load_audio
+from processing_blsp import load_audio, log_mel, pad_log_mels
 from world.cascade import (
     BLANK,
     CTC_HEAD_FILE,
     CTC_VOCAB_FILE,
     CtcHead,
     SpeechRecognizer,
-    log_mel,
-    pad_features,
 )
 
 ENCODER_CONFIG = dict(
@@ -108,14 +106,14 @@ class CtcCollator:
         return log_mel(self.feature_extractor, samples)
 
     def __call__(self, rows: list[dict]) -> dict:
-        input_features, frame_lengths = pad_features([self.features(row["samples"]) for row in rows])
+        inputs = pad_log_mels([self.features(row["samples"]) for row in rows])
         label_lengths = torch.tensor([len(row["label_ids"]) for row in rows])
         labels = torch.zeros(len(rows), int(label_lengths.max()), dtype=torch.long)
         for index, row in enumerate(rows):
             labels[index, : len(row["label_ids"])] = torch.tensor(row["label_ids"])
         return {
-            "input_features": input_features,
-            "frame_lengths": frame_lengths,
+            "input_features": inputs["input_features"],
+            "frame_lengths": inputs["input_features_mask"].sum(-1),
             "labels": labels,
             "label_lengths": label_lengths,
         }
