@@ -11,11 +11,11 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 try:
     from .configuration_blsp import BlspConfig
     from .pipeline_blsp import BlspPipeline
-    from .processing_blsp import add_speech_token
+    from .processing_blsp import IGNORE_INDEX, add_speech_token
 except ImportError:  # imported as a top-level module by this repository's scripts
     from configuration_blsp import BlspConfig
     from pipeline_blsp import BlspPipeline
-    from processing_blsp import add_speech_token
+    from processing_blsp import IGNORE_INDEX, add_speech_token
 
 PIPELINE_TASK = "blsp-speech-to-text"
 
@@ -260,7 +260,9 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
         input_features_mask (`torch.LongTensor` of shape `(windows, frames)`, *optional*):
             1 on real frames, 0 on padding.
         labels (`torch.LongTensor`, *optional*):
-            Next-token labels, -100 where no loss is taken (prompt, speech, padding).
+            Next-token labels, -100 where no loss is taken (prompt, padding). Speech placeholder positions are
+            always ignored, so `labels = input_ids` with padding set to -100 works as with LLaVA-style models. Labels
+            shorter than the input cover its last positions (with `logits_to_keep`).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Give exactly one of input_ids or inputs_embeds.")
@@ -273,6 +275,9 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
                 inputs_embeds = inputs_embeds.masked_scatter(
                     speech_mask.unsqueeze(-1).to(inputs_embeds.device), speech_embeds.to(inputs_embeds)
                 )
+        if labels is not None and input_ids is not None:
+            speech_positions = input_ids[:, -labels.shape[1] :] == self.config.speech_token_id
+            labels = labels.masked_fill(speech_positions, IGNORE_INDEX)
         if position_ids is None and attention_mask is not None and attention_mask.ndim == 2:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -inputs_embeds.shape[1] :]
         return self.language_model(

@@ -48,6 +48,8 @@ def read_audio_file(source) -> tuple[np.ndarray, int]:
     elif isinstance(source, str) and source.startswith(("http://", "https://")):
         with urllib.request.urlopen(source) as response:
             source = io.BytesIO(response.read())
+    elif isinstance(source, str) and not os.path.exists(source):
+        raise AudioInputError("the file does not exist; check the path")
     try:
         samples, sampling_rate = soundfile.read(source, dtype="float32", always_2d=False)
     except Exception as error:  # soundfile raises several types for unreadable input

@@ -1,5 +1,11 @@
-"""Real speech for tests: espeak-ng speaks sentences, sox writes 16 kHz mono FLAC."""
+"""Real speech for tests: committed 16 kHz mono FLAC clips of English sentences, and the script that made them.
 
+    python tests/speech.py     # rewrite tests/data/speech/ with espeak-ng and sox (not needed to run the tests)
+
+The tests read the committed clips, so they need neither espeak-ng nor sox; `synthesize` stays for the benchmarks.
+"""
+
+import json
 import os
 import shutil
 import subprocess
@@ -15,10 +21,8 @@ SENTENCES = [
     "he bought fresh bread at the market",
 ]
 VOICES = ["en-us", "en-gb", "en-us+f3", "en-gb-scotland"]
-
-
-def speech_tools_available() -> bool:
-    return shutil.which("espeak-ng") is not None and shutil.which("sox") is not None
+CLIPS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "speech")
+METADATA = "metadata.jsonl"
 
 
 def synthesize(text: str, path: str, voice: str = "en-us", speed: int = 160) -> str:
@@ -31,7 +35,7 @@ def synthesize(text: str, path: str, voice: str = "en-us", speed: int = 160) -> 
 
 
 def build_speech_corpus(directory: str, count: int = 8) -> list[dict]:
-    """`count` FLAC clips (cycling through sentences and voices); returns rows of file_name and text."""
+    """`count` FLAC clips (cycling sentences and voices) and a metadata.jsonl; returns rows of file_name, text."""
     os.makedirs(directory, exist_ok=True)
     rows = []
     for index in range(count):
@@ -39,4 +43,21 @@ def build_speech_corpus(directory: str, count: int = 8) -> list[dict]:
         file_name = f"clip_{index:03d}.flac"
         synthesize(text, os.path.join(directory, file_name), voice=VOICES[index % len(VOICES)])
         rows.append({"file_name": file_name, "text": text})
+    with open(os.path.join(directory, METADATA), "w", encoding="utf-8") as file:
+        file.writelines(json.dumps(row) + "\n" for row in rows)
     return rows
+
+
+def copy_speech_corpus(directory: str) -> list[dict]:
+    """Copy the committed clips into `directory` (tests may add files next to them); returns rows of file_name, text."""
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(CLIPS_DIR, METADATA), encoding="utf-8") as file:
+        rows = [json.loads(line) for line in file]
+    for row in rows:
+        shutil.copy(os.path.join(CLIPS_DIR, row["file_name"]), os.path.join(directory, row["file_name"]))
+    return rows
+
+
+if __name__ == "__main__":
+    shutil.rmtree(CLIPS_DIR, ignore_errors=True)
+    print(f"{len(build_speech_corpus(CLIPS_DIR))} clips in {CLIPS_DIR}")

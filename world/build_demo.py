@@ -1,0 +1,73 @@
+"""Train the demo checkpoint that `app.py` serves by default and record it in `world/demo_manifest.json`.
+
+    python -m world.build_demo [--work_dir runs/demo] [--threads 1]
+
+Runs BLSP on the miniature world as `world/run.py` does for its strongest transfer (speech before the instruction,
+the KL objective, the same training settings): step 1 (`generate_continuations.py`) on the world's training clips,
+step 2 (`train_adapter.py`) on continuations only. The trained model (the world's LLM and speech encoder plus the
+adapter, with its processor and code files) is copied to `world/models/blsp`; the manifest records its files' sizes
+and hashes, the settings and the hash of the world manifest it was built from, which `tests/test_app.py` checks.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import time
+from types import SimpleNamespace
+
+import torch
+
+from world import build_world, language, run
+
+DEMO_DIR = os.path.join(build_world.WORLD_DIR, "models", "blsp")
+DEMO_MANIFEST = os.path.join(build_world.WORLD_DIR, "demo_manifest.json")
+LAYOUT, LOSS = "speech_first", "kl"
+TRAINING = {"max_steps": 1500, "batch_size": 16, "learning_rate": 1e-3}
+SHIPPED_SUFFIXES = (".json", ".jinja", ".safetensors", ".py")
+
+
+def copy_checkpoint(trained_dir: str, destination: str) -> None:
+    """The files a checkpoint needs to load (weights, configs, processor, code), not the training logs or card."""
+    shutil.rmtree(destination, ignore_errors=True)
+    os.makedirs(destination)
+    for name in sorted(os.listdir(trained_dir)):
+        path = os.path.join(trained_dir, name)
+        if os.path.isfile(path) and name.endswith(SHIPPED_SUFFIXES) and name != "trainer_state.json":
+            shutil.copy(path, os.path.join(destination, name))
+
+
+def build_demo(args) -> dict:
+    """Steps 1 and 2 in `args.work_dir`, then the checkpoint copied to `world/models/blsp` and its manifest."""
+    torch.set_num_threads(args.threads)
+    shutil.rmtree(args.work_dir, ignore_errors=True)  # a fresh build: never resume from an older world's outputs
+    os.makedirs(args.work_dir)
+    start = time.perf_counter()
+    continuations = run.generate_step1(args.work_dir, LAYOUT, None)
+    trained = run.train_step2(args.work_dir, continuations, LAYOUT, LOSS, SimpleNamespace(**TRAINING))
+    copy_checkpoint(trained, DEMO_DIR)
+    return {
+        "layout": LAYOUT,
+        "loss": LOSS,
+        "training": TRAINING,
+        "world_manifest_sha256": build_world.sha256_of_files([build_world.MANIFEST]),
+        "files": build_world.file_records(DEMO_DIR),
+        "build_seconds": round(time.perf_counter() - start, 1),
+        "threads": args.threads,
+        "instructions": language.INSTRUCTIONS,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work_dir", default="runs/demo", help="Where steps 1 and 2 write their outputs.")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch (at most the free cores).")
+    manifest = build_demo(parser.parse_args())
+    with open(DEMO_MANIFEST, "w") as file:
+        json.dump(manifest, file, indent=2)
+        file.write("\n")
+    print(json.dumps({key: manifest[key] for key in ("files", "build_seconds")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
