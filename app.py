@@ -1,0 +1,181 @@
+"""Talk to a BLSP model in the browser: a Gradio app, laid out as a Hugging Face Space (this file + requirements.txt).
+
+    python app.py                                   # the miniature world's trained checkpoint, offline
+    python app.py --model you/blsp-qwen2.5-7b       # any BLSP checkpoint: a local folder or a Hub id
+    BLSP_MODEL=you/blsp-qwen2.5-7b python app.py    # the same, from the environment (a Space's variables)
+
+Record from the microphone or upload a clip, write an instruction (one example per task is offered) and the answer is
+streamed token by token. The conversation goes on: every earlier turn, with its audio, stays in the prompt, which
+the checkpoint's processor renders (`apply_chat_template`, the model's one prompt renderer).
+"""
+
+import json
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import gradio as gr
+import torch
+from transformers import AutoModel, AutoProcessor, HfArgumentParser, TextIteratorStreamer
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORLD_MODEL = os.path.join(HERE, "world", "models", "blsp")
+WORLD_CLIPS = os.path.join(HERE, "world", "data", "speech", "test_heldout_voice")
+TASK_INSTRUCTIONS = {  # the tasks of BLSP's paper, for checkpoints trained on real speech
+    "transcribe": "Please transcribe the following audio into English text.",
+    "translate": "Please translate the following audio into German text.",
+    "continue": "Continue the following text in a coherent and engaging style with less than 40 words.",
+    "answer": "Please answer the question in the audio.",
+}
+
+
+@dataclass
+class DemoArguments:
+    model: str = field(
+        default=os.environ.get("BLSP_MODEL", WORLD_MODEL),
+        metadata={"help": "BLSP checkpoint: a local folder or a Hub id (default: $BLSP_MODEL, else the world's)."},
+    )
+    examples_dir: str = field(
+        default=WORLD_CLIPS, metadata={"help": "An audiofolder (metadata.jsonl + clips) to pick example clips from."}
+    )
+    num_examples: int = field(default=4, metadata={"help": "Example clips offered under the inputs."})
+    server_name: str = field(
+        default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        metadata={"help": "Address to serve on: 0.0.0.0 serves other machines (a Space sets $GRADIO_SERVER_NAME)."},
+    )
+    server_port: int = field(default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    share: bool = field(default=False, metadata={"help": "Also serve through a public gradio.live link."})
+    threads: int = field(default=0, metadata={"help": "Torch CPU threads (0: torch's default)."})
+
+
+def task_instructions(model: str) -> dict[str, str]:
+    """Example instructions, one per task: the miniature world's for its checkpoint, BLSP's otherwise."""
+    if os.path.abspath(model) == WORLD_MODEL:
+        sys.path.insert(0, HERE)
+        from world.language import INSTRUCTIONS
+
+        return dict(INSTRUCTIONS)
+    return TASK_INSTRUCTIONS
+
+
+def example_clips(directory: str, count: int) -> list[str]:
+    """The first `count` clips listed in an audiofolder's metadata.jsonl (none if it is absent)."""
+    metadata = os.path.join(directory, "metadata.jsonl")
+    if not os.path.exists(metadata):
+        return []
+    with open(metadata, encoding="utf-8") as file:
+        rows = [json.loads(line) for line in file]
+    return [os.path.join(directory, row["file_name"]) for row in rows[:count]]
+
+
+def user_turn(instruction: str, audio: str | None, prompt_layout: str) -> dict:
+    """A user message holding the instruction and, when given, the audio, in the processor's prompt layout."""
+    content = [{"type": "text", "text": instruction}] if instruction else []
+    if audio:
+        speech = [{"type": "audio", "path": audio}]
+        content = speech + content if prompt_layout == "speech_first" else content + speech
+    return {"role": "user", "content": content}
+
+
+def shown_turn(message: dict) -> dict:
+    """A conversation message as the chat window shows it: audio items as their file name."""
+    parts = [
+        item["text"] if item["type"] == "text" else f"(audio: {os.path.basename(item['path'])})" for item in message["content"]
+    ]
+    return {"role": "user", "content": "\n".join(parts)}
+
+
+class SpeechChat:
+    """A BLSP model and processor answering conversations, streaming the answer."""
+
+    def __init__(self, model: str):
+        self.model = AutoModel.from_pretrained(model, trust_remote_code=True).eval()
+        self.processor = AutoProcessor.from_pretrained(model, trust_remote_code=True)
+
+    def stream(self, conversation: list[dict], max_new_tokens: int, temperature: float):
+        """Yield the answer to `conversation` as it grows, token by token (greedy at temperature 0)."""
+        system = [{"role": "system", "content": self.processor.system_prompt}] if self.processor.system_prompt else []
+        inputs = self.processor.apply_chat_template(system + conversation)
+        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        kwargs = {**inputs, **sampling, "max_new_tokens": max_new_tokens, "streamer": streamer}
+        worker = threading.Thread(target=self.generate, kwargs=kwargs)
+        worker.start()
+        answer = ""
+        for piece in streamer:
+            answer += piece
+            yield answer.strip()
+        worker.join()
+
+    @torch.inference_mode()
+    def generate(self, **kwargs):
+        self.model.generate(**kwargs)
+
+
+def build_demo(chat: SpeechChat, instructions: dict[str, str], clips: list[str], title: str) -> gr.Blocks:
+    """The page: chat window, audio (microphone or upload), instruction, generation settings, examples."""
+    layout = chat.processor.prompt_layout
+
+    def respond(audio, instruction, max_new_tokens, temperature, conversation):
+        if not audio and not instruction.strip():
+            raise gr.Error("Record or upload audio, or write an instruction.")
+        if not conversation and not audio:
+            raise gr.Error("Start the conversation with audio: record it or upload a clip.")
+        conversation = conversation + [user_turn(instruction.strip(), audio, layout)]
+        shown = [shown_turn(m) if m["role"] == "user" else m for m in conversation]
+        start, answer = time.perf_counter(), ""
+        yield shown + [{"role": "assistant", "content": ""}], conversation, None, "Answering…"
+        for answer in chat.stream(conversation, int(max_new_tokens), float(temperature)):
+            yield shown + [{"role": "assistant", "content": answer}], conversation, None, "Answering…"
+        conversation = conversation + [{"role": "assistant", "content": answer}]
+        status = f"Answered in {time.perf_counter() - start:.1f} s."
+        yield shown + [{"role": "assistant", "content": answer}], conversation, None, status
+
+    with gr.Blocks(title=title) as demo:
+        gr.Markdown(f"# {title}\nTalk or upload a clip, give an instruction; follow-up questions keep the conversation.")
+        conversation = gr.State([])
+        chatbot = gr.Chatbot(label="Conversation", elem_id="conversation", height=360)
+        status = gr.Markdown("", elem_id="status")
+        with gr.Row():
+            audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Speech", elem_id="speech")
+            with gr.Column():
+                instruction = gr.Textbox(label="Instruction", value=next(iter(instructions.values())), elem_id="ask")
+                gr.Examples(
+                    [[text] for text in instructions.values()],
+                    [instruction],
+                    label="Instructions per task",
+                    example_labels=list(instructions),
+                )
+        with gr.Accordion("Generation", open=False):
+            max_new_tokens = gr.Slider(1, 512, value=64, step=1, label="Max new tokens", elem_id="max_new_tokens")
+            temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature (0: greedy)")
+        with gr.Row():
+            send = gr.Button("Send", variant="primary", elem_id="send")
+            clear = gr.Button("New conversation", elem_id="clear")
+        if clips:
+            gr.Examples(clips, [audio], label="Example clips")
+        outputs = [chatbot, conversation, audio, status]
+        send.click(respond, [audio, instruction, max_new_tokens, temperature, conversation], outputs)
+        clear.click(lambda: ([], [], None, ""), None, outputs)
+    return demo
+
+
+def main():
+    (args,) = HfArgumentParser(DemoArguments).parse_args_into_dataclasses()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    chat = SpeechChat(args.model)
+    clips = example_clips(args.examples_dir, args.num_examples)
+    demo = build_demo(chat, task_instructions(args.model), clips, f"BLSP speech chat: {os.path.basename(args.model)}")
+    demo.queue().launch(
+        server_name=args.server_name,
+        server_port=args.server_port,
+        share=args.share,
+        allowed_paths=[os.path.abspath(args.examples_dir)],
+    )
+
+
+if __name__ == "__main__":
+    main()
