@@ -82,7 +82,8 @@ def user_turn(instruction: str, audio: str | None, prompt_layout: str) -> dict:
 def shown_turn(message: dict) -> dict:
     """A conversation message as the chat window shows it: audio items as their file name."""
     parts = [
-        item["text"] if item["type"] == "text" else f"(audio: {os.path.basename(item['path'])})" for item in message["content"]
+        item["text"] if item["type"] == "text" else f"(audio: {os.path.basename(item['path'])})"
+        for item in message["content"]
     ]
     return {"role": "user", "content": "\n".join(parts)}
 
@@ -134,7 +135,7 @@ def build_demo(chat: SpeechChat, instructions: dict[str, str], clips: list[str],
         yield shown + [{"role": "assistant", "content": answer}], conversation, None, status
 
     with gr.Blocks(title=title) as demo:
-        gr.Markdown(f"# {title}\nTalk or upload a clip, give an instruction; follow-up questions keep the conversation.")
+        gr.Markdown(f"# {title}\nTalk or upload a clip and give an instruction; follow-up questions go on from there.")
         conversation = gr.State([])
         chatbot = gr.Chatbot(label="Conversation", elem_id="conversation", height=360)
         status = gr.Markdown("", elem_id="status")

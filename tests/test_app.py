@@ -1,4 +1,4 @@
-"""The speech chat demo: its shipped checkpoint matches `world/demo_manifest.json`, it streams, and it works in a browser.
+"""The speech chat demo: its checkpoint matches `world/demo_manifest.json`, it streams, and it works in a browser.
 
 The browser test starts `python app.py` from another directory, drives headless Chromium with selenium (upload a world
 clip, ask for its transcription, then a follow-up question) and checks the streamed answers against the model's greedy
