@@ -148,10 +148,6 @@ def test_browser_upload_transcribe_and_follow_up(server, browser, speech_llm, ex
     WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#speech audio"))
 
     transcript = ask(browser, language.REPEAT_INSTRUCTION, answers_before=0)
-    browser.find_element(By.CSS_SELECTOR, "#status").click()  # let the page settle for the screenshot
-    browser.save_screenshot(str(tmp_path / "demo.png"))
-    assert os.path.getsize(tmp_path / "demo.png") > 10_000
-
     greedy = speech_llm(example["path"], instruction=language.REPEAT_INSTRUCTION, max_new_tokens=64)
     assert transcript == greedy["generated_text"]
     assert jiwer.wer(example["text"], transcript) <= 0.4, (example["text"], transcript)
@@ -164,3 +160,5 @@ def test_browser_upload_transcribe_and_follow_up(server, browser, speech_llm, ex
         app.user_turn(language.QUESTION_INSTRUCTION, None, layout),
     ]
     assert follow_up == speech_llm(conversation, max_new_tokens=64)["generated_text"]
+    browser.save_screenshot(str(tmp_path / "demo.png"))
+    assert os.path.getsize(tmp_path / "demo.png") > 10_000

@@ -25,6 +25,7 @@ DEMO_MANIFEST = os.path.join(build_world.WORLD_DIR, "demo_manifest.json")
 LAYOUT, LOSS = "speech_first", "kl"
 TRAINING = {"max_steps": 1500, "batch_size": 16, "learning_rate": 1e-3}
 SHIPPED_SUFFIXES = (".json", ".jinja", ".safetensors", ".py")
+TRAINING_LOGS = ("all_results.json", "train_results.json", "trainer_state.json")
 
 
 def copy_checkpoint(trained_dir: str, destination: str) -> None:
@@ -33,7 +34,7 @@ def copy_checkpoint(trained_dir: str, destination: str) -> None:
     os.makedirs(destination)
     for name in sorted(os.listdir(trained_dir)):
         path = os.path.join(trained_dir, name)
-        if os.path.isfile(path) and name.endswith(SHIPPED_SUFFIXES) and name != "trainer_state.json":
+        if os.path.isfile(path) and name.endswith(SHIPPED_SUFFIXES) and name not in TRAINING_LOGS:
             shutil.copy(path, os.path.join(destination, name))
 
 
