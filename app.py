@@ -137,7 +137,7 @@ def build_demo(chat: SpeechChat, instructions: dict[str, str], clips: list[str],
     with gr.Blocks(title=title) as demo:
         gr.Markdown(f"# {title}\nTalk or upload a clip and give an instruction; follow-up questions go on from there.")
         conversation = gr.State([])
-        chatbot = gr.Chatbot(label="Conversation", elem_id="conversation", height=360)
+        chatbot = gr.Chatbot(label="Conversation", elem_id="conversation", height=440)
         status = gr.Markdown("", elem_id="status")
         with gr.Row():
             audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Speech", elem_id="speech")
@@ -169,7 +169,7 @@ def main():
         torch.set_num_threads(args.threads)
     chat = SpeechChat(args.model)
     clips = example_clips(args.examples_dir, args.num_examples)
-    demo = build_demo(chat, task_instructions(args.model), clips, f"BLSP speech chat: {os.path.basename(args.model)}")
+    demo = build_demo(chat, task_instructions(args.model), clips, f"BLSP speech chat ({os.path.basename(args.model)})")
     demo.queue().launch(
         server_name=args.server_name,
         server_port=args.server_port,

@@ -87,24 +87,29 @@ def wait_for_server(url: str, process: subprocess.Popen, log_path: str, timeout:
     pytest.fail(f"app.py did not serve {url} within {timeout} s")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`python app.py` (its defaults: the world's checkpoint and clips) started from another directory."""
+@pytest.fixture(scope="module", autouse=True)
+def app_process(tmp_path_factory):
+    """`python app.py` (its defaults: the world's checkpoint and clips) started from another directory, at once, so
+    that it starts up while the other tests of this module run."""
     cwd = tmp_path_factory.mktemp("app_cwd")
     port = free_port()
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", BLSP_MODEL=app.WORLD_MODEL)
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "BLSP_MODEL")}
+    env.update(HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
     log_path = str(cwd / "app.log")
     with open(log_path, "w") as log:
         command = [sys.executable, app.__file__, "--server_port", str(port)]
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     try:
-        wait_for_server(url, process, log_path)
-        yield url
+        yield {"url": f"http://127.0.0.1:{port}", "process": process, "log": log_path}
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(app_process) -> str:
+    wait_for_server(app_process["url"], app_process["process"], app_process["log"])
+    return app_process["url"]
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +121,7 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = BROWSER
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1100"):
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1400"):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
     yield driver
