@@ -167,6 +167,8 @@ def main():
     (args,) = HfArgumentParser(DemoArguments).parse_args_into_dataclasses()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.model == WORLD_MODEL and not os.path.isdir(WORLD_MODEL):
+        raise SystemExit(f"{WORLD_MODEL} is missing (python -m world.build_demo makes it): pass --model or BLSP_MODEL.")
     chat = SpeechChat(args.model)
     clips = example_clips(args.examples_dir, args.num_examples)
     demo = build_demo(chat, task_instructions(args.model), clips, f"BLSP speech chat ({os.path.basename(args.model)})")
