@@ -20,12 +20,22 @@ import torch
 
 from world import build_world, language, run
 
+REPOSITORY = os.path.dirname(build_world.WORLD_DIR)
 DEMO_DIR = os.path.join(build_world.WORLD_DIR, "models", "blsp")
 DEMO_MANIFEST = os.path.join(build_world.WORLD_DIR, "demo_manifest.json")
 LAYOUT, LOSS = "speech_first", "kl"
 TRAINING = {"max_steps": 1500, "batch_size": 16, "learning_rate": 1e-3}
 SHIPPED_SUFFIXES = (".json", ".jinja", ".safetensors", ".py")
 TRAINING_LOGS = ("all_results.json", "train_results.json", "trainer_state.json")
+
+
+def without_checkout_paths(directory: str) -> None:
+    """Make the base models' paths recorded in config.json relative to the repository, as in `world/models/llm`."""
+    path = os.path.join(directory, "config.json")
+    with open(path, encoding="utf-8") as file:
+        text = file.read()
+    with open(path, "w", encoding="utf-8") as file:
+        file.write(text.replace(REPOSITORY + os.sep, ""))
 
 
 def copy_checkpoint(trained_dir: str, destination: str) -> None:
@@ -36,6 +46,7 @@ def copy_checkpoint(trained_dir: str, destination: str) -> None:
         path = os.path.join(trained_dir, name)
         if os.path.isfile(path) and name.endswith(SHIPPED_SUFFIXES) and name not in TRAINING_LOGS:
             shutil.copy(path, os.path.join(destination, name))
+    without_checkout_paths(destination)
 
 
 def build_demo(args) -> dict:
