@@ -60,7 +60,9 @@ def read_ctranslate2_variables(path: str) -> dict[str, torch.Tensor]:
 
         version = unpack("I")
         if version not in SUPPORTED_BINARY_VERSIONS:
-            raise ValueError(f"{path}: CTranslate2 binary version {version}, expected one of {SUPPORTED_BINARY_VERSIONS}")
+            raise ValueError(
+                f"{path}: CTranslate2 binary version {version}, expected one of {SUPPORTED_BINARY_VERSIONS}"
+            )
         read_string()  # spec name, e.g. WhisperSpec
         unpack("I")  # spec revision
         for _ in range(unpack("I")):
@@ -91,7 +93,9 @@ def count_layers(variables: dict[str, torch.Tensor], stack: str) -> int:
     return len({match.group(1) for name in variables if (match := re.match(rf"{stack}/layer_(\d+)/", name))})
 
 
-def split_linear(weight: torch.Tensor, bias: torch.Tensor | None, parts: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def split_linear(
+    weight: torch.Tensor, bias: torch.Tensor | None, parts: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Undo `fuse_linear`: split a fused (parts * d, d) projection and its bias into `parts` projections."""
     weights = weight.chunk(parts)
     biases = bias.chunk(parts) if bias is not None else [None] * parts
@@ -104,17 +108,20 @@ def linear(state: dict, prefix: str, weight: torch.Tensor, bias: torch.Tensor | 
         state[f"{prefix}.bias"] = bias
 
 
-def attention(state: dict, variables: dict, source: str, target: str, fused_kv_only: bool) -> None:
-    """q/k/v/out projections of one attention block (k_proj has no bias in Whisper: its fused bias slice is zero)."""
-    if fused_kv_only:  # cross-attention: linear_0 is q, linear_1 is k and v fused
-        query = (variables[f"{source}/linear_0/weight"], variables.get(f"{source}/linear_0/bias"))
-        key, value = split_linear(variables[f"{source}/linear_1/weight"], variables.get(f"{source}/linear_1/bias"), 2)
-    else:  # self-attention: linear_0 is q, k and v fused
-        query, key, value = split_linear(
-            variables[f"{source}/linear_0/weight"], variables.get(f"{source}/linear_0/bias"), 3
-        )
-    out = (variables[f"{source}/linear_2/weight" if fused_kv_only else f"{source}/linear_1/weight"], None)
-    out = (out[0], variables.get(f"{source}/linear_2/bias" if fused_kv_only else f"{source}/linear_1/bias"))
+def attention(state: dict, variables: dict, source: str, target: str, cross: bool) -> None:
+    """q/k/v/out projections of one attention block (k_proj has no bias in Whisper: its fused bias slice is zero).
+
+    Self-attention: `linear_0` is q, k and v fused, `linear_1` the output. Cross-attention: `linear_0` is q,
+    `linear_1` k and v fused, `linear_2` the output.
+    """
+    count = 3 if cross else 2
+    fused = [
+        (variables[f"{source}/linear_{i}/weight"], variables.get(f"{source}/linear_{i}/bias")) for i in range(count)
+    ]
+    if cross:
+        query, (key, value), out = fused[0], split_linear(*fused[1], 2), fused[2]
+    else:
+        (query, key, value), out = split_linear(*fused[0], 3), fused[1]
     linear(state, f"{target}.q_proj", *query)
     linear(state, f"{target}.k_proj", key[0], None)
     linear(state, f"{target}.v_proj", *value)
@@ -129,10 +136,10 @@ def layer_norm(state: dict, variables: dict, source: str, target: str) -> None:
 def convert_layer(state: dict, variables: dict, stack: str, index: int) -> None:
     """One encoder or decoder layer: attention blocks, their pre-norms and the feed-forward block."""
     source, target = f"{stack}/layer_{index}", f"model.{stack}.layers.{index}"
-    attention(state, variables, f"{source}/self_attention", f"{target}.self_attn", fused_kv_only=False)
+    attention(state, variables, f"{source}/self_attention", f"{target}.self_attn", cross=False)
     layer_norm(state, variables, f"{source}/self_attention/layer_norm", f"{target}.self_attn_layer_norm")
     if stack == "decoder":
-        attention(state, variables, f"{source}/attention", f"{target}.encoder_attn", fused_kv_only=True)
+        attention(state, variables, f"{source}/attention", f"{target}.encoder_attn", cross=True)
         layer_norm(state, variables, f"{source}/attention/layer_norm", f"{target}.encoder_attn_layer_norm")
     linear(state, f"{target}.fc1", variables[f"{source}/ffn/linear_0/weight"], variables[f"{source}/ffn/linear_0/bias"])
     linear(state, f"{target}.fc2", variables[f"{source}/ffn/linear_1/weight"], variables[f"{source}/ffn/linear_1/bias"])
@@ -198,7 +205,9 @@ def generation_config(config: WhisperConfig, ct2_config: dict, tokenizer: Whispe
     )
     if multilingual:
         settings["lang_to_id"] = {tokenizer.convert_ids_to_tokens(i): i for i in ct2_config.get("lang_ids", [])}
-        settings["task_to_id"] = {task: tokenizer.convert_tokens_to_ids(f"<|{task}|>") for task in ("transcribe", "translate")}
+        settings["task_to_id"] = {
+            task: tokenizer.convert_tokens_to_ids(f"<|{task}|>") for task in ("transcribe", "translate")
+        }
     return GenerationConfig(**settings)
 
 
