@@ -101,7 +101,7 @@ def ctranslate2_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 
 def test_converted_whisper_holds_every_ctranslate2_weight_exactly(whisper):
-    stored = {name: value for name, value in read_ctranslate2_variables(package_model_dir() + "/model.bin").items()}
+    stored = read_ctranslate2_variables(os.path.join(package_model_dir(), "model.bin"))
     stored = {name: value for name, value in stored.items() if value.dim() > 0}  # scalars are settings
     rebuilt = ctranslate2_layout(whisper.state_dict())
     assert rebuilt.keys() == stored.keys()
