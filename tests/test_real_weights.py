@@ -296,4 +296,5 @@ def test_step2_with_real_weights_lowers_the_loss(real_continuations, real_whispe
     with open(os.path.join(tmp_path, "trainer_state.json")) as file:
         losses = [entry["loss"] for entry in json.load(file)["log_history"] if "loss" in entry]
     assert len(losses) == 4
-    assert sum(losses[-2:]) / 2 < 0.8 * sum(losses[:2]) / 2, losses
+    # the same 3 rows every step at a constant learning rate: measured 1.71, 1.63, 1.43, 1.24
+    assert all(later < earlier for earlier, later in zip(losses, losses[1:])) and losses[-1] < 0.85 * losses[0], losses
