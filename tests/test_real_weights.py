@@ -230,6 +230,18 @@ def test_real_blsp_loads_in_a_fresh_process(real_blsp, real_clips, tmp_path):
     assert "lm_head" not in completed.stderr  # the tied output embedding is not reported missing
 
 
+def test_processor_class_loads_a_checkpoint_without_the_remote_code_question(real_blsp, real_clips, capfd):
+    _, processor, directory = real_blsp
+    loaded = BlspProcessor.from_pretrained(directory)
+    assert "custom code" not in "".join(capfd.readouterr())
+    prompt, clip = processor.render_prompt(INSTRUCTION), read_clip(real_clips[0])
+    assert loaded.render_prompt(INSTRUCTION) == prompt
+    assert (
+        loaded(text=prompt, audio=clip)["input_ids"].tolist()
+        == processor(text=prompt, audio=clip)["input_ids"].tolist()
+    )
+
+
 def test_batch_with_a_45_second_clip_equals_each_clip_alone(real_blsp, real_clips):
     model, processor, _ = real_blsp
     clips = [read_clip(real_clips[0]), long_clip(real_clips), read_clip(real_clips[1])]
