@@ -33,8 +33,10 @@ from processing_blsp import CONTINUATION_INSTRUCTION, BlspProcessor, log_mel
 pytest_plugins = ["real_weights"]  # fixtures: real_whisper, real_llm, real_clips
 
 INSTRUCTION = "Please transcribe the following audio."
-# whisper-tiny.en on these robotic espeak-ng clips: 23.7% WER (a misheard word or two per clip, the en-gb voice
-# worst). A wrong weight mapping (swapped k/v, a lost bias, a transposed fused block) gives near 100%.
+# whisper-tiny.en on these robotic espeak-ng clips: 23.7% WER (measured: a misheard word or two per clip, e.g. "quick
+# roundfire" for "quick brown fox"). The weight mapping itself is checked exactly by the CTranslate2 round trip; this
+# threshold checks that weights, config, tokenizer and generation settings together transcribe, with room for the
+# run-to-run spread of a different CPU, while a model that does not follow the audio scores near 100%.
 MAX_WER = 0.35
 # Batched vs alone with real weights: float32 sums over differently padded lengths are ordered differently; the
 # logits of each greedy step differ by at most 4.3e-5 (measured; logits reach 37). 1e-3 leaves 20x headroom and is far
