@@ -40,16 +40,17 @@ def check_requested_engine(trainer: Trainer, environ=os.environ):
 
     accelerate (1.x) enables FSDP and DeepSpeed only on accelerators: on CPU it silently falls back to plain DDP.
     """
+    asked_for_deepspeed = bool(trainer.args.deepspeed) or environ.get("ACCELERATE_USE_DEEPSPEED", "") == "true"
     requested = {
         "FSDP": (environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true", trainer.is_fsdp_enabled),
-        "DeepSpeed": (environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true", trainer.is_deepspeed_enabled),
+        "DeepSpeed": (asked_for_deepspeed, trainer.is_deepspeed_enabled),
     }
     for engine, (asked, enabled) in requested.items():
         if asked and not enabled:
             raise LaunchError(
-                f"The launcher asked for {engine} but the Trainer runs {trainer.accelerator.distributed_type.value} "
-                f"on {trainer.args.device.type}: accelerate enables {engine} on accelerators (GPUs) only. Launch "
-                "without the FSDP/DeepSpeed config (e.g. `accelerate launch --multi_gpu`) to train with DDP here."
+                f"{engine} was asked for, but the Trainer runs {trainer.accelerator.distributed_type.value} on "
+                f"{trainer.args.device.type}: accelerate enables {engine} on accelerators (GPUs) only. On CPU, drop "
+                "the FSDP config / --deepspeed (`accelerate launch --multi_gpu ... --use_cpu` trains with DDP)."
             )
 
 
