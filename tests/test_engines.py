@@ -257,9 +257,10 @@ def test_fsdp_trains_as_one_world_of_two_with_sharded_checkpoints_and_frozen_wei
     assert os.path.isdir(os.path.join(output_dir, "checkpoint-1", "pytorch_model_fsdp_0"))  # sharded
     trained, initial = weights(output_dir), weights(initial_blsp)
     assert trained.keys() == initial.keys()  # LoRA merged: no peft keys
-    frozen = [key for key in initial if key.startswith("speech_encoder.") or "norm" in key or "embed_tokens" in key]
+    frozen = [key for key in initial if key.startswith("speech_encoder.")]
+    frozen += [key for key in initial if key.startswith("language_model.") and ("norm" in key or "embed" in key)]
     assert frozen and all(torch.equal(trained[key], initial[key]) for key in frozen)
-    merged = [key for key in initial if key.endswith("q_proj.weight")]
+    merged = [key for key in initial if key.startswith("language_model.") and key.endswith("q_proj.weight")]
     assert merged and all(not torch.equal(trained[key], initial[key]) for key in merged)
 
 
@@ -268,10 +269,13 @@ def test_fsdp_resumes_from_a_sharded_checkpoint(fsdp_run, initial_blsp, dataset,
     settings = lora_run_settings(initial_blsp, dataset, str(tmp_path / "resumed"))
     settings["resume_from_checkpoint"] = os.path.join(output_dir, "checkpoint-1")
     log = launch(FSDP_LAUNCHER, settings, tmp_path, "resume")
-    assert "Continuing training from global step 1" in log.stdout + log.stderr
-    resumed, uninterrupted = weights(str(tmp_path / "resumed")), weights(output_dir)
+    assert "Resuming training from checkpoint with epoch 0 and global step 1" in log.stdout + log.stderr
+    resumed_dir = str(tmp_path / "resumed")
+    assert logged_losses(resumed_dir) == pytest.approx(logged_losses(output_dir), rel=1e-5)
+    resumed, uninterrupted = weights(resumed_dir), weights(output_dir)
+    assert resumed.keys() == uninterrupted.keys()
     for key, value in uninterrupted.items():
-        torch.testing.assert_close(resumed[key], value, rtol=0, atol=1e-6, msg=key)
+        torch.testing.assert_close(resumed[key], value, rtol=0, atol=1e-4, msg=key)
 
 
 def test_fsdp_merged_lora_equals_the_same_run_under_ddp(fsdp_run, initial_blsp, dataset, tmp_path):
@@ -279,10 +283,13 @@ def test_fsdp_merged_lora_equals_the_same_run_under_ddp(fsdp_run, initial_blsp, 
     ddp_dir = str(tmp_path / "ddp")
     log = launch(DDP_LAUNCHER, lora_run_settings(initial_blsp, dataset, ddp_dir), tmp_path, "ddp")
     assert WORLD_OF_TWO in log.stdout + log.stderr
-    ddp, fsdp = weights(ddp_dir), weights(output_dir)
+    assert logged_losses(output_dir) == pytest.approx(logged_losses(ddp_dir), rel=1e-5)
+    ddp, fsdp, initial = weights(ddp_dir), weights(output_dir), weights(initial_blsp)
     assert ddp.keys() == fsdp.keys()
+    # Two Adam steps at lr 1e-2 move each trained weight by about 2e-2; the engines differ by float rounding only.
+    assert max(float((ddp[key] - initial[key]).abs().max()) for key in ddp) > 1e-2
     for key, value in ddp.items():
-        torch.testing.assert_close(fsdp[key], value, rtol=1e-4, atol=1e-5, msg=key)
+        torch.testing.assert_close(fsdp[key], value, rtol=0, atol=1e-4, msg=key)
 
 
 # ----------------------------------------------------------------------------------- LLM families
