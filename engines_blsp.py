@@ -60,7 +60,8 @@ def unsharded_model(trainer: Trainer) -> torch.nn.Module:
     FSDP2 shards the model in place (its parameters become DTensors and its class a wrapper); saving or merging LoRA
     needs the whole weights. Every process joins the gathering; the main process gets the weights, the others an
     empty (meta) copy, as they save nothing. The copy replaces `trainer.model`, so `trainer.save_model()` and
-    `trainer.push_to_hub()` then save it as any model, in one `model.safetensors` that loads with `AutoModel`.
+    `trainer.push_to_hub()` then save it as any model, in one `model.safetensors` that loads with `AutoModel`. It is
+    for saving only: its buffers that are not saved (rotary tables) stay unmaterialized.
     """
     if not trainer.is_fsdp_enabled:
         return trainer.model

@@ -6,6 +6,7 @@ path of accelerate and the Trainer on CPU: it turns a MULTI_CPU state that was g
 state, then runs SCRIPT as `__main__`.
 """
 
+import os
 import runpy
 import sys
 
@@ -28,5 +29,5 @@ AcceleratorState.__init__ = init_with_fsdp_on_cpu
 if __name__ == "__main__":
     script = sys.argv[1]
     sys.argv = sys.argv[1:]
-    sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.abspath(script)))
+    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
     runpy.run_path(script, run_name="__main__")
