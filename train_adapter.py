@@ -415,10 +415,12 @@ def uses_lora(model: BlspForConditionalGeneration) -> bool:
     return hasattr(model.language_model, "peft_config")
 
 
-def finalize_lora(model: BlspForConditionalGeneration, mode: str, output_dir: str):
-    """Turn the peft-wrapped LLM back into a plain one: LoRA merged in, or saved aside and removed."""
+def finalize_lora(model: BlspForConditionalGeneration, mode: str, output_dir: str, is_main_process: bool = True):
+    """Turn the peft-wrapped LLM back into a plain one: LoRA merged in, or saved aside (by the main process) and
+    removed."""
     if mode == "adapter":
-        model.language_model.save_pretrained(os.path.join(output_dir, LORA_ADAPTER_DIR))
+        path = os.path.join(output_dir, LORA_ADAPTER_DIR)
+        model.language_model.save_pretrained(path, is_main_process=is_main_process)
         model.language_model = model.language_model.unload()
     else:
         model.language_model = model.language_model.merge_and_unload()
@@ -755,7 +757,7 @@ def main(args: list[str] | None = None):
 
     model = unsharded_model(trainer)
     if uses_lora(model):
-        finalize_lora(model, model_args.lora_save, training_args.output_dir)
+        finalize_lora(model, model_args.lora_save, training_args.output_dir, training_args.should_save)
     trainer.save_model()
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="End of training")
