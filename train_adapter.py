@@ -45,6 +45,7 @@ from transformers import PreTrainedConfig, Trainer, TrainingArguments, set_seed
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from data_blsp import CorpusArguments, load_source, parse_script_arguments
+from engines_blsp import check_one_training, check_requested_engine, unsharded_model
 from generate_continuations import HUB_METADATA_FILE
 from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import CONTINUATION_INSTRUCTION, IGNORE_INDEX, PROMPT_LAYOUTS, AudioInputError, BlspProcessor
@@ -414,10 +415,12 @@ def uses_lora(model: BlspForConditionalGeneration) -> bool:
     return hasattr(model.language_model, "peft_config")
 
 
-def finalize_lora(model: BlspForConditionalGeneration, mode: str, output_dir: str):
-    """Turn the peft-wrapped LLM back into a plain one: LoRA merged in, or saved aside and removed."""
+def finalize_lora(model: BlspForConditionalGeneration, mode: str, output_dir: str, is_main_process: bool = True):
+    """Turn the peft-wrapped LLM back into a plain one: LoRA merged in, or saved aside (by the main process) and
+    removed."""
     if mode == "adapter":
-        model.language_model.save_pretrained(os.path.join(output_dir, LORA_ADAPTER_DIR))
+        path = os.path.join(output_dir, LORA_ADAPTER_DIR)
+        model.language_model.save_pretrained(path, is_main_process=is_main_process)
         model.language_model = model.language_model.unload()
     else:
         model.language_model = model.language_model.merge_and_unload()
@@ -709,6 +712,7 @@ def load_datasets(data_args: DataArguments, training_args: BlspTrainingArguments
 
 def main(args: list[str] | None = None):
     model_args, data_args, training_args = parse_arguments(args)
+    check_one_training(training_args)
     setup_logging(training_args)
 
     with training_args.main_process_first(desc="preparing datasets"):
@@ -735,6 +739,7 @@ def main(args: list[str] | None = None):
         processing_class=processor,
         model_card_builder=partial(build_model_card, model_args, data_args, instructions, trainable),
     )
+    check_requested_engine(trainer)
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = train_result.metrics
     skipped = torch.tensor(trainer.skipped_audio_rows, device=training_args.device)
@@ -750,8 +755,9 @@ def main(args: list[str] | None = None):
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
 
+    model = unsharded_model(trainer)
     if uses_lora(model):
-        finalize_lora(model, model_args.lora_save, training_args.output_dir)
+        finalize_lora(model, model_args.lora_save, training_args.output_dir, training_args.should_save)
     trainer.save_model()
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="End of training")

@@ -1,11 +1,18 @@
-"""Tiny random checkpoints built locally (no Hub access): a Whisper, a base Llama and a chat Qwen2."""
+"""Tiny random checkpoints built locally (no Hub access): a Whisper, a base Llama, a chat Qwen2, and chat Mistral,
+Gemma 2 and Phi-3 models with their own chat templates."""
 
 import os
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
@@ -28,26 +35,55 @@ CHATML_TEMPLATE = (
 )
 
 
-def build_tokenizer(chat: bool) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained on a few sentences; ChatML special tokens when `chat`."""
-    special = ["<unk>", "<s>", "</s>", "<pad>"] + (["<|im_start|>", "<|im_end|>"] if chat else [])
+# Each family's chat format, simplified from its published template. Gemma's has no system role: it raises.
+MISTRAL_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}[INST] {{ message['content'] }} "
+    "[/INST]{% elif message['role'] == 'system' %}{{ message['content'] }}\n\n{% else %}{{ message['content'] }}"
+    "{{ eos_token }}{% endif %}{% endfor %}"
+)
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' %}"
+    "{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "<start_of_turn>{{ role }}\n{{ message['content'] | trim }}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+PHI3_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+# family: (extra special tokens, bos, eos, chat template)
+CHAT_FORMATS = {
+    "mistral": (["[INST]", "[/INST]"], "<s>", "</s>", MISTRAL_TEMPLATE),
+    "gemma2": (["<start_of_turn>", "<end_of_turn>"], "<s>", "<end_of_turn>", GEMMA_TEMPLATE),
+    "phi3": (["<|user|>", "<|assistant|>", "<|system|>", "<|end|>"], None, "<|end|>", PHI3_TEMPLATE),
+}
+
+
+def train_tokenizer(extra_special: list[str], bos: str | None, eos: str, template: str | None):
+    """A byte-level BPE tokenizer trained on a few sentences, with the given special tokens and chat template."""
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=400,
+        special_tokens=["<unk>", "<s>", "</s>", "<pad>"] + extra_special,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tokenizer.train_from_iterator(CORPUS * 20, trainer=trainer)
     wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        unk_token="<unk>",
-        bos_token=None if chat else "<s>",
-        eos_token="<|im_end|>" if chat else "</s>",
-        pad_token="<pad>",
+        tokenizer_object=tokenizer, unk_token="<unk>", bos_token=bos, eos_token=eos, pad_token="<pad>"
     )
-    if chat:
-        wrapped.chat_template = CHATML_TEMPLATE
+    if template is not None:
+        wrapped.chat_template = template
     return wrapped
+
+
+def build_tokenizer(chat: bool) -> PreTrainedTokenizerFast:
+    """A base tokenizer (BOS, EOS, no chat template), or a ChatML one when `chat`."""
+    if chat:
+        return train_tokenizer(["<|im_start|>", "<|im_end|>"], None, "<|im_end|>", CHATML_TEMPLATE)
+    return train_tokenizer([], "<s>", "</s>", None)
 
 
 def tiny_whisper_config(**overrides) -> WhisperConfig:
@@ -95,6 +131,33 @@ def save_tiny_llm(directory: str, chat: bool) -> str:
         model = Qwen2ForCausalLM(Qwen2Config(**common, tie_word_embeddings=True))
     else:
         model = LlamaForCausalLM(LlamaConfig(**common, bos_token_id=tokenizer.bos_token_id))
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def save_tiny_chat_llm(directory: str, family: str) -> str:
+    """A tiny chat model of `family` ("mistral", "gemma2" or "phi3") with its own tokenizer and chat template."""
+    tokenizer = train_tokenizer(*CHAT_FORMATS[family])
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    if family == "mistral":
+        model = MistralForCausalLM(MistralConfig(**common))
+    elif family == "gemma2":
+        config = Gemma2Config(**common, head_dim=8, query_pre_attn_scalar=8, sliding_window=64)
+        model = Gemma2ForCausalLM(config)
+    else:
+        model = Phi3ForCausalLM(Phi3Config(**common))
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
