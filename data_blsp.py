@@ -9,9 +9,10 @@
 import json
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
+import yaml
 from datasets import Audio, Dataset, DatasetDict, Value, concatenate_datasets, load_dataset, load_from_disk
 from transformers import HfArgumentParser
 
@@ -203,8 +204,19 @@ def parse_script_arguments(dataclass_types: tuple, argv: list[str] | None = None
     """The scripts' arguments: flags, or a single .json/.yaml file holding them (transformers examples style)."""
     parser = HfArgumentParser(dataclass_types)
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(os.path.abspath(argv[0]))
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(os.path.abspath(argv[0]))
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        with open(argv[0], encoding="utf-8") as file:
+            settings = json.load(file) if argv[0].endswith(".json") else yaml.safe_load(file)
+        return parser.parse_dict(resolve_aliases(settings, dataclass_types))
     return parser.parse_args_into_dataclasses(args=argv)
+
+
+def resolve_aliases(settings: dict, dataclass_types: tuple) -> dict:
+    """Settings from a file with each flag alias (a field's `aliases` metadata) renamed to the field's name."""
+    renames = {
+        alias.lstrip("-"): item.name
+        for dataclass_type in dataclass_types
+        for item in fields(dataclass_type)
+        for alias in item.metadata.get("aliases", [])
+    }
+    return {renames.get(key, key): value for key, value in settings.items()}

@@ -16,7 +16,7 @@ Only the adapter trains by default; `--train_speech_encoder` adds the Whisper en
 Examples:
 
     python train_adapter.py --speech_encoder_name_or_path openai/whisper-small \
-        --llm_name_or_path Qwen/Qwen2.5-7B-Instruct --dataset_name_or_path continuations/ \
+        --llm_name_or_path Qwen/Qwen2.5-7B-Instruct --dataset_name continuations/ \
         --output_dir blsp-qwen --loss ce --learning_rate 5e-5 --warmup_steps 1000 --bf16
     accelerate launch train_adapter.py args.yaml   # the same arguments from a .json or .yaml file
 """
@@ -122,12 +122,20 @@ class ModelArguments:
 class DataArguments:
     """Which continuation datasets to train and evaluate on, and the prompt they were made with."""
 
-    dataset_name_or_path: list[str] = field(
-        metadata={"help": "One or more datasets made by generate_continuations.py: save_to_disk folders or Hub ids."}
+    dataset_name: list[str] = field(
+        metadata={
+            "aliases": ["--dataset_name_or_path"],
+            "help": "One or more datasets made by generate_continuations.py: output folders or Hub ids "
+            "(--dataset_name_or_path is an alias).",
+        }
     )
     dataset_split: str = field(default="train", metadata={"help": "Split to read from each training dataset."})
-    eval_dataset_name_or_path: list[str] | None = field(
-        default=None, metadata={"help": "Evaluation dataset(s), in the same format."}
+    eval_dataset_name: list[str] | None = field(
+        default=None,
+        metadata={
+            "aliases": ["--eval_dataset_name_or_path"],
+            "help": "Evaluation dataset(s), in the same format (--eval_dataset_name_or_path is an alias).",
+        },
     )
     eval_dataset_split: str = field(default="train", metadata={"help": "Split to read from each evaluation dataset."})
     eval_split_ratio: float = field(
@@ -151,14 +159,14 @@ class DataArguments:
     )
 
     def __post_init__(self):
-        if isinstance(self.dataset_name_or_path, str):  # a single name in a .json/.yaml file
-            self.dataset_name_or_path = [self.dataset_name_or_path]
-        if isinstance(self.eval_dataset_name_or_path, str):
-            self.eval_dataset_name_or_path = [self.eval_dataset_name_or_path]
+        if isinstance(self.dataset_name, str):  # a single name in a .json/.yaml file
+            self.dataset_name = [self.dataset_name]
+        if isinstance(self.eval_dataset_name, str):
+            self.eval_dataset_name = [self.eval_dataset_name]
         if not 0.0 <= self.eval_split_ratio < 1.0:
             raise ValueError(f"--eval_split_ratio must be in [0, 1), got {self.eval_split_ratio}.")
-        if self.eval_split_ratio and self.eval_dataset_name_or_path:
-            raise ValueError("Give --eval_split_ratio or --eval_dataset_name_or_path, not both.")
+        if self.eval_split_ratio and self.eval_dataset_name:
+            raise ValueError("Give --eval_split_ratio or --eval_dataset_name, not both.")
 
 
 @dataclass
@@ -632,7 +640,7 @@ def build_model_card(
             f"- speech encoder: `{model_args.speech_encoder_name_or_path}` (Whisper encoder)\n"
             f"- language model: `{model_args.llm_name_or_path}`\n"
         )
-    datasets_used = data_args.dataset_name_or_path + (data_args.eval_dataset_name_or_path or [])
+    datasets_used = data_args.dataset_name + (data_args.eval_dataset_name or [])
     eval_losses = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
     objective = OBJECTIVES[args.loss].format(T=args.kl_temperature, ce=args.ce_weight, kl=args.kl_weight)
     table = "\n".join(
@@ -652,7 +660,7 @@ def build_model_card(
         "continues the transcript.\n\n"
         f"## Base models\n{base_text}\n"
         "## Training data\n"
-        + "".join(f"- `{name}`\n" for name in data_args.dataset_name_or_path)
+        + "".join(f"- `{name}`\n" for name in data_args.dataset_name)
         + f"\n{len(trainer.train_dataset)} training rows; instruction(s) "
         + ", ".join(f"`{instruction}`" for instruction in instructions)
         + f"; prompt layout `{processor.prompt_layout}`"
@@ -696,10 +704,10 @@ def load_datasets(data_args: DataArguments, training_args: BlspTrainingArguments
         loss_terms=training_args.loss_terms,
         length_column=training_args.length_column_name,
     )
-    train_dataset, metadatas = prepare(data_args.dataset_name_or_path, data_args.dataset_split)
+    train_dataset, metadatas = prepare(data_args.dataset_name, data_args.dataset_split)
     eval_dataset = None
-    if data_args.eval_dataset_name_or_path:
-        eval_dataset, _ = prepare(data_args.eval_dataset_name_or_path, data_args.eval_dataset_split)
+    if data_args.eval_dataset_name:
+        eval_dataset, _ = prepare(data_args.eval_dataset_name, data_args.eval_dataset_split)
     elif data_args.eval_split_ratio:
         split = train_dataset.train_test_split(test_size=data_args.eval_split_ratio, seed=training_args.seed)
         train_dataset, eval_dataset = split["train"], split["test"]
