@@ -33,6 +33,9 @@ ROW_ID, AUDIO, TEXT = "row_id", "audio", "text"
 SAMPLING_RATE = 16000
 METADATA_FILES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
 FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+# Hub files read without fsspec's read-ahead (5 MB by default): a parquet column projection then fetches the byte
+# ranges of its columns only (plus pyarrow's 64 KiB footer read), not the audio next to them.
+NO_READ_AHEAD = {"hf": {"block_size": 1}}
 
 
 @dataclass
@@ -94,8 +97,9 @@ def join_audio(rows: Dataset, source: dict) -> Dataset:
             f"Row {max(row_ids)} of the continuations is not in {source['dataset_name']!r} ({len(corpus)} rows): "
             "the source corpus changed since step 1; run step 1 again or pass a dataset made with --embed_audio."
         )
-    audio = corpus.select(row_ids).select_columns([AUDIO]).flatten_indices()
-    return concatenate_datasets([rows.select_columns([ROW_ID]), audio, rows.remove_columns(ROW_ID)], axis=1)
+    audio = corpus.select(row_ids)
+    joined = rows.add_column(AUDIO, audio[AUDIO]).cast_column(AUDIO, corpus.features[AUDIO])
+    return joined.select_columns([ROW_ID, AUDIO, *[name for name in rows.column_names if name != ROW_ID]])
 
 
 def is_local(args: CorpusArguments) -> bool:
@@ -146,7 +150,9 @@ def load_split(args: CorpusArguments, columns: list[str], streaming: bool) -> Da
     (parquet: the other columns are neither downloaded nor read), else whole rows cut to `columns`."""
     kwargs = {"split": args.split, "revision": args.dataset_revision, "streaming": streaming}
     try:
-        return load_dataset(args.dataset_name, args.dataset_config_name, columns=columns, **kwargs)
+        return load_dataset(
+            args.dataset_name, args.dataset_config_name, columns=columns, storage_options=NO_READ_AHEAD, **kwargs
+        )
     except (TypeError, ValueError):  # not parquet: its builder has no `columns`
         return load_dataset(args.dataset_name, args.dataset_config_name, **kwargs).select_columns(columns)
 

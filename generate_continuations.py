@@ -29,7 +29,7 @@ import torch
 from accelerate import PartialState
 from accelerate.logging import get_logger
 from accelerate.utils import gather_object, parse_flag_from_env
-from datasets import Dataset, Features, IterableDataset, Value
+from datasets import Dataset, IterableDataset, concatenate_datasets
 from datasets.distributed import split_dataset_by_node
 from datasets.table import embed_table_storage
 from huggingface_hub import HfApi
@@ -429,15 +429,11 @@ def merged_continuations(output_dir: str) -> Dataset:
 
 
 def with_embedded_audio(dataset: Dataset, corpus: Dataset) -> Dataset:
-    """`dataset` with an `audio` column first: the bytes of each row's clip, read from the source corpus."""
-    audio = corpus.select(dataset[ROW_ID]).flatten_indices().select_columns([AUDIO])
-    audio = audio.with_format("arrow").map(embed_table_storage, batched=True, keep_in_memory=True).with_format(None)
-    return Dataset.from_dict(
-        {ROW_ID: dataset[ROW_ID], AUDIO: audio[AUDIO], TEXT: dataset[TEXT], CONTINUATION: dataset[CONTINUATION]},
-        features=Features(
-            {ROW_ID: Value("int64"), AUDIO: audio.features[AUDIO], TEXT: Value("string"), CONTINUATION: Value("string")}
-        ),
-    )
+    """`dataset` with an `audio` column after `row_id`: the bytes of each row's clip, read from the source corpus."""
+    audio = corpus.select(dataset[ROW_ID]).select_columns([AUDIO]).flatten_indices()
+    embedded = audio.with_format("arrow").map(embed_table_storage, batched=True, keep_in_memory=True)
+    embedded = embedded.with_format(None).cast_column(AUDIO, audio.features[AUDIO])
+    return concatenate_datasets([dataset.select_columns([ROW_ID]), embedded, dataset.remove_columns(ROW_ID)], axis=1)
 
 
 def write_shards(dataset: Dataset, output_dir: str, rows_per_shard: int, corpus: Dataset | None) -> int:

@@ -44,7 +44,7 @@ from torch import nn
 from transformers import PreTrainedConfig, Trainer, TrainingArguments, set_seed
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
-from data_blsp import CorpusArguments, load_source, parse_script_arguments
+from data_blsp import CorpusArguments, join_audio, load_source, parse_script_arguments
 from generate_continuations import HUB_METADATA_FILE
 from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import CONTINUATION_INSTRUCTION, IGNORE_INDEX, PROMPT_LAYOUTS, AudioInputError, BlspProcessor
@@ -226,10 +226,14 @@ def check_columns(dataset: datasets.Dataset, name: str, loss_terms: set[str]):
 
 
 def prompt_metadata(dataset: datasets.Dataset, name_or_path: str) -> dict:
-    """instruction / prompt_layout / system_prompt that generate_continuations.py recorded: in the description of a
-    saved dataset, in a json file next to a Hub one."""
+    """The settings generate_continuations.py recorded (prompt, source corpus): `blsp_continuations.json` in the
+    output folder or the Hub repository, or the description of an older `save_to_disk` output."""
     try:
-        if os.path.exists(name_or_path):
+        local_file = os.path.join(name_or_path, HUB_METADATA_FILE)
+        if os.path.isfile(local_file):
+            with open(local_file, encoding="utf-8") as file:
+                metadata = json.load(file)
+        elif os.path.exists(name_or_path):
             metadata = json.loads(dataset.info.description or "{}")
         else:
             with open(hf_hub_download(name_or_path, HUB_METADATA_FILE, repo_type="dataset")) as file:
@@ -274,8 +278,10 @@ def prepare_dataset(
     parts, metadatas = [], []
     for name in names:
         dataset = load_source(CorpusArguments(dataset_name=name, split=split))
-        check_columns(dataset, name, loss_terms)
         metadata = prompt_metadata(dataset, name)
+        if "audio" not in dataset.column_names and "source" in metadata:  # step 1 kept no copy of the audio
+            dataset = join_audio(dataset, metadata["source"])
+        check_columns(dataset, name, loss_terms)
         instruction = dataset_instruction(data_args, metadata)
         keep = [column for column in ("audio", "text", "continuation") if column in dataset.column_names]
         dataset = dataset.select_columns(keep).cast_column("audio", Audio(decode=False))
