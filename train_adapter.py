@@ -44,10 +44,11 @@ from torch import nn
 from transformers import PreTrainedConfig, Trainer, TrainingArguments, set_seed
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
-from data_blsp import CorpusArguments, join_audio, load_source, parse_script_arguments
+from data_blsp import CorpusArguments, JsonlLog, join_audio, load_source, parse_script_arguments
 from generate_continuations import HUB_METADATA_FILE
 from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import CONTINUATION_INSTRUCTION, IGNORE_INDEX, PROMPT_LAYOUTS, AudioInputError, BlspProcessor
+from streaming_blsp import stream_continuations, training_stream
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ LORA_SAVE_MODES = ("merged", "adapter")
 LORA_ADAPTER_DIR = "llm_lora"
 TEACHER_PREFIX = "teacher_"
 SKIPPED_ROWS_KEY = "num_skipped_rows"
+ROW_IDS_KEY = "row_ids"
 HUB_ID_PATTERN = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 
@@ -157,6 +159,24 @@ class DataArguments:
     preprocessing_num_workers: int | None = field(
         default=None, metadata={"help": "Processes for reading audio durations."}
     )
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Stream the training rows and their audio (needs --max_steps); processes read their shards."},
+    )
+    dataset_weights: list[float] | None = field(
+        default=None, metadata={"help": "With --streaming: how often each --dataset_name is drawn, e.g. 3 1."}
+    )
+    shuffle_buffer_size: int = field(default=1000, metadata={"help": "With --streaming: rows shuffled at a time."})
+    duration_group_rows: int = field(
+        default=256, metadata={"help": "With --streaming: rows sorted by duration at a time to form batches."}
+    )
+    max_audio_seconds: float | None = field(
+        default=None, metadata={"help": "With --streaming: leave out clips longer than this."}
+    )
+    log_trained_rows: bool = field(
+        default=False,
+        metadata={"help": "Append each step's (corpus, row_id) pairs to output_dir/trained_rows-<process>.jsonl."},
+    )
 
     def __post_init__(self):
         if isinstance(self.dataset_name, str):  # a single name in a .json/.yaml file
@@ -167,6 +187,10 @@ class DataArguments:
             raise ValueError(f"--eval_split_ratio must be in [0, 1), got {self.eval_split_ratio}.")
         if self.eval_split_ratio and self.eval_dataset_name:
             raise ValueError("Give --eval_split_ratio or --eval_dataset_name, not both.")
+        if self.dataset_weights and len(self.dataset_weights) != len(self.dataset_name):
+            raise ValueError(f"--dataset_weights needs one weight per --dataset_name ({len(self.dataset_name)}).")
+        if self.streaming and self.eval_split_ratio:
+            raise ValueError("--streaming takes an --eval_dataset_name, not --eval_split_ratio.")
 
 
 @dataclass
@@ -225,7 +249,7 @@ def check_columns(dataset: datasets.Dataset, name: str, loss_terms: set[str]):
         )
 
 
-def prompt_metadata(dataset: datasets.Dataset, name_or_path: str) -> dict:
+def prompt_metadata(dataset: datasets.Dataset | None, name_or_path: str) -> dict:
     """The settings generate_continuations.py recorded (prompt, source corpus): `blsp_continuations.json` in the
     output folder or the Hub repository, or the description of an older `save_to_disk` output."""
     try:
@@ -234,7 +258,7 @@ def prompt_metadata(dataset: datasets.Dataset, name_or_path: str) -> dict:
             with open(local_file, encoding="utf-8") as file:
                 metadata = json.load(file)
         elif os.path.exists(name_or_path):
-            metadata = json.loads(dataset.info.description or "{}")
+            metadata = json.loads(dataset.info.description or "{}") if dataset is not None else {}
         else:
             with open(hf_hub_download(name_or_path, HUB_METADATA_FILE, repo_type="dataset")) as file:
                 metadata = json.load(file)
@@ -343,6 +367,8 @@ class SpeechPromptCollator:
         batch = {SKIPPED_ROWS_KEY: torch.tensor(len(rows) - len(kept))}
         if not kept:
             return batch
+        if "row_id" in kept[0]:  # streamed rows: (corpus, row id) of each, for --log_trained_rows
+            batch[ROW_IDS_KEY] = torch.tensor([[row["corpus"], row["row_id"]] for row in kept])
         responses = [row.get("continuation") or row["text"] for row in kept]
         student = self.processor(
             text=[self.processor.render_prompt(row["instruction"]) for row in kept],
@@ -479,10 +505,11 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
 class BlspTrainer(Trainer):
     """A `Trainer` with the BLSP objectives, logits only on response positions, and skipped-row counting."""
 
-    def __init__(self, *args, model_card_builder=None, **kwargs):
+    def __init__(self, *args, model_card_builder=None, trained_rows_log: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.model_card_builder = model_card_builder
         self.skipped_audio_rows = 0
+        self.trained_rows = JsonlLog(trained_rows_log) if trained_rows_log else None
         # The loss is normalized by `num_items_in_batch` (the whole accumulated batch's response tokens).
         self.loss_is_scaled_for_ga = True
 
@@ -517,6 +544,9 @@ class BlspTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         self.skipped_audio_rows += int(inputs.pop(SKIPPED_ROWS_KEY, 0))
+        row_ids = inputs.pop(ROW_IDS_KEY, None)
+        if self.trained_rows is not None and row_ids is not None and model.training:
+            self.trained_rows.append([{"step": self.state.global_step + 1, "rows": row_ids.tolist()}])
         if "input_ids" not in inputs:  # every row of the batch was unreadable
             loss = sum(parameter.sum() for parameter in model.parameters() if parameter.requires_grad) * 0.0
             return (loss, None) if return_outputs else loss
@@ -536,6 +566,7 @@ class BlspTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs.pop(ROW_IDS_KEY, None)
         if "input_ids" not in inputs:  # every row of the batch was unreadable
             self.skipped_audio_rows += int(inputs[SKIPPED_ROWS_KEY])
             return None, None, None
@@ -667,7 +698,8 @@ def build_model_card(
         f"## Base models\n{base_text}\n"
         "## Training data\n"
         + "".join(f"- `{name}`\n" for name in data_args.dataset_name)
-        + f"\n{len(trainer.train_dataset)} training rows; instruction(s) "
+        + ("\nStreamed training rows" if data_args.streaming else f"\n{len(trainer.train_dataset)} training rows")
+        + "; instruction(s) "
         + ", ".join(f"`{instruction}`" for instruction in instructions)
         + f"; prompt layout `{processor.prompt_layout}`"
         + (f", system prompt `{processor.system_prompt}`" if processor.system_prompt else "")
@@ -702,8 +734,39 @@ def setup_logging(training_args: TrainingArguments):
     transformers.utils.logging.set_verbosity(log_level)
 
 
+def stream_datasets(data_args: DataArguments, training_args: BlspTrainingArguments):
+    """The training rows as one stream (see streaming_blsp) and the datasets' prompt metadata."""
+    streams, metadatas = [], []
+    for index, name in enumerate(data_args.dataset_name):
+        metadata = prompt_metadata(None, name)
+        instruction = dataset_instruction(data_args, metadata)
+        streams.append(stream_continuations(name, data_args.dataset_split, index, instruction, metadata))
+        metadatas.append(metadata)
+    stream = training_stream(
+        streams,
+        data_args.dataset_weights,
+        training_args.data_seed if training_args.data_seed is not None else training_args.seed,
+        data_args.shuffle_buffer_size,
+        data_args.duration_group_rows,
+        data_args.max_audio_seconds,
+    )
+    return stream, metadatas
+
+
 def load_datasets(data_args: DataArguments, training_args: BlspTrainingArguments):
     """Training and evaluation sets (the latter may be None) and the training sets' prompt metadata."""
+    if data_args.streaming:
+        train_dataset, metadatas = stream_datasets(data_args, training_args)
+        eval_dataset = None
+        if data_args.eval_dataset_name:
+            eval_dataset, _ = prepare_dataset(
+                data_args.eval_dataset_name,
+                data_args.eval_dataset_split,
+                data_args,
+                training_args.loss_terms,
+                training_args.length_column_name,
+            )
+        return train_dataset, truncate(eval_dataset, data_args.max_eval_samples), metadatas
     prepare = partial(
         prepare_dataset,
         data_args=data_args,
@@ -721,6 +784,11 @@ def load_datasets(data_args: DataArguments, training_args: BlspTrainingArguments
     return train_dataset, truncate(eval_dataset, data_args.max_eval_samples), metadatas
 
 
+def trained_rows_path(training_args: TrainingArguments) -> str:
+    """This process's log of trained (corpus, row_id) pairs, one line per micro-batch with its optimizer step."""
+    return os.path.join(training_args.output_dir, f"trained_rows-{training_args.process_index:05d}.jsonl")
+
+
 def main(args: list[str] | None = None):
     model_args, data_args, training_args = parse_arguments(args)
     setup_logging(training_args)
@@ -731,6 +799,8 @@ def main(args: list[str] | None = None):
     prompt_layout = agreed_setting("prompt_layout", data_args.prompt_layout, metadatas, None)
     system_prompt = agreed_setting("system_prompt", data_args.system_prompt, metadatas, None)
 
+    if data_args.streaming:  # each process reads its own shards of the stream (no dispatching from process 0)
+        training_args.accelerator_config.dispatch_batches = False
     set_seed(training_args.seed)
     model, processor = load_model_and_processor(model_args, prompt_layout, system_prompt)
     select_trainable_parameters(model, model_args.train_speech_encoder)
@@ -748,6 +818,7 @@ def main(args: list[str] | None = None):
         eval_dataset=eval_dataset,
         processing_class=processor,
         model_card_builder=partial(build_model_card, model_args, data_args, instructions, trainable),
+        trained_rows_log=trained_rows_path(training_args) if data_args.log_trained_rows else None,
     )
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = train_result.metrics

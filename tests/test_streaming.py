@@ -1,11 +1,13 @@
 """Corpus scale: step 1 reads transcripts only (no audio over HTTP), streams, and writes no copy of the audio; step 2
 finds each clip again by row id, or trains from a self-contained `--embed_audio` dataset."""
 
+import itertools
 import json
 import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -14,8 +16,10 @@ import yaml
 from conftest_hub import hub_env, local_hub  # noqa: F401 - fixtures
 from datasets import Audio, Dataset, load_dataset
 from hub_server import HubHandler
+from test_train_adapter import responsive_llm  # noqa: F401 - fixture
 
 import generate_continuations
+import streaming_blsp
 import train_adapter
 from data_blsp import CorpusArguments, open_corpus
 from processing_blsp import load_audio
@@ -272,3 +276,82 @@ def test_one_dataset_flag_name_with_the_old_one_as_alias(tmp_path):
         ]
     )
     assert corpus_args.dataset_name == "d"
+
+
+def trained_rows(output_dir) -> list[dict]:
+    """Every process's log of trained rows: step and (corpus, row_id) pairs."""
+    records = []
+    for name in sorted(os.listdir(output_dir)):
+        if name.startswith("trained_rows-"):
+            with open(os.path.join(output_dir, name)) as file:
+                records.extend({**json.loads(line), "process": name} for line in file)
+    return records
+
+
+def step2_flags(tiny_checkpoints, llm: str, output_dir, *datasets: str) -> list[str]:
+    flags = ["--speech_encoder_name_or_path", tiny_checkpoints["whisper"], "--llm_name_or_path", llm]
+    flags += ["--dataset_name", *datasets, "--output_dir", str(output_dir), "--streaming", "--log_trained_rows"]
+    return flags + ["--report_to", "none", "--save_strategy", "no", "--logging_steps", "1", "--seed", "0"]
+
+
+@pytest.fixture(scope="module")
+def step1_outputs(tiny_checkpoints, tmp_path_factory) -> dict[str, str]:
+    """Step 1 on a 16-row parquet corpus: text-only output and an --embed_audio one in two shards."""
+    root = tmp_path_factory.mktemp("step1_outputs")
+    corpus = build_parquet_corpus(str(root / "corpus"), num_rows=16, num_shards=2)
+    outputs = {"text_only": str(root / "text_only"), "embedded": str(root / "embedded")}
+    generate_continuations.main(step1_flags(corpus, tiny_checkpoints["llama"], outputs["text_only"]))
+    embed = ["--embed_audio", "--rows_per_shard", "8"]
+    generate_continuations.main(step1_flags(corpus, tiny_checkpoints["llama"], outputs["embedded"], *embed))
+    return outputs
+
+
+def test_streaming_step2_joins_audio_by_row_id_and_loss_falls(
+    step1_outputs,
+    tiny_checkpoints,
+    responsive_llm,  # noqa: F811
+    tmp_path,
+):
+    flags = step2_flags(tiny_checkpoints, responsive_llm, tmp_path / "model", step1_outputs["text_only"])
+    flags += ["--max_steps", "6", "--per_device_train_batch_size", "16", "--learning_rate", "1e-2"]
+    train_adapter.main([*flags, "--lr_scheduler_type", "constant", "--max_audio_seconds", "30"])
+    with open(tmp_path / "model" / "trainer_state.json") as file:
+        losses = [entry["loss"] for entry in json.load(file)["log_history"] if "loss" in entry]
+    assert len(losses) == 6 and max(losses[-3:]) < 0.9 * losses[0], losses
+    steps = trained_rows(tmp_path / "model")
+    assert [record["step"] for record in steps] == list(range(1, 7))
+    assert all(sorted(row_id for _, row_id in record["rows"]) == list(range(16)) for record in steps)
+
+
+def test_streaming_step2_processes_train_disjoint_rows(step1_outputs, tiny_checkpoints, tmp_path):
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    flags = step2_flags(tiny_checkpoints, tiny_checkpoints["llama"], tmp_path / "model", step1_outputs["embedded"])
+    flags += ["--max_steps", "2", "--per_device_train_batch_size", "4", "--shuffle_buffer_size", "4", "--use_cpu"]
+    env = {**os.environ, "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([*launch, os.path.join(ROOT, "train_adapter.py"), *flags], env=env, capture_output=True)
+    assert two.returncode == 0, two.stderr[-3000:]
+    by_process = {}
+    for record in trained_rows(tmp_path / "model"):
+        by_process.setdefault(record["process"], []).extend(row_id for _, row_id in record["rows"])
+    first, second = by_process.values()
+    assert len(first) == len(second) == 8 and not set(first) & set(second)
+    assert sorted(first + second) == list(range(16))  # one epoch: every row once
+
+
+def test_streamed_corpora_follow_their_weights(parquet_corpus, tiny_checkpoints, tmp_path):
+    outputs = []
+    for name, rows in (("big", 400), ("small", 200)):
+        corpus = build_parquet_corpus(str(tmp_path / name), num_rows=rows, num_shards=1)
+        outputs.append(str(tmp_path / f"{name}_out"))
+        generate_continuations.main(step1_flags(corpus, tiny_checkpoints["llama"], outputs[-1], "--embed_audio"))
+    data_args = train_adapter.DataArguments(
+        dataset_name=outputs, streaming=True, dataset_weights=[3, 1], max_audio_seconds=2.0
+    )
+    training_args = train_adapter.BlspTrainingArguments(output_dir=str(tmp_path / "model"), report_to="none")
+    stream, _ = train_adapter.stream_datasets(data_args, training_args)
+    rows = list(itertools.islice(stream, 400))
+    counts = Counter(row["corpus"] for row in rows)
+    assert 2.4 < counts[0] / counts[1] < 3.6, counts
+    seconds = [streaming_blsp.clip_seconds(row["audio"]) for row in rows]
+    assert max(seconds) <= 2.0 and len(rows) == 400
