@@ -355,3 +355,30 @@ def test_streamed_corpora_follow_their_weights(parquet_corpus, tiny_checkpoints,
     assert 2.4 < counts[0] / counts[1] < 3.6, counts
     seconds = [streaming_blsp.clip_seconds(row["audio"]) for row in rows]
     assert max(seconds) <= 2.0 and len(rows) == 400
+
+
+KILL_AT_THIRD_STEP = """
+import os, signal, sys
+import train_adapter
+training_step = train_adapter.BlspTrainer.training_step
+def die_at_third_step(self, *args, **kwargs):
+    if self.state.global_step == 2:  # checkpoint-2 is saved: kill -9 before step 3 trains
+        os.kill(os.getpid(), signal.SIGKILL)
+    return training_step(self, *args, **kwargs)
+train_adapter.BlspTrainer.training_step = die_at_third_step
+train_adapter.main(sys.argv[1:])
+"""
+
+
+def test_streaming_step2_resumes_mid_stream_without_repeating_rows(step1_outputs, tiny_checkpoints, tmp_path):
+    flags = step2_flags(tiny_checkpoints, tiny_checkpoints["llama"], tmp_path / "model", step1_outputs["embedded"])
+    flags += ["--max_steps", "4", "--per_device_train_batch_size", "4", "--shuffle_buffer_size", "8"]
+    flags = [flag if flag != "no" else "steps" for flag in flags] + ["--save_steps", "2"]  # --save_strategy steps
+    env = {**os.environ, "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_THIRD_STEP, *flags], env=env, capture_output=True)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert [record["step"] for record in trained_rows(tmp_path / "model")] == [1, 2]
+    train_adapter.main([*flags, "--resume_from_checkpoint", str(tmp_path / "model" / "checkpoint-2")])
+    records = trained_rows(tmp_path / "model")
+    assert [record["step"] for record in records] == [1, 2, 3, 4]
+    assert sorted(row_id for record in records for _, row_id in record["rows"]) == list(range(16))
