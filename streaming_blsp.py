@@ -1,10 +1,11 @@
 """Step 2's streamed training rows: continuation datasets read as `datasets.IterableDataset`s, joined with their audio
-by row id, interleaved by weight, shuffled in a buffer, cut to a maximum duration and grouped by duration.
+by row id, interleaved by weight, shuffled in a buffer, cut to a maximum duration and grouped by duration within it.
 
 Rows carry `corpus` (the dataset's index in `--dataset_name`) and `row_id`, so a run can log what it trained on.
 """
 
 import io
+import random
 
 import soundfile
 from datasets import Features, IterableDataset, Value, interleave_datasets, load_dataset
@@ -79,14 +80,24 @@ def clip_seconds(audio: dict) -> float:
     return info.frames / info.samplerate
 
 
-def group_by_duration(rows: dict, max_seconds: float | None) -> dict:
-    """A batched map: the buffer's rows without those over `max_seconds`, sorted by duration (longest first), so
-    that consecutive rows, hence batches, have similar durations."""
+def shuffle_and_group(rows: dict, indices: list[int], seed: int, group_rows: int, max_seconds: float | None) -> dict:
+    """A batched map over a buffer of rows: those over `max_seconds` dropped, the rest shuffled, cut into groups of
+    `group_rows` sorted by duration (so consecutive rows, hence batches, have similar durations), the groups in a
+    random order. The randomness is drawn from `seed` and the buffer's position: a replayed stream repeats it.
+
+    (A buffer in a batched map rather than `IterableDataset.shuffle`, which splits parquet files into row-group
+    shards and reopens a file for each: several times slower, and its memory grows with the number of files.)
+    """
     seconds = [clip_seconds(audio) for audio in rows[AUDIO]]
-    order = sorted(
-        (index for index, length in enumerate(seconds) if max_seconds is None or length <= max_seconds),
-        key=lambda index: -seconds[index],
-    )
+    kept = [index for index, length in enumerate(seconds) if max_seconds is None or length <= max_seconds]
+    generator = random.Random(seed * 1_000_003 + indices[0])
+    generator.shuffle(kept)
+    groups = [
+        sorted(kept[start : start + group_rows], key=lambda index: -seconds[index])
+        for start in range(0, len(kept), group_rows)
+    ]
+    generator.shuffle(groups)
+    order = [index for group in groups for index in group]
     return {column: [values[index] for index in order] for column, values in rows.items()}
 
 
@@ -98,19 +109,18 @@ def training_stream(
     group_rows: int,
     max_audio_seconds: float | None,
 ) -> IterableDataset:
-    """Streams interleaved by `weights` (each row drawn from a corpus with that probability), shuffled in a buffer,
-    then grouped by duration `group_rows` at a time (clips over `max_audio_seconds` dropped)."""
+    """Streams interleaved by `weights` (each row drawn from a corpus with that probability), then shuffled and
+    grouped by duration a buffer of `shuffle_buffer_size` rows at a time (clips over `max_audio_seconds` dropped)."""
     if len(streams) == 1:
         stream = streams[0]
     else:
         probabilities = [weight / sum(weights) for weight in weights] if weights else None
         stream = interleave_datasets(streams, probabilities=probabilities, seed=seed)
-    if shuffle_buffer_size > 1:
-        stream = stream.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
     return stream.map(
-        group_by_duration,
+        shuffle_and_group,
         batched=True,
-        batch_size=group_rows,
-        fn_kwargs={"max_seconds": max_audio_seconds},
+        batch_size=max(shuffle_buffer_size, group_rows),
+        with_indices=True,
+        fn_kwargs={"seed": seed, "group_rows": group_rows, "max_seconds": max_audio_seconds},
         features=STREAM_FEATURES,
     )

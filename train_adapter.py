@@ -166,7 +166,7 @@ class DataArguments:
     )
     shuffle_buffer_size: int = field(default=1000, metadata={"help": "With --streaming: rows shuffled at a time."})
     duration_group_rows: int = field(
-        default=256, metadata={"help": "With --streaming: rows sorted by duration at a time to form batches."}
+        default=256, metadata={"help": "With --streaming: rows of the buffer sorted by duration together."}
     )
     max_audio_seconds: float | None = field(
         default=None, metadata={"help": "With --streaming: leave out clips longer than this."}
