@@ -43,7 +43,15 @@ from torch import nn
 from transformers import PreTrainedConfig, Trainer, TrainingArguments, set_seed
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
-from data_blsp import CorpusArguments, JsonlLog, join_audio, load_source, parse_script_arguments
+from data_blsp import (
+    CorpusArguments,
+    JsonlLog,
+    audio_source,
+    join_audio,
+    load_source,
+    parse_script_arguments,
+    reject_record,
+)
 from generate_continuations import HUB_METADATA_FILE
 from model_card_blsp import LORA_ADAPTER_DIR, build_model_card
 from modeling_blsp import BlspForConditionalGeneration
@@ -343,6 +351,7 @@ class SpeechPromptCollator:
 
     processor: BlspProcessor
     with_teacher: bool
+    rejects_path: str | None = None
 
     def readable_rows(self, rows: list[dict]) -> tuple[list[dict], list]:
         """The rows whose audio decodes to a usable clip, and those clips."""
@@ -355,10 +364,18 @@ class SpeechPromptCollator:
                     raise AudioInputError(f"Bad audio {row['audio'].get('path')!r}: only {len(clip)} samples.")
             except AudioInputError as error:
                 logger.warning("Skipping a row: %s", error)
+                self.record_reject(row, error)
                 continue
             kept.append(row)
             clips.append(clip)
         return kept, clips
+
+    def record_reject(self, row: dict, error: AudioInputError):
+        """Append the skipped row (row id when streamed, audio source, reason) to `rejects_path`, if set."""
+        if self.rejects_path is not None:
+            record = reject_record(row.get("row_id", -1), audio_source(row["audio"]), ("unusable_audio", str(error)))
+            with open(self.rejects_path, "a", encoding="utf-8") as file:  # rare: one short line, opened each time
+                file.write(json.dumps(record) + "\n")
 
     def __call__(self, rows: list[dict]) -> dict:
         kept, clips = self.readable_rows(rows)
@@ -651,6 +668,12 @@ def load_datasets(data_args: DataArguments, training_args: BlspTrainingArguments
     return train_dataset, truncate(eval_dataset, data_args.max_eval_samples), metadatas
 
 
+def audio_rejects_path(training_args: TrainingArguments) -> str:
+    """This process's record of the rows skipped for unusable audio (created on the first one)."""
+    os.makedirs(training_args.output_dir, exist_ok=True)
+    return os.path.join(training_args.output_dir, f"audio_rejects-{training_args.process_index:05d}.jsonl")
+
+
 def trained_rows_path(training_args: TrainingArguments) -> str:
     """This process's log of trained (corpus, row_id) pairs, one line per micro-batch with its optimizer step."""
     return os.path.join(training_args.output_dir, f"trained_rows-{training_args.process_index:05d}.jsonl")
@@ -680,7 +703,9 @@ def main(args: list[str] | None = None):
     trainer = BlspTrainer(
         model=model,
         args=training_args,
-        data_collator=SpeechPromptCollator(processor, with_teacher="kl" in training_args.loss_terms),
+        data_collator=SpeechPromptCollator(
+            processor, with_teacher="kl" in training_args.loss_terms, rejects_path=audio_rejects_path(training_args)
+        ),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=processor,

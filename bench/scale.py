@@ -6,8 +6,8 @@ throughput streaming vs map-style, each against a baseline measured in the same 
 
 Rows printed:
 - step 1 on a parquet corpus (`--num_rows` rows, audio embedded), text-only (the default) vs with `--check_audio
-  --embed_audio`, which reads and decodes every clip and writes a copy, as step 1 did before: rows/s end to end,
-  bytes the process read (`rchar` of /proc/self/io, model loading included in both) and output bytes;
+  --embed_audio`, which reads and decodes every clip and writes a copy, as step 1 did before: rows/s of `main()`,
+  bytes it read (`rchar` of /proc/self/io over `main()`, the model's loading included in both) and output bytes;
 - step 2 `--streaming` peak RSS for the same number of steps on 2,000 vs 20,000 rows (target: within 10%);
 - step 2 training samples/s, `--streaming` vs map-style on the same 2,000 rows (target: at least 0.9x).
 Each run is a fresh process with its own datasets cache.
@@ -32,13 +32,14 @@ CLIPS = os.path.join(ROOT, "world", "data", "speech", "train")
 RUN = """
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
-start = time.perf_counter()
 import {module}
+def rchar():
+    return int(dict(line.split(": ") for line in open("/proc/self/io").read().splitlines())["rchar"])
+start, read_before = time.perf_counter(), rchar()
 {module}.main(sys.argv[1:])
-seconds = time.perf_counter() - start
-io = dict(line.split(": ") for line in open("/proc/self/io").read().splitlines())
+seconds, read = time.perf_counter() - start, rchar() - read_before
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print("BENCH " + json.dumps({{"seconds": seconds, "rchar": int(io["rchar"]), "peak_rss": peak}}))
+print("BENCH " + json.dumps({{"seconds": seconds, "rchar": read, "peak_rss": peak}}))
 """
 
 
@@ -47,7 +48,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--num_rows", type=int, default=2000, help="Rows of step 1's corpus.")
     parser.add_argument("--small_rows", type=int, default=2000, help="Step 2's smaller corpus.")
     parser.add_argument("--large_rows", type=int, default=20000, help="Step 2's larger corpus.")
-    parser.add_argument("--max_steps", type=int, default=30, help="Step 2's optimizer steps (batches of 8).")
+    parser.add_argument("--max_steps", type=int, default=100, help="Step 2's optimizer steps (batches of 8).")
     return parser.parse_args()
 
 
