@@ -6,6 +6,7 @@ Rows carry `corpus` (the dataset's index in `--dataset_name`) and `row_id`, so a
 
 import io
 import random
+from functools import partial
 
 import soundfile
 from datasets import Features, IterableDataset, Value, interleave_datasets, load_dataset
@@ -45,7 +46,13 @@ def stream_continuations(name: str, split: str, corpus: int, instruction: str, m
             joined_rows, gen_kwargs={"audio": audio, "continuations": continuations}, features=features
         )
     stream = stream.cast_column(AUDIO, AUDIO_STORAGE)
-    return stream.map(lambda row: {CORPUS: corpus, INSTRUCTION: instruction}).cast(STREAM_FEATURES)
+    labels = partial(label_rows, corpus=corpus, instruction=instruction)
+    return stream.map(labels, batched=True, features=STREAM_FEATURES)
+
+
+def label_rows(rows: dict, corpus: int, instruction: str) -> dict:
+    """A batched map adding each row's corpus index and prompt instruction."""
+    return {CORPUS: [corpus] * len(rows[ROW_ID]), INSTRUCTION: [instruction] * len(rows[ROW_ID])}
 
 
 def open_audio_stream(source: CorpusArguments) -> IterableDataset:
