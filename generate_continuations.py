@@ -507,6 +507,7 @@ def main(argv: list[str] | None = None) -> dict:
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.accelerator.is_available())
     tokenizer = load_tokenizer(args.llm_name_or_path)
     metadata = run_metadata(corpus_args, args, tokenizer)
+    corpus_args.dataset_revision = metadata["source"]["dataset_revision"]  # read the Hub revision recorded
     prepare_output_dir(args, metadata, state)
     with state.main_process_first():
         transcripts = open_transcripts(corpus_args, streaming=args.streaming)
