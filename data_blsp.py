@@ -9,10 +9,22 @@
 import json
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
-from datasets import Audio, Dataset, DatasetDict, Value, concatenate_datasets, load_dataset, load_from_disk
+import yaml
+from datasets import (
+    Audio,
+    Dataset,
+    DatasetDict,
+    Features,
+    IterableDataset,
+    Value,
+    concatenate_datasets,
+    load_dataset,
+    load_from_disk,
+)
+from huggingface_hub import HfApi
 from transformers import HfArgumentParser
 
 from processing_blsp import AudioInputError, load_audio
@@ -21,6 +33,9 @@ ROW_ID, AUDIO, TEXT = "row_id", "audio", "text"
 SAMPLING_RATE = 16000
 METADATA_FILES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
 FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+# Hub files read without fsspec's read-ahead (5 MB by default): a parquet column projection then fetches the byte
+# ranges of its columns only (plus pyarrow's 64 KiB footer read), not the audio next to them.
+NO_READ_AHEAD = {"hf": {"block_size": 1}}
 
 
 @dataclass
@@ -38,6 +53,9 @@ class CorpusArguments:
     split: str = field(default="train", metadata={"help": "The split to read."})
     audio_column_name: str = field(default="audio", metadata={"help": "The column holding the audio."})
     text_column_name: str = field(default="text", metadata={"help": "The column holding the transcript."})
+    dataset_revision: str | None = field(
+        default=None, metadata={"help": "The Hub dataset's revision (branch, tag or commit); default: its main."}
+    )
     max_samples: int | None = field(default=None, metadata={"help": "Read only the first N rows of the split."})
     min_audio_seconds: float = field(default=0.1, metadata={"help": "Reject clips shorter than this."})
     silence_threshold: float = field(
@@ -69,6 +87,108 @@ def open_corpus(args: CorpusArguments, keep_columns: tuple[str, ...] = ()) -> Da
     return dataset.cast_column(AUDIO, Audio(decode=False))
 
 
+def join_audio(rows: Dataset, source: dict) -> Dataset:
+    """Rows of step 1's output with each row's `audio` (`Audio(decode=False)`) from the source corpus that
+    `source` (the output's recorded `source` settings) names, found by `row_id`."""
+    corpus = open_corpus(CorpusArguments(**source))
+    row_ids = rows[ROW_ID]
+    if row_ids and max(row_ids) >= len(corpus):
+        raise ValueError(
+            f"Row {max(row_ids)} of the continuations is not in {source['dataset_name']!r} ({len(corpus)} rows): "
+            "the source corpus changed since step 1; run step 1 again or pass a dataset made with --embed_audio."
+        )
+    audio = corpus.select(row_ids)
+    joined = rows.add_column(AUDIO, audio[AUDIO]).cast_column(AUDIO, corpus.features[AUDIO])
+    return joined.select_columns([ROW_ID, AUDIO, *[name for name in rows.column_names if name != ROW_ID]])
+
+
+def is_local(args: CorpusArguments) -> bool:
+    """Whether the corpus is a local file or directory (else a Hub id)."""
+    return os.path.exists(args.dataset_name)
+
+
+def open_transcripts(args: CorpusArguments, streaming: bool = False) -> Dataset | IterableDataset:
+    """The corpus's `row_id` and `text` columns, reading no audio: the audio column is never decoded, and for parquet
+    (local files, shards or a Hub dataset) not even read. Row ids are positions in the split, as in `open_corpus`.
+
+    A Hub dataset is always streamed (only its transcript column crosses the network); `streaming` streams local
+    corpora too and returns an `IterableDataset`.
+    """
+    if is_local(args):
+        dataset = load_local(args, columns=[args.text_column_name], streaming=streaming)
+    else:
+        dataset = load_split(args, columns=[args.text_column_name], streaming=True)
+    if dataset.column_names is not None and args.text_column_name not in dataset.column_names:
+        raise ValueError(
+            f"{args.dataset_name!r} has no column {args.text_column_name!r}; its columns are {dataset.column_names}. "
+            "Set --text_column_name."
+        )
+    dataset = dataset.select_columns([args.text_column_name])
+    if args.text_column_name != TEXT:
+        dataset = dataset.rename_column(args.text_column_name, TEXT)
+    if args.max_samples is not None:
+        dataset = dataset.take(args.max_samples)
+    if streaming:
+        return IterableDataset.from_generator(numbered_rows, gen_kwargs={"rows": dataset}, features=TRANSCRIPT_FEATURES)
+    if isinstance(dataset, IterableDataset):  # a Hub dataset's transcripts, kept in memory
+        texts = [row[TEXT] for row in dataset]
+        return Dataset.from_dict({ROW_ID: list(range(len(texts))), TEXT: texts}, features=TRANSCRIPT_FEATURES)
+    return dataset.add_column(ROW_ID, list(range(len(dataset)))).select_columns([ROW_ID, TEXT])
+
+
+TRANSCRIPT_FEATURES = Features({ROW_ID: Value("int64"), TEXT: Value("string")})
+
+
+def numbered_rows(rows):
+    """Each row of a stream as `row_id` (its position) and `text` (one generator shard: every row is numbered)."""
+    for row_id, row in enumerate(rows):
+        yield {ROW_ID: row_id, TEXT: row[TEXT]}
+
+
+def load_split(args: CorpusArguments, columns: list[str], streaming: bool) -> Dataset | IterableDataset:
+    """A split of a Hub dataset or a local directory of data files, reading only `columns` when the format can
+    (parquet: the other columns are neither downloaded nor read), else whole rows cut to `columns`."""
+    kwargs = {"split": args.split, "revision": args.dataset_revision, "streaming": streaming}
+    try:
+        return load_dataset(
+            args.dataset_name, args.dataset_config_name, columns=columns, storage_options=NO_READ_AHEAD, **kwargs
+        )
+    except (TypeError, ValueError):  # not parquet: its builder has no `columns`
+        return load_dataset(args.dataset_name, args.dataset_config_name, **kwargs).select_columns(columns)
+
+
+def load_local(args: CorpusArguments, columns: list[str], streaming: bool = False) -> Dataset | IterableDataset:
+    """A local corpus's split, reading only `columns` of parquet files (csv/jsonl/audiofolder audio paths are read,
+    never opened)."""
+    path = args.dataset_name
+    if os.path.isfile(os.path.join(path, "state.json")) or os.path.isdir(path) and metadata_files(path, args.split):
+        dataset = load_source(args)
+        return dataset.to_iterable_dataset() if streaming else dataset
+    extension = os.path.splitext(path)[1].lower()
+    if os.path.isfile(path) and extension in FILE_BUILDERS:
+        builder = FILE_BUILDERS[extension]
+        projection = {"columns": columns} if builder == "parquet" else {}
+        return load_dataset(builder, data_files=path, split="train", streaming=streaming, **projection)
+    return load_split(args, columns, streaming)
+
+
+def source_reference(args: CorpusArguments) -> dict:
+    """What finds the corpus's clips again: the absolute local path, or the Hub id, configuration, split and the
+    revision read now (so a later step reads the same rows)."""
+    reference = {
+        "dataset_name": os.path.abspath(args.dataset_name) if is_local(args) else args.dataset_name,
+        "dataset_config_name": args.dataset_config_name,
+        "split": args.split,
+        "dataset_revision": args.dataset_revision,
+        "audio_column_name": args.audio_column_name,
+        "text_column_name": args.text_column_name,
+        "max_samples": args.max_samples,
+    }
+    if not is_local(args) and args.dataset_revision is None:
+        reference["dataset_revision"] = HfApi().dataset_info(args.dataset_name).sha
+    return reference
+
+
 def load_source(args: CorpusArguments) -> Dataset:
     """The split named by `args`, from a local directory or file, or else from the Hub."""
     path = args.dataset_name
@@ -81,7 +201,7 @@ def load_source(args: CorpusArguments) -> Dataset:
     if os.path.isfile(path) and extension in FILE_BUILDERS:
         dataset = load_dataset(FILE_BUILDERS[extension], data_files=path, split="train")
         return absolute_audio_paths(dataset, args.audio_column_name, os.path.dirname(os.path.abspath(path)))
-    return load_dataset(path, args.dataset_config_name, split=args.split)
+    return load_dataset(path, args.dataset_config_name, split=args.split, revision=args.dataset_revision)
 
 
 def metadata_files(directory: str, split: str) -> list[str]:
@@ -156,9 +276,9 @@ def text_rejection(text) -> tuple[str, str] | None:
     return None
 
 
-def reject_record(row_id: int, audio: dict | None, reason: tuple[str, str]) -> dict:
-    """One line of a rejects file: row id, audio source, reason code and detail."""
-    return {ROW_ID: row_id, "source": audio_source(audio), "reason": reason[0], "detail": reason[1]}
+def reject_record(row_id: int, source: str, reason: tuple[str, str]) -> dict:
+    """One line of a rejects file: row id, source (the clip, or the corpus for a transcript), reason and detail."""
+    return {ROW_ID: row_id, "source": source, "reason": reason[0], "detail": reason[1]}
 
 
 class JsonlLog:
@@ -203,8 +323,19 @@ def parse_script_arguments(dataclass_types: tuple, argv: list[str] | None = None
     """The scripts' arguments: flags, or a single .json/.yaml file holding them (transformers examples style)."""
     parser = HfArgumentParser(dataclass_types)
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(os.path.abspath(argv[0]))
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(os.path.abspath(argv[0]))
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        with open(argv[0], encoding="utf-8") as file:
+            settings = json.load(file) if argv[0].endswith(".json") else yaml.safe_load(file)
+        return parser.parse_dict(resolve_aliases(settings, dataclass_types))
     return parser.parse_args_into_dataclasses(args=argv)
+
+
+def resolve_aliases(settings: dict, dataclass_types: tuple) -> dict:
+    """Settings from a file with each flag alias (a field's `aliases` metadata) renamed to the field's name."""
+    renames = {
+        alias.lstrip("-"): item.name
+        for dataclass_type in dataclass_types
+        for item in fields(dataclass_type)
+        for alias in item.metadata.get("aliases", [])
+    }
+    return {renames.get(key, key): value for key, value in settings.items()}

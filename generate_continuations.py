@@ -4,14 +4,18 @@
     python generate_continuations.py --dataset_name ./corpus --llm_name_or_path ./llm --output_dir ./continuations
     accelerate launch --multi_gpu --num_processes 8 generate_continuations.py configs/continuations.yaml
 
+Step 1 reads the transcripts only: no audio is decoded, and for parquet corpora (local or on the Hub) none is read.
 Each process appends its finished rows to JSON-lines parts under `output_dir/parts/`; a run started again with the
-same arguments skips the rows found there, so a killed job resumes where it stopped. At the end the parts are merged
-into a `datasets` dataset in `output_dir` (`load_from_disk`; columns `row_id`, `audio`, `text`, `continuation`) and
-the rows left out are listed in `output_dir/rejects.jsonl`.
+same arguments skips the rows found there, so a killed job resumes where it stopped (and a finished one only writes
+its output again). At the end the parts are merged into parquet shards `output_dir/data/train-*.parquet`
+(`load_dataset(output_dir)`; columns `row_id`, `text`, `continuation`, plus `audio` with `--embed_audio`), the
+settings and the source corpus (what finds each clip again by `row_id`) in `output_dir/blsp_continuations.json`,
+and the rows left out in `output_dir/rejects.jsonl`.
 """
 
 import glob
 import importlib.util
+import itertools
 import json
 import logging
 import os
@@ -25,7 +29,9 @@ import torch
 from accelerate import PartialState
 from accelerate.logging import get_logger
 from accelerate.utils import gather_object, parse_flag_from_env
-from datasets import Dataset
+from datasets import Dataset, IterableDataset, concatenate_datasets
+from datasets.distributed import split_dataset_by_node
+from datasets.table import embed_table_storage
 from huggingface_hub import HfApi
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -39,10 +45,13 @@ from data_blsp import (
     CorpusArguments,
     JsonlLog,
     audio_rejection,
+    audio_source,
     open_corpus,
+    open_transcripts,
     parse_script_arguments,
     read_jsonl,
     reject_record,
+    source_reference,
     text_rejection,
 )
 from processing_blsp import CONTINUATION_INSTRUCTION, PROMPT_LAYOUTS, render_prompt
@@ -51,6 +60,7 @@ logger = get_logger(__name__)
 
 CONTINUATION = "continuation"
 HUB_METADATA_FILE = "blsp_continuations.json"
+DATA_DIR = "data"
 
 
 @dataclass
@@ -85,9 +95,32 @@ class ContinuationArguments:
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(
         default="auto", metadata={"help": "LLM weights' dtype; `auto` is bfloat16 on GPU, float32 on CPU."}
     )
-    dataloader_num_workers: int = field(
-        default=0, metadata={"help": "Worker processes decoding and checking audio ahead of generation."}
+    length_grouping_rows: int = field(
+        default=4096, metadata={"help": "Rows read ahead and sorted by prompt length into batches."}
     )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Stream the corpus (`datasets` IterableDataset) instead of opening it whole; Hub corpora's "
+            "transcripts are always streamed."
+        },
+    )
+    check_audio: bool = field(
+        default=False,
+        metadata={
+            "help": "Also decode and check every clip (reads the whole audio); by default step 2 skips and "
+            "counts unreadable clips."
+        },
+    )
+    dataloader_num_workers: int = field(
+        default=0,
+        metadata={"help": "Processes decoding and checking audio ahead of generation (--check_audio)."},
+    )
+    embed_audio: bool = field(
+        default=False,
+        metadata={"help": "Write the audio bytes into the output too: a self-contained training set (e.g. to push)."},
+    )
+    rows_per_shard: int = field(default=100_000, metadata={"help": "Rows per parquet shard of the output."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Start afresh instead of resuming."})
     push_to_hub: bool = field(default=False, metadata={"help": "Push the dataset to the Hub as `hub_dataset_id`."})
     hub_dataset_id: str | None = field(default=None, metadata={"help": "The Hub dataset repository to push to."})
@@ -125,6 +158,7 @@ def run_metadata(corpus_args: CorpusArguments, args: ContinuationArguments, toke
         ),
         "normalize_transcripts": args.normalize_transcripts,
         "max_prompt_tokens": args.max_prompt_tokens,
+        "check_audio": args.check_audio,
         "generation": {
             "max_new_tokens": args.max_new_tokens,
             "do_sample": args.do_sample,
@@ -135,6 +169,7 @@ def run_metadata(corpus_args: CorpusArguments, args: ContinuationArguments, toke
             "dtype": args.dtype,
         },
         "corpus": asdict(corpus_args),
+        "source": source_reference(corpus_args),
     }
 
 
@@ -180,21 +215,22 @@ def transcript_normalizer(normalize: bool):
     return EnglishTextNormalizer({}) if normalize else str.strip
 
 
-def build_prompts(corpus: Dataset, row_ids: list[int], tokenizer, args: ContinuationArguments, show_progress: bool):
+def build_prompts(rows: list[dict], tokenizer, args: ContinuationArguments, source: str):
     """Tokenized prompts (`row_id`, `text`, `input_ids`) of rows with a usable transcript, and rejects of the rest."""
     normalize = transcript_normalizer(args.normalize_transcripts)
-    texts = corpus.select(row_ids)[TEXT]
     candidates, rejects = [], []
-    rows = tqdm(zip(row_ids, texts), total=len(row_ids), desc="Checking transcripts", disable=not show_progress)
-    for row_id, text in rows:
+    for row in rows:
+        text = row[TEXT]
         reason = text_rejection(text)
         if not reason:
             text = normalize(text)
             reason = text_rejection(text)
         if reason:
-            rejects.append(reject_record(row_id, corpus[row_id][AUDIO], reason))
+            rejects.append(reject_record(row[ROW_ID], source, reason))
         else:
-            candidates.append({ROW_ID: row_id, TEXT: text})
+            candidates.append({ROW_ID: row[ROW_ID], TEXT: text})
+    if not candidates:
+        return [], rejects
     prompts = [
         render_prompt(tokenizer, args.instruction, row[TEXT], args.prompt_layout, args.system_prompt)
         for row in candidates
@@ -203,7 +239,7 @@ def build_prompts(corpus: Dataset, row_ids: list[int], tokenizer, args: Continua
     for row, input_ids in zip(candidates, tokenizer(prompts, add_special_tokens=False)["input_ids"]):
         if len(input_ids) > args.max_prompt_tokens:
             reason = ("long_prompt", f"{len(input_ids)} prompt tokens, more than {args.max_prompt_tokens}")
-            rejects.append(reject_record(row[ROW_ID], corpus[row[ROW_ID]][AUDIO], reason))
+            rejects.append(reject_record(row[ROW_ID], source, reason))
         else:
             kept.append({**row, "input_ids": input_ids})
     return kept, rejects
@@ -216,10 +252,13 @@ def length_grouped_batches(prompts: list[dict], batch_size: int) -> list[list[di
 
 
 class AudioCheckedBatches(torch.utils.data.Dataset):
-    """Prompt batches whose audio is decoded and checked (in DataLoader workers if asked); bad rows become rejects."""
+    """Prompt batches whose audio is decoded and checked (in DataLoader workers if asked); bad rows become rejects.
 
-    def __init__(self, corpus: Dataset, batches: list[list[dict]], corpus_args: CorpusArguments):
-        self.audio = corpus.select_columns([AUDIO])
+    Without `audio` (no --check_audio) the batches pass unchecked.
+    """
+
+    def __init__(self, audio: Dataset | None, batches: list[list[dict]], corpus_args: CorpusArguments):
+        self.audio = audio
         self.batches = batches
         self.min_seconds = corpus_args.min_audio_seconds
         self.silence_threshold = corpus_args.silence_threshold
@@ -229,12 +268,14 @@ class AudioCheckedBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[list[dict], list[dict]]:
         rows = self.batches[index]
+        if self.audio is None:
+            return rows, []
         audios = self.audio[[row[ROW_ID] for row in rows]][AUDIO]
         kept, rejects = [], []
         for row, audio in zip(rows, audios):
             reason = audio_rejection(audio, self.min_seconds, self.silence_threshold)
             if reason:
-                rejects.append(reject_record(row[ROW_ID], audio, reason))
+                rejects.append(reject_record(row[ROW_ID], audio_source(audio), reason))
             else:
                 kept.append(row)
         return kept, rejects
@@ -320,35 +361,47 @@ def continuation_records(rows: list[dict], outputs: list[list[int]], tokenizer) 
     ]
 
 
+def chunks(rows, size: int):
+    """Lists of up to `size` consecutive items of an iterable."""
+    iterator = iter(rows)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
 def generate_rows(
-    corpus: Dataset,
-    row_ids: list[int],
+    rows,
+    done: set[int],
+    audio: Dataset | None,
     corpus_args: CorpusArguments,
     args: ContinuationArguments,
     tokenizer,
     state: PartialState,
 ) -> dict:
-    """Continue the transcripts of `row_ids`, appending results and rejects to this process's parts as it goes."""
+    """Continue the transcripts of `rows` not in `done`, appending results and rejects to this process's parts as it
+    goes; rows are read `length_grouping_rows` at a time and batched by prompt length within each group."""
     show_progress = state.is_local_main_process
     continuations = JsonlLog(part_path(args.output_dir, "continuations", state.process_index))
     rejects = JsonlLog(part_path(args.output_dir, "rejects", state.process_index))
-    prompts, text_rejects = build_prompts(corpus, row_ids, tokenizer, args, show_progress)
-    rejects.append(text_rejects)
-    batches = AudioCheckedBatches(corpus, length_grouped_batches(prompts, args.batch_size), corpus_args)
-    loader = DataLoader(batches, batch_size=None, num_workers=args.dataloader_num_workers)
-    generator = build_generator(args, tokenizer, state) if prompts else None
-    progress = tqdm(total=len(row_ids), unit="row", desc="Generating", disable=not show_progress)
-    progress.update(len(text_rejects))
+    generator = None
+    progress = tqdm(unit="row", desc="Generating", disable=not show_progress)
     generated_rows = generated_tokens = 0
     start = time.perf_counter()
-    for rows, audio_rejects in loader:
-        rejects.append(audio_rejects)
-        outputs = generator.generate([row["input_ids"] for row in rows]) if rows else []
-        continuations.append(continuation_records(rows, outputs, tokenizer))
-        generated_rows += len(rows)
-        generated_tokens += sum(len(tokens) for tokens in outputs)
-        progress.update(len(rows) + len(audio_rejects))
-        progress.set_postfix(tokens_per_s=f"{generated_tokens / (time.perf_counter() - start):.1f}")
+    todo = (row for row in rows if row[ROW_ID] not in done)
+    for group in chunks(todo, args.length_grouping_rows):
+        prompts, text_rejects = build_prompts(group, tokenizer, args, corpus_args.dataset_name)
+        rejects.append(text_rejects)
+        progress.update(len(text_rejects))
+        batches = AudioCheckedBatches(audio, length_grouped_batches(prompts, args.batch_size), corpus_args)
+        for batch, audio_rejects in DataLoader(batches, batch_size=None, num_workers=args.dataloader_num_workers):
+            rejects.append(audio_rejects)
+            if batch and generator is None:
+                generator = build_generator(args, tokenizer, state)
+            outputs = generator.generate([row["input_ids"] for row in batch]) if batch else []
+            continuations.append(continuation_records(batch, outputs, tokenizer))
+            generated_rows += len(batch)
+            generated_tokens += sum(len(tokens) for tokens in outputs)
+            progress.update(len(batch) + len(audio_rejects))
+            progress.set_postfix(tokens_per_s=f"{generated_tokens / (time.perf_counter() - start):.1f}")
     progress.close()
     continuations.close()
     rejects.close()
@@ -363,39 +416,73 @@ def first_by_row_id(records: list[dict]) -> list[dict]:
     return [unique[row_id] for row_id in sorted(unique)]
 
 
-def merge_parts(corpus: Dataset, output_dir: str, metadata: dict) -> tuple[Dataset, list[dict]]:
-    """The accepted rows (audio from the corpus, transcript and continuation from the parts) and the rejects."""
+def merged_continuations(output_dir: str) -> Dataset:
+    """The accepted rows of every part, one per row id, sorted: `row_id`, `text` (as prompted), `continuation`."""
     accepted = first_by_row_id(read_parts(output_dir, "continuations"))
-    dataset = corpus.select([record[ROW_ID] for record in accepted]).remove_columns(TEXT)
-    dataset = dataset.add_column(TEXT, [record[TEXT] for record in accepted])
-    dataset = dataset.add_column(CONTINUATION, [record[CONTINUATION] for record in accepted])
-    dataset.info.description = json.dumps(metadata)
-    return dataset, first_by_row_id(read_parts(output_dir, "rejects"))
-
-
-def push_dataset(dataset: Dataset, metadata: dict, hub_dataset_id: str) -> None:
-    """Push the dataset, and its metadata as `blsp_continuations.json` (the Hub keeps no dataset description)."""
-    dataset.push_to_hub(hub_dataset_id)
-    HfApi().upload_file(
-        path_or_fileobj=json.dumps(metadata, indent=2).encode(),
-        path_in_repo=HUB_METADATA_FILE,
-        repo_id=hub_dataset_id,
-        repo_type="dataset",
+    return Dataset.from_dict(
+        {
+            ROW_ID: [record[ROW_ID] for record in accepted],
+            TEXT: [record[TEXT] for record in accepted],
+            CONTINUATION: [record[CONTINUATION] for record in accepted],
+        }
     )
 
 
-def write_results(corpus: Dataset, args: ContinuationArguments, metadata: dict, stats: list[dict]) -> dict:
-    """Merge the parts into the saved dataset and `rejects.jsonl` (pushing it if asked); returns the run's summary."""
-    dataset, rejects = merge_parts(corpus, args.output_dir, metadata)
-    dataset.save_to_disk(args.output_dir)
+def with_embedded_audio(dataset: Dataset, corpus: Dataset) -> Dataset:
+    """`dataset` with an `audio` column after `row_id`: the bytes of each row's clip, read from the source corpus."""
+    audio = corpus.select(dataset[ROW_ID]).select_columns([AUDIO]).flatten_indices()
+    embedded = audio.with_format("arrow").map(embed_table_storage, batched=True, keep_in_memory=True)
+    embedded = embedded.with_format(None).cast_column(AUDIO, audio.features[AUDIO])
+    return concatenate_datasets([dataset.select_columns([ROW_ID]), embedded, dataset.remove_columns(ROW_ID)], axis=1)
+
+
+def write_shards(dataset: Dataset, output_dir: str, rows_per_shard: int, corpus: Dataset | None) -> int:
+    """Write `output_dir/data/train-NNNNN-of-MMMMM.parquet` (replacing earlier shards at once); with `corpus`, each
+    shard embeds its rows' audio. Returns the number of shards."""
+    num_shards = max(1, -(-len(dataset) // rows_per_shard))
+    staging = os.path.join(output_dir, DATA_DIR + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    for index in range(num_shards):
+        shard = dataset.select(range(index * rows_per_shard, min(len(dataset), (index + 1) * rows_per_shard)))
+        if corpus is not None:
+            shard = with_embedded_audio(shard, corpus)
+        shard.to_parquet(os.path.join(staging, f"train-{index:05d}-of-{num_shards:05d}.parquet"))
+    shutil.rmtree(os.path.join(output_dir, DATA_DIR), ignore_errors=True)
+    os.replace(staging, os.path.join(output_dir, DATA_DIR))
+    return num_shards
+
+
+def push_dataset(output_dir: str, hub_dataset_id: str) -> None:
+    """Upload the shards, `blsp_continuations.json` and `rejects.jsonl` (earlier shards on the Hub are replaced)."""
+    api = HfApi()
+    api.create_repo(hub_dataset_id, repo_type="dataset", exist_ok=True)
+    api.upload_folder(
+        repo_id=hub_dataset_id,
+        repo_type="dataset",
+        folder_path=output_dir,
+        allow_patterns=[f"{DATA_DIR}/*.parquet", HUB_METADATA_FILE, "rejects.jsonl"],
+        delete_patterns=[f"{DATA_DIR}/*.parquet"],
+        commit_message="Continuations from generate_continuations.py",
+    )
+
+
+def write_results(corpus_args: CorpusArguments, args: ContinuationArguments, metadata: dict, stats: list[dict]) -> dict:
+    """Merge the parts into the parquet shards, settings and `rejects.jsonl` (pushing them if asked); returns the run's
+    summary."""
+    dataset = merged_continuations(args.output_dir)
+    rejects = first_by_row_id(read_parts(args.output_dir, "rejects"))
+    corpus = open_corpus(corpus_args) if args.embed_audio else None
+    write_shards(dataset, args.output_dir, args.rows_per_shard, corpus)
+    write_atomically(os.path.join(args.output_dir, HUB_METADATA_FILE), json.dumps(metadata, indent=2))
     rejects_text = "".join(json.dumps(reject) + "\n" for reject in rejects)
     write_atomically(os.path.join(args.output_dir, "rejects.jsonl"), rejects_text)
     if args.push_to_hub:
-        push_dataset(dataset, metadata, args.hub_dataset_id)
+        push_dataset(args.output_dir, args.hub_dataset_id)
     seconds = max(stat["seconds"] for stat in stats)
     tokens = sum(stat["tokens"] for stat in stats)
     return {
-        "rows": len(corpus),
+        "rows": len(dataset) + len(rejects),
         "accepted": len(dataset),
         "rejected": len(rejects),
         "rejected_by_reason": dict(Counter(reject["reason"] for reject in rejects)),
@@ -404,6 +491,11 @@ def write_results(corpus: Dataset, args: ContinuationArguments, metadata: dict, 
         "generation_seconds": seconds,
         "tokens_per_second": tokens / seconds if seconds else 0.0,
     }
+
+
+def process_rows(transcripts: Dataset | IterableDataset, state: PartialState):
+    """This process's share of the rows: a contiguous slice of a map-style corpus, every n-th row of a stream."""
+    return split_dataset_by_node(transcripts, rank=state.process_index, world_size=state.num_processes)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -415,18 +507,19 @@ def main(argv: list[str] | None = None) -> dict:
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.accelerator.is_available())
     tokenizer = load_tokenizer(args.llm_name_or_path)
     metadata = run_metadata(corpus_args, args, tokenizer)
+    corpus_args.dataset_revision = metadata["source"]["dataset_revision"]  # read the Hub revision recorded
     prepare_output_dir(args, metadata, state)
     with state.main_process_first():
-        corpus = open_corpus(corpus_args)
+        transcripts = open_transcripts(corpus_args, streaming=args.streaming)
+        audio = open_corpus(corpus_args).select_columns([AUDIO]) if args.check_audio else None
     done = {record[ROW_ID] for kind in ("continuations", "rejects") for record in read_parts(args.output_dir, kind)}
     state.wait_for_everyone()  # every process has read the parts before any appends to them
-    with state.split_between_processes(list(range(len(corpus)))) as shard:
-        todo = [row_id for row_id in shard if row_id not in done]
-    logger.info(f"{len(corpus)} rows, {len(done)} done before; this process continues {len(todo)}.")
-    stats = gather_object([generate_rows(corpus, todo, corpus_args, args, tokenizer, state)])
+    logger.info(f"{len(done)} rows done before; continuing.")
+    rows = process_rows(transcripts, state)
+    stats = gather_object([generate_rows(rows, done, audio, corpus_args, args, tokenizer, state)])
     summary = {}
     if state.is_main_process:
-        summary = write_results(corpus, args, metadata, stats)
+        summary = write_results(corpus_args, args, metadata, stats)
         logger.info(f"Summary: {json.dumps(summary)}")
     state.wait_for_everyone()
     return summary

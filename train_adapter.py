@@ -16,7 +16,7 @@ Only the adapter trains by default; `--train_speech_encoder` adds the Whisper en
 Examples:
 
     python train_adapter.py --speech_encoder_name_or_path openai/whisper-small \
-        --llm_name_or_path Qwen/Qwen2.5-7B-Instruct --dataset_name_or_path continuations/ \
+        --llm_name_or_path Qwen/Qwen2.5-7B-Instruct --dataset_name continuations/ \
         --output_dir blsp-qwen --loss ce --learning_rate 5e-5 --warmup_steps 1000 --bf16
     accelerate launch train_adapter.py args.yaml   # the same arguments from a .json or .yaml file
 """
@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import os
-import re
 import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -37,27 +36,36 @@ import soundfile
 import torch
 import transformers
 from datasets import Audio, concatenate_datasets
-from huggingface_hub import ModelCard, ModelCardData, hf_hub_download
+from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError
 from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import PreTrainedConfig, Trainer, TrainingArguments, set_seed
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
-from data_blsp import CorpusArguments, load_source, parse_script_arguments
+from data_blsp import (
+    CorpusArguments,
+    JsonlLog,
+    audio_source,
+    join_audio,
+    load_source,
+    parse_script_arguments,
+    reject_record,
+)
 from engines_blsp import check_one_training, check_requested_engine, unsharded_model
 from generate_continuations import HUB_METADATA_FILE
+from model_card_blsp import LORA_ADAPTER_DIR, build_model_card
 from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import CONTINUATION_INSTRUCTION, IGNORE_INDEX, PROMPT_LAYOUTS, AudioInputError, BlspProcessor
+from streaming_blsp import stream_continuations, training_stream
 
 logger = logging.getLogger(__name__)
 
 LOSSES = ("ce", "kl", "ce+kl")
 LORA_SAVE_MODES = ("merged", "adapter")
-LORA_ADAPTER_DIR = "llm_lora"
 TEACHER_PREFIX = "teacher_"
 SKIPPED_ROWS_KEY = "num_skipped_rows"
-HUB_ID_PATTERN = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+ROW_IDS_KEY = "row_ids"
 
 
 @dataclass
@@ -123,12 +131,20 @@ class ModelArguments:
 class DataArguments:
     """Which continuation datasets to train and evaluate on, and the prompt they were made with."""
 
-    dataset_name_or_path: list[str] = field(
-        metadata={"help": "One or more datasets made by generate_continuations.py: save_to_disk folders or Hub ids."}
+    dataset_name: list[str] = field(
+        metadata={
+            "aliases": ["--dataset_name_or_path"],
+            "help": "One or more datasets made by generate_continuations.py: output folders or Hub ids "
+            "(--dataset_name_or_path is an alias).",
+        }
     )
     dataset_split: str = field(default="train", metadata={"help": "Split to read from each training dataset."})
-    eval_dataset_name_or_path: list[str] | None = field(
-        default=None, metadata={"help": "Evaluation dataset(s), in the same format."}
+    eval_dataset_name: list[str] | None = field(
+        default=None,
+        metadata={
+            "aliases": ["--eval_dataset_name_or_path"],
+            "help": "Evaluation dataset(s), in the same format (--eval_dataset_name_or_path is an alias).",
+        },
     )
     eval_dataset_split: str = field(default="train", metadata={"help": "Split to read from each evaluation dataset."})
     eval_split_ratio: float = field(
@@ -150,16 +166,38 @@ class DataArguments:
     preprocessing_num_workers: int | None = field(
         default=None, metadata={"help": "Processes for reading audio durations."}
     )
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Stream the training rows and their audio (needs --max_steps); processes read their shards."},
+    )
+    dataset_weights: list[float] | None = field(
+        default=None, metadata={"help": "With --streaming: how often each --dataset_name is drawn, e.g. 3 1."}
+    )
+    shuffle_buffer_size: int = field(default=1000, metadata={"help": "With --streaming: rows shuffled at a time."})
+    duration_group_rows: int = field(
+        default=256, metadata={"help": "With --streaming: rows of the buffer sorted by duration together."}
+    )
+    max_audio_seconds: float | None = field(
+        default=None, metadata={"help": "With --streaming: leave out clips longer than this."}
+    )
+    log_trained_rows: bool = field(
+        default=False,
+        metadata={"help": "Append each step's (corpus, row_id) pairs to output_dir/trained_rows-<process>.jsonl."},
+    )
 
     def __post_init__(self):
-        if isinstance(self.dataset_name_or_path, str):  # a single name in a .json/.yaml file
-            self.dataset_name_or_path = [self.dataset_name_or_path]
-        if isinstance(self.eval_dataset_name_or_path, str):
-            self.eval_dataset_name_or_path = [self.eval_dataset_name_or_path]
+        if isinstance(self.dataset_name, str):  # a single name in a .json/.yaml file
+            self.dataset_name = [self.dataset_name]
+        if isinstance(self.eval_dataset_name, str):
+            self.eval_dataset_name = [self.eval_dataset_name]
         if not 0.0 <= self.eval_split_ratio < 1.0:
             raise ValueError(f"--eval_split_ratio must be in [0, 1), got {self.eval_split_ratio}.")
-        if self.eval_split_ratio and self.eval_dataset_name_or_path:
-            raise ValueError("Give --eval_split_ratio or --eval_dataset_name_or_path, not both.")
+        if self.eval_split_ratio and self.eval_dataset_name:
+            raise ValueError("Give --eval_split_ratio or --eval_dataset_name, not both.")
+        if self.dataset_weights and len(self.dataset_weights) != len(self.dataset_name):
+            raise ValueError(f"--dataset_weights needs one weight per --dataset_name ({len(self.dataset_name)}).")
+        if self.streaming and self.eval_split_ratio:
+            raise ValueError("--streaming takes an --eval_dataset_name, not --eval_split_ratio.")
 
 
 @dataclass
@@ -218,12 +256,16 @@ def check_columns(dataset: datasets.Dataset, name: str, loss_terms: set[str]):
         )
 
 
-def prompt_metadata(dataset: datasets.Dataset, name_or_path: str) -> dict:
-    """instruction / prompt_layout / system_prompt that generate_continuations.py recorded: in the description of a
-    saved dataset, in a json file next to a Hub one."""
+def prompt_metadata(dataset: datasets.Dataset | None, name_or_path: str) -> dict:
+    """The settings generate_continuations.py recorded (prompt, source corpus): `blsp_continuations.json` in the
+    output folder or the Hub repository, or the description of an older `save_to_disk` output."""
     try:
-        if os.path.exists(name_or_path):
-            metadata = json.loads(dataset.info.description or "{}")
+        local_file = os.path.join(name_or_path, HUB_METADATA_FILE)
+        if os.path.isfile(local_file):
+            with open(local_file, encoding="utf-8") as file:
+                metadata = json.load(file)
+        elif os.path.exists(name_or_path):
+            metadata = json.loads(dataset.info.description or "{}") if dataset is not None else {}
         else:
             with open(hf_hub_download(name_or_path, HUB_METADATA_FILE, repo_type="dataset")) as file:
                 metadata = json.load(file)
@@ -267,8 +309,10 @@ def prepare_dataset(
     parts, metadatas = [], []
     for name in names:
         dataset = load_source(CorpusArguments(dataset_name=name, split=split))
-        check_columns(dataset, name, loss_terms)
         metadata = prompt_metadata(dataset, name)
+        if "audio" not in dataset.column_names and "source" in metadata:  # step 1 kept no copy of the audio
+            dataset = join_audio(dataset, metadata["source"])
+        check_columns(dataset, name, loss_terms)
         instruction = dataset_instruction(data_args, metadata)
         keep = [column for column in ("audio", "text", "continuation") if column in dataset.column_names]
         dataset = dataset.select_columns(keep).cast_column("audio", Audio(decode=False))
@@ -308,6 +352,7 @@ class SpeechPromptCollator:
 
     processor: BlspProcessor
     with_teacher: bool
+    rejects_path: str | None = None
 
     def readable_rows(self, rows: list[dict]) -> tuple[list[dict], list]:
         """The rows whose audio decodes to a usable clip, and those clips."""
@@ -320,16 +365,26 @@ class SpeechPromptCollator:
                     raise AudioInputError(f"Bad audio {row['audio'].get('path')!r}: only {len(clip)} samples.")
             except AudioInputError as error:
                 logger.warning("Skipping a row: %s", error)
+                self.record_reject(row, error)
                 continue
             kept.append(row)
             clips.append(clip)
         return kept, clips
+
+    def record_reject(self, row: dict, error: AudioInputError):
+        """Append the skipped row (row id when streamed, audio source, reason) to `rejects_path`, if set."""
+        if self.rejects_path is not None:
+            record = reject_record(row.get("row_id", -1), audio_source(row["audio"]), ("unusable_audio", str(error)))
+            with open(self.rejects_path, "a", encoding="utf-8") as file:  # rare: one short line, opened each time
+                file.write(json.dumps(record) + "\n")
 
     def __call__(self, rows: list[dict]) -> dict:
         kept, clips = self.readable_rows(rows)
         batch = {SKIPPED_ROWS_KEY: torch.tensor(len(rows) - len(kept))}
         if not kept:
             return batch
+        if "row_id" in kept[0]:  # streamed rows: (corpus, row id) of each, for --log_trained_rows
+            batch[ROW_IDS_KEY] = torch.tensor([[row["corpus"], row["row_id"]] for row in kept])
         responses = [row.get("continuation") or row["text"] for row in kept]
         student = self.processor(
             text=[self.processor.render_prompt(row["instruction"]) for row in kept],
@@ -468,10 +523,11 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
 class BlspTrainer(Trainer):
     """A `Trainer` with the BLSP objectives, logits only on response positions, and skipped-row counting."""
 
-    def __init__(self, *args, model_card_builder=None, **kwargs):
+    def __init__(self, *args, model_card_builder=None, trained_rows_log: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.model_card_builder = model_card_builder
         self.skipped_audio_rows = 0
+        self.trained_rows = JsonlLog(trained_rows_log) if trained_rows_log else None
         # The loss is normalized by `num_items_in_batch` (the whole accumulated batch's response tokens).
         self.loss_is_scaled_for_ga = True
 
@@ -506,6 +562,9 @@ class BlspTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         self.skipped_audio_rows += int(inputs.pop(SKIPPED_ROWS_KEY, 0))
+        row_ids = inputs.pop(ROW_IDS_KEY, None)
+        if self.trained_rows is not None and row_ids is not None and model.training:
+            self.trained_rows.append([{"step": self.state.global_step + 1, "rows": row_ids.tolist()}])
         if "input_ids" not in inputs:  # every row of the batch was unreadable
             loss = sum(parameter.sum() for parameter in model.parameters() if parameter.requires_grad) * 0.0
             return (loss, None) if return_outputs else loss
@@ -525,6 +584,7 @@ class BlspTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs.pop(ROW_IDS_KEY, None)
         if "input_ids" not in inputs:  # every row of the batch was unreadable
             self.skipped_audio_rows += int(inputs[SKIPPED_ROWS_KEY])
             return None, None, None
@@ -539,136 +599,6 @@ class BlspTrainer(Trainer):
         """Write BLSP's own model card (Trainer.push_to_hub calls this before uploading)."""
         if self.is_world_process_zero() and self.model_card_builder is not None:
             self.model_card_builder(self).save(os.path.join(self.args.output_dir, "README.md"))
-
-
-# ----------------------------------------------------------------------------------------------------- card
-
-
-def hub_ids(names: list[str]) -> list[str]:
-    """The names that are Hub repository ids (local paths stay out of the card's metadata)."""
-    return [name for name in names if not os.path.exists(name) and HUB_ID_PATTERN.match(name)]
-
-
-def hyperparameters(trainer: Trainer, model_args: ModelArguments, trainable_parameters: int) -> dict:
-    args = trainer.args
-    values = {
-        "loss": args.loss,
-        "learning_rate": args.learning_rate,
-        "lr_scheduler_type": getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type),
-        "warmup_steps": args.warmup_steps,
-        "weight_decay": args.weight_decay,
-        "max_grad_norm": args.max_grad_norm,
-        "per_device_train_batch_size": args.per_device_train_batch_size,
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "total_train_batch_size": args.train_batch_size * args.gradient_accumulation_steps * args.world_size,
-        "optimizer_steps": trainer.state.global_step,
-        "epochs": round(trainer.state.epoch or 0.0, 3),
-        "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
-        "encoder_padding": trainer.model.config.encoder_padding,
-        "train_sampling_strategy": args.train_sampling_strategy,
-        "seed": args.seed,
-        "trainable_parameters": trainable_parameters,
-        "train_speech_encoder": model_args.train_speech_encoder,
-    }
-    if "kl" in args.loss_terms:
-        values["kl_temperature"] = args.kl_temperature
-    if args.loss == "ce+kl":
-        values.update(ce_weight=args.ce_weight, kl_weight=args.kl_weight)
-    if model_args.lora_r:
-        values.update(
-            lora_r=model_args.lora_r,
-            lora_alpha=model_args.lora_alpha,
-            lora_dropout=model_args.lora_dropout,
-            lora_target_modules=", ".join(model_args.lora_target_modules),
-            lora_save=model_args.lora_save,
-        )
-    return values
-
-
-OBJECTIVES = {
-    "ce": "cross-entropy on the continuation and EOS, given the speech (the BLSP paper)",
-    "kl": "KL divergence (temperature {T}) between the LLM's next-token distributions on the response given the "
-    "speech and given the transcript, the frozen LLM as teacher (BLSP-KD)",
-    "ce+kl": "{ce} x cross-entropy on the continuation + {kl} x KL divergence (temperature {T}) to the frozen LLM "
-    "given the transcript",
-}
-
-
-def usage_snippet(repo: str, instruction: str, lora_adapter: bool) -> str:
-    """Loading and generating; with LoRA kept as an adapter, applying it (a pipeline would load the model without)."""
-    load_lora = f'model.language_model.load_adapter("{repo}", adapter_kwargs={{"subfolder": "{LORA_ADAPTER_DIR}"}})\n'
-    as_pipeline = (
-        "\n# or, as a pipeline\n"
-        f'speech_llm = pipeline(model="{repo}", trust_remote_code=True)\n'
-        'print(speech_llm("speech.flac", instruction="Please transcribe the following audio."))\n'
-    )
-    return (
-        "```python\n"
-        f"from transformers import AutoModel, AutoProcessor{'' if lora_adapter else ', pipeline'}\n\n"
-        f'model = AutoModel.from_pretrained("{repo}", trust_remote_code=True)\n'
-        + (load_lora if lora_adapter else "")
-        + f'processor = AutoProcessor.from_pretrained("{repo}", trust_remote_code=True)\n'
-        f'inputs = processor(text=processor.render_prompt({instruction!r}), audio="speech.flac")\n'
-        "generated = model.generate(**inputs, max_new_tokens=128)\n"
-        'print(processor.batch_decode(generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True))\n'
-        + ("" if lora_adapter else as_pipeline)
-        + "```\n"
-    )
-
-
-def build_model_card(
-    model_args: ModelArguments,
-    data_args: DataArguments,
-    instructions: list[str],
-    trainable_parameters: int,
-    trainer: Trainer,
-) -> ModelCard:
-    """Base models, data, objective, hyper-parameters, eval loss and usage, with Hub metadata."""
-    args = trainer.args
-    repo = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
-    if model_args.model_name_or_path:
-        base_models = [model_args.model_name_or_path]
-        base_text = f"- continued from the BLSP checkpoint `{model_args.model_name_or_path}`\n"
-    else:
-        base_models = [model_args.speech_encoder_name_or_path, model_args.llm_name_or_path]
-        base_text = (
-            f"- speech encoder: `{model_args.speech_encoder_name_or_path}` (Whisper encoder)\n"
-            f"- language model: `{model_args.llm_name_or_path}`\n"
-        )
-    datasets_used = data_args.dataset_name_or_path + (data_args.eval_dataset_name_or_path or [])
-    eval_losses = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
-    objective = OBJECTIVES[args.loss].format(T=args.kl_temperature, ce=args.ce_weight, kl=args.kl_weight)
-    table = "\n".join(
-        f"| {name} | {value} |" for name, value in hyperparameters(trainer, model_args, trainable_parameters).items()
-    )
-    processor = trainer.processing_class
-    card_data = ModelCardData(
-        library_name="transformers",
-        base_model=hub_ids(base_models) or None,
-        datasets=hub_ids(datasets_used) or None,
-        tags=["blsp", "speech", "audio-text-to-text"],
-    )
-    body = (
-        f"# {repo}\n\n"
-        "A [BLSP](https://arxiv.org/abs/2309.00916) speech-language model: a Whisper encoder and an LLM joined by a "
-        "modality adapter, trained with `train_adapter.py` so that the LLM, given speech, continues it as it "
-        "continues the transcript.\n\n"
-        f"## Base models\n{base_text}\n"
-        "## Training data\n"
-        + "".join(f"- `{name}`\n" for name in data_args.dataset_name_or_path)
-        + f"\n{len(trainer.train_dataset)} training rows; instruction(s) "
-        + ", ".join(f"`{instruction}`" for instruction in instructions)
-        + f"; prompt layout `{processor.prompt_layout}`"
-        + (f", system prompt `{processor.system_prompt}`" if processor.system_prompt else "")
-        + ".\n\n"
-        f"## Objective\n{objective}.\n\n"
-        f"## Hyper-parameters\n| name | value |\n|---|---|\n{table}\n\n"
-        "## Evaluation\n"
-        + (f"eval loss: {eval_losses[-1]:.4f}\n\n" if eval_losses else "No evaluation set was given.\n\n")
-        + "## Usage\n"
-        + usage_snippet(repo, instructions[0], bool(model_args.lora_r) and model_args.lora_save == "adapter")
-    )
-    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")
 
 
 # ----------------------------------------------------------------------------------------------------- main
@@ -691,23 +621,65 @@ def setup_logging(training_args: TrainingArguments):
     transformers.utils.logging.set_verbosity(log_level)
 
 
+def stream_datasets(data_args: DataArguments, training_args: BlspTrainingArguments):
+    """The training rows as one stream (see streaming_blsp) and the datasets' prompt metadata."""
+    streams, metadatas = [], []
+    for index, name in enumerate(data_args.dataset_name):
+        metadata = prompt_metadata(None, name)
+        instruction = dataset_instruction(data_args, metadata)
+        streams.append(stream_continuations(name, data_args.dataset_split, index, instruction, metadata))
+        metadatas.append(metadata)
+    stream = training_stream(
+        streams,
+        data_args.dataset_weights,
+        training_args.data_seed if training_args.data_seed is not None else training_args.seed,
+        data_args.shuffle_buffer_size,
+        data_args.duration_group_rows,
+        data_args.max_audio_seconds,
+    )
+    return stream, metadatas
+
+
 def load_datasets(data_args: DataArguments, training_args: BlspTrainingArguments):
     """Training and evaluation sets (the latter may be None) and the training sets' prompt metadata."""
+    if data_args.streaming:
+        train_dataset, metadatas = stream_datasets(data_args, training_args)
+        eval_dataset = None
+        if data_args.eval_dataset_name:
+            eval_dataset, _ = prepare_dataset(
+                data_args.eval_dataset_name,
+                data_args.eval_dataset_split,
+                data_args,
+                training_args.loss_terms,
+                training_args.length_column_name,
+            )
+        return train_dataset, truncate(eval_dataset, data_args.max_eval_samples), metadatas
     prepare = partial(
         prepare_dataset,
         data_args=data_args,
         loss_terms=training_args.loss_terms,
         length_column=training_args.length_column_name,
     )
-    train_dataset, metadatas = prepare(data_args.dataset_name_or_path, data_args.dataset_split)
+    train_dataset, metadatas = prepare(data_args.dataset_name, data_args.dataset_split)
     eval_dataset = None
-    if data_args.eval_dataset_name_or_path:
-        eval_dataset, _ = prepare(data_args.eval_dataset_name_or_path, data_args.eval_dataset_split)
+    if data_args.eval_dataset_name:
+        eval_dataset, _ = prepare(data_args.eval_dataset_name, data_args.eval_dataset_split)
     elif data_args.eval_split_ratio:
         split = train_dataset.train_test_split(test_size=data_args.eval_split_ratio, seed=training_args.seed)
         train_dataset, eval_dataset = split["train"], split["test"]
     train_dataset = truncate(train_dataset, data_args.max_train_samples)
     return train_dataset, truncate(eval_dataset, data_args.max_eval_samples), metadatas
+
+
+def audio_rejects_path(training_args: TrainingArguments) -> str:
+    """This process's record of the rows skipped for unusable audio (created on the first one)."""
+    os.makedirs(training_args.output_dir, exist_ok=True)
+    return os.path.join(training_args.output_dir, f"audio_rejects-{training_args.process_index:05d}.jsonl")
+
+
+def trained_rows_path(training_args: TrainingArguments) -> str:
+    """This process's log of trained (corpus, row_id) pairs, one line per micro-batch with its optimizer step."""
+    return os.path.join(training_args.output_dir, f"trained_rows-{training_args.process_index:05d}.jsonl")
 
 
 def main(args: list[str] | None = None):
@@ -721,6 +693,8 @@ def main(args: list[str] | None = None):
     prompt_layout = agreed_setting("prompt_layout", data_args.prompt_layout, metadatas, None)
     system_prompt = agreed_setting("system_prompt", data_args.system_prompt, metadatas, None)
 
+    if data_args.streaming:  # each process reads its own shards of the stream (no dispatching from process 0)
+        training_args.accelerator_config.dispatch_batches = False
     set_seed(training_args.seed)
     model, processor = load_model_and_processor(model_args, prompt_layout, system_prompt)
     select_trainable_parameters(model, model_args.train_speech_encoder)
@@ -733,11 +707,14 @@ def main(args: list[str] | None = None):
     trainer = BlspTrainer(
         model=model,
         args=training_args,
-        data_collator=SpeechPromptCollator(processor, with_teacher="kl" in training_args.loss_terms),
+        data_collator=SpeechPromptCollator(
+            processor, with_teacher="kl" in training_args.loss_terms, rejects_path=audio_rejects_path(training_args)
+        ),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=processor,
         model_card_builder=partial(build_model_card, model_args, data_args, instructions, trainable),
+        trained_rows_log=trained_rows_path(training_args) if data_args.log_trained_rows else None,
     )
     check_requested_engine(trainer)
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

@@ -5,8 +5,8 @@
     python bench/continuations.py --llm_name_or_path ./llm --dataset_name ./corpus
 
 Rows, in this order:
-- the script: `generate_continuations.main` on the corpus; its own count over the generation loop (audio checks,
-  length-grouped left-padded batches of `--batch_size`, writing the parts);
+- the script: `generate_continuations.main` on the corpus; its own count over the generation loop (reading the
+  transcripts, length-grouped left-padded batches of `--batch_size`, writing the parts);
 - a plain per-row loop: `model.generate` on one prompt at a time;
 - the original recipe: batches of 8 prompts in corpus order (unsorted), left-padded;
 - the script's length-grouped batches alone, with the same `model.generate` loop as the baselines.
@@ -33,7 +33,7 @@ from tiny_models import save_tiny_llm  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 import generate_continuations  # noqa: E402
-from data_blsp import open_corpus  # noqa: E402
+from data_blsp import open_transcripts  # noqa: E402
 from generate_continuations import build_prompts, length_grouped_batches, load_tokenizer, resolve_dtype, until_eos  # noqa: E402
 
 
@@ -98,8 +98,8 @@ def main():
     device = PartialState().device
     tokenizer = load_tokenizer(llm)
     model = AutoModelForCausalLM.from_pretrained(llm, dtype=resolve_dtype(args.dtype, device)).to(device).eval()
-    corpus = open_corpus(corpus_args)
-    prompts, _ = build_prompts(corpus, list(range(len(corpus))), tokenizer, args, show_progress=False)
+    transcripts = list(open_transcripts(corpus_args))
+    prompts, _ = build_prompts(transcripts, tokenizer, args, corpus_args.dataset_name)
     prompt_ids = [row["input_ids"] for row in prompts]
     unsorted_batches = [prompt_ids[start : start + 8] for start in range(0, len(prompt_ids), 8)]
     grouped_batches = [

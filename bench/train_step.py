@@ -171,7 +171,7 @@ def run_one(name: str, dataset_path: str, bench: argparse.Namespace, work: str) 
     run = RUNS[name]
     model, processor = build_model_and_processor(run["encoder_padding"], bench.llm_layers)
     dataset, _ = train_adapter.prepare_dataset(
-        [dataset_path], "train", train_adapter.DataArguments(dataset_name_or_path=[dataset_path]), {"ce"}, "length"
+        [dataset_path], "train", train_adapter.DataArguments(dataset_name=[dataset_path]), {"ce"}, "length"
     )
     if run["sorted"]:
         dataset = dataset.sort("length", reverse=True)

@@ -12,11 +12,11 @@ import soundfile
 import torch
 import yaml
 from conftest_hub import local_hub  # noqa: F401 - fixture
-from datasets import Audio, Dataset, load_from_disk
+from datasets import Audio, Dataset, load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import generate_continuations
-from data_blsp import CorpusArguments, open_corpus, text_rejection
+from data_blsp import join_audio, text_rejection
 from processing_blsp import CONTINUATION_INSTRUCTION, load_audio, render_prompt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,8 +31,13 @@ def run_script(dataset_name: str, llm: str, output_dir: str, *flags: str) -> dic
 
 
 def saved_rows(output_dir: str) -> list[dict]:
-    """The saved dataset's rows, audio as its embedded bytes."""
-    return [{**row, "audio": row["audio"]["bytes"]} for row in load_from_disk(output_dir)]
+    """The output's rows (`row_id`, `text`, `continuation`), loaded with `load_dataset`."""
+    return list(load_dataset(str(output_dir), split="train"))
+
+
+def saved_settings(output_dir: str) -> dict:
+    with open(os.path.join(output_dir, generate_continuations.HUB_METADATA_FILE)) as file:
+        return json.load(file)
 
 
 def copy_clips(speech_corpus, directory) -> list[dict]:
@@ -101,15 +106,15 @@ def test_every_input_kind_gives_the_same_dataset(speech_corpus, tiny_checkpoints
     expected = results.pop("audiofolder_csv")
     assert [row["row_id"] for row in expected] == list(range(len(rows)))
     assert [row["text"] for row in expected] == [row["text"] for row in rows]
-    for row, source_row in zip(expected, rows):
-        with open(os.path.join(source, source_row["file_name"]), "rb") as file:
-            assert row["audio"] == file.read()
+    assert list(expected[0]) == ["row_id", "text", "continuation"]  # no copy of the audio
     for kind, result in results.items():
         assert result == expected, kind
-    reopened = open_corpus(CorpusArguments(str(tmp_path / "out_csv")), keep_columns=("continuation",))
-    assert reopened.column_names == ["row_id", "audio", "text", "continuation"]
-    assert reopened["continuation"] == [row["continuation"] for row in expected]
-    clip = load_audio(reopened[0]["audio"], 16000)
+    settings = saved_settings(str(tmp_path / "out_csv"))
+    assert settings["source"]["dataset_name"] == str(tmp_path / "corpus.csv")
+    joined = join_audio(load_dataset(str(tmp_path / "out_csv"), split="train"), settings["source"])
+    assert joined.column_names == ["row_id", "audio", "text", "continuation"]
+    assert joined["continuation"] == [row["continuation"] for row in expected]
+    clip = load_audio(joined[0]["audio"], 16000)
     assert np.array_equal(clip, load_audio(os.path.join(source, rows[0]["file_name"]), 16000))
 
 
@@ -129,8 +134,8 @@ def test_greedy_continuations_equal_plain_generate(speech_corpus, tiny_checkpoin
     write_jsonl(tmp_path / "corpus.jsonl", [{**row, "audio": os.path.join(clips, row["file_name"])} for row in rows])
     output_dir = str(tmp_path / "out")
     run_script(str(tmp_path / "corpus.jsonl"), tiny_checkpoints[llm], output_dir, "--batch_size", "3", *flags)
-    dataset = load_from_disk(output_dir)
-    metadata = json.loads(dataset.info.description)
+    dataset = load_dataset(output_dir, split="train")
+    metadata = saved_settings(output_dir)
     layout = flags[1] if flags else "instruction_first"
     system_prompt = flags[3] if flags else None
     tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoints[llm])
@@ -161,7 +166,7 @@ def test_sampling_is_reproducible_from_its_seed(speech_corpus, tiny_checkpoints,
         continuations.append([row["continuation"] for row in saved_rows(str(tmp_path / run))])
     run_script(corpus, tiny_checkpoints["llama"], str(tmp_path / "greedy"))
     assert continuations[0] == continuations[1] != [row["continuation"] for row in saved_rows(str(tmp_path / "greedy"))]
-    assert json.loads(load_from_disk(str(tmp_path / "first")).info.description)["generation"]["do_sample"]
+    assert saved_settings(str(tmp_path / "first"))["generation"]["do_sample"]
 
 
 def build_bad_corpus(speech_corpus, directory) -> list[dict]:
@@ -210,12 +215,12 @@ def test_bad_rows_are_rejected_and_counted(speech_corpus, tiny_checkpoints, tmp_
     metadata = build_bad_corpus(speech_corpus, tmp_path / "corpus")
     output_dir = tmp_path / "out"
     flags = ["--normalize_transcripts", "--max_prompt_tokens", "100", "--batch_size", "3"]
-    flags += ["--dataloader_num_workers", "2"]  # audio checked in DataLoader workers
+    flags += ["--check_audio", "--dataloader_num_workers", "2"]  # audio checked in DataLoader workers
     summary = run_script(str(tmp_path / "corpus"), tiny_checkpoints["qwen2"], str(output_dir), *flags)
     assert summary["rows"] == len(metadata) == 18
     assert (summary["accepted"], summary["rejected"]) == (4, 14)
     assert summary["rejected_by_reason"] == BAD_CORPUS_REASONS
-    assert [row["row_id"] for row in load_from_disk(str(output_dir))] == [0, 1, 2, 3]
+    assert [row["row_id"] for row in saved_rows(output_dir)] == [0, 1, 2, 3]
     with open(output_dir / "rejects.jsonl") as file:
         rejects = [json.loads(line) for line in file]
     assert [reject["row_id"] for reject in rejects] == list(range(4, 18))
@@ -271,7 +276,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(speech_corpus, tiny_chec
     with open(tmp_path / "resumed" / "parts" / "continuations-00000.jsonl") as file:
         written = file.read()
     assert not written.endswith("\n")  # a torn line is there
-    assert written.count("\n") >= 4 and not os.path.exists(tmp_path / "resumed" / "state.json")
+    assert written.count("\n") >= 4 and not os.path.exists(tmp_path / "resumed" / "data")
 
     resumed = generate_continuations.main([*flags, "--output_dir", str(tmp_path / "resumed")])
     assert resumed["generated_rows_this_run"] == len(rows) - written.count("\n")
@@ -314,11 +319,11 @@ def test_two_processes_give_the_same_dataset_as_one(speech_corpus, tiny_checkpoi
 
 HUB_LOAD = """
 import json
-from datasets import Audio, load_dataset
+from datasets import load_dataset
 from huggingface_hub import hf_hub_download
-dataset = load_dataset("alice/continuations", split="train").cast_column("audio", Audio(decode=False))
+dataset = load_dataset("alice/continuations", split="train")
 metadata = json.load(open(hf_hub_download("alice/continuations", "blsp_continuations.json", repo_type="dataset")))
-rows = [{**row, "audio": row["audio"]["bytes"].hex()} for row in dataset]
+rows = list(dataset)
 print(json.dumps({"rows": rows, "llm": metadata["llm_name_or_path"]}))
 """
 HUB_PUSH_CORPUS = """
@@ -353,5 +358,4 @@ def test_hub_corpus_in_and_push_to_hub_out(local_hub, speech_corpus, tiny_checkp
     assert loaded["llm"] == tiny_checkpoints["llama"]
     corpus = write_jsonl(tmp_path / "corpus.jsonl", corpus_rows)
     generate_continuations.main(["--dataset_name", corpus, *flags, "--output_dir", str(tmp_path / "local")])
-    expected = [{**row, "audio": row["audio"].hex()} for row in saved_rows(str(tmp_path / "local"))]
-    assert loaded["rows"] == expected
+    assert loaded["rows"] == saved_rows(str(tmp_path / "local"))

@@ -178,6 +178,8 @@ def test_ce_loss_falls_and_unreadable_row_is_skipped(ce_run):
         results = json.load(file)
     assert results["skipped_audio_rows"] >= 1
     assert results["eval_loss"] > 0
+    with open(os.path.join(ce_run, "audio_rejects-00000.jsonl")) as file:  # the skipped rows, with their reason
+        assert {json.loads(line)["reason"] for line in file} == {"unusable_audio"}
 
 
 def test_only_the_adapter_changes_by_default(ce_run, tiny_checkpoints, responsive_llm):

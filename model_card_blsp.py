@@ -1,0 +1,143 @@
+"""The model card `train_adapter.py` writes (and `Trainer.push_to_hub` uploads): base models, data, objective,
+hyper-parameters, eval loss and usage, with Hub metadata."""
+
+import os
+import re
+from typing import TYPE_CHECKING
+
+from huggingface_hub import ModelCard, ModelCardData
+from transformers import Trainer
+
+if TYPE_CHECKING:
+    from train_adapter import DataArguments, ModelArguments
+
+LORA_ADAPTER_DIR = "llm_lora"
+HUB_ID_PATTERN = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+
+def hub_ids(names: list[str]) -> list[str]:
+    """The names that are Hub repository ids (local paths stay out of the card's metadata)."""
+    return [name for name in names if not os.path.exists(name) and HUB_ID_PATTERN.match(name)]
+
+
+def hyperparameters(trainer: Trainer, model_args: "ModelArguments", trainable_parameters: int) -> dict:
+    args = trainer.args
+    values = {
+        "loss": args.loss,
+        "learning_rate": args.learning_rate,
+        "lr_scheduler_type": getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type),
+        "warmup_steps": args.warmup_steps,
+        "weight_decay": args.weight_decay,
+        "max_grad_norm": args.max_grad_norm,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "total_train_batch_size": args.train_batch_size * args.gradient_accumulation_steps * args.world_size,
+        "optimizer_steps": trainer.state.global_step,
+        "epochs": round(trainer.state.epoch or 0.0, 3),
+        "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+        "encoder_padding": trainer.model.config.encoder_padding,
+        "train_sampling_strategy": args.train_sampling_strategy,
+        "seed": args.seed,
+        "trainable_parameters": trainable_parameters,
+        "train_speech_encoder": model_args.train_speech_encoder,
+    }
+    if "kl" in args.loss_terms:
+        values["kl_temperature"] = args.kl_temperature
+    if args.loss == "ce+kl":
+        values.update(ce_weight=args.ce_weight, kl_weight=args.kl_weight)
+    if model_args.lora_r:
+        values.update(
+            lora_r=model_args.lora_r,
+            lora_alpha=model_args.lora_alpha,
+            lora_dropout=model_args.lora_dropout,
+            lora_target_modules=", ".join(model_args.lora_target_modules),
+            lora_save=model_args.lora_save,
+        )
+    return values
+
+
+OBJECTIVES = {
+    "ce": "cross-entropy on the continuation and EOS, given the speech (the BLSP paper)",
+    "kl": "KL divergence (temperature {T}) between the LLM's next-token distributions on the response given the "
+    "speech and given the transcript, the frozen LLM as teacher (BLSP-KD)",
+    "ce+kl": "{ce} x cross-entropy on the continuation + {kl} x KL divergence (temperature {T}) to the frozen LLM "
+    "given the transcript",
+}
+
+
+def usage_snippet(repo: str, instruction: str, lora_adapter: bool) -> str:
+    """Loading and generating; with LoRA kept as an adapter, applying it (a pipeline would load the model without)."""
+    load_lora = f'model.language_model.load_adapter("{repo}", adapter_kwargs={{"subfolder": "{LORA_ADAPTER_DIR}"}})\n'
+    as_pipeline = (
+        "\n# or, as a pipeline\n"
+        f'speech_llm = pipeline(model="{repo}", trust_remote_code=True)\n'
+        'print(speech_llm("speech.flac", instruction="Please transcribe the following audio."))\n'
+    )
+    return (
+        "```python\n"
+        f"from transformers import AutoModel, AutoProcessor{'' if lora_adapter else ', pipeline'}\n\n"
+        f'model = AutoModel.from_pretrained("{repo}", trust_remote_code=True)\n'
+        + (load_lora if lora_adapter else "")
+        + f'processor = AutoProcessor.from_pretrained("{repo}", trust_remote_code=True)\n'
+        f'inputs = processor(text=processor.render_prompt({instruction!r}), audio="speech.flac")\n'
+        "generated = model.generate(**inputs, max_new_tokens=128)\n"
+        'print(processor.batch_decode(generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True))\n'
+        + ("" if lora_adapter else as_pipeline)
+        + "```\n"
+    )
+
+
+def build_model_card(
+    model_args: "ModelArguments",
+    data_args: "DataArguments",
+    instructions: list[str],
+    trainable_parameters: int,
+    trainer: Trainer,
+) -> ModelCard:
+    """Base models, data, objective, hyper-parameters, eval loss and usage, with Hub metadata."""
+    args = trainer.args
+    repo = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
+    if model_args.model_name_or_path:
+        base_models = [model_args.model_name_or_path]
+        base_text = f"- continued from the BLSP checkpoint `{model_args.model_name_or_path}`\n"
+    else:
+        base_models = [model_args.speech_encoder_name_or_path, model_args.llm_name_or_path]
+        base_text = (
+            f"- speech encoder: `{model_args.speech_encoder_name_or_path}` (Whisper encoder)\n"
+            f"- language model: `{model_args.llm_name_or_path}`\n"
+        )
+    datasets_used = data_args.dataset_name + (data_args.eval_dataset_name or [])
+    eval_losses = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
+    objective = OBJECTIVES[args.loss].format(T=args.kl_temperature, ce=args.ce_weight, kl=args.kl_weight)
+    table = "\n".join(
+        f"| {name} | {value} |" for name, value in hyperparameters(trainer, model_args, trainable_parameters).items()
+    )
+    processor = trainer.processing_class
+    card_data = ModelCardData(
+        library_name="transformers",
+        base_model=hub_ids(base_models) or None,
+        datasets=hub_ids(datasets_used) or None,
+        tags=["blsp", "speech", "audio-text-to-text"],
+    )
+    body = (
+        f"# {repo}\n\n"
+        "A [BLSP](https://arxiv.org/abs/2309.00916) speech-language model: a Whisper encoder and an LLM joined by a "
+        "modality adapter, trained with `train_adapter.py` so that the LLM, given speech, continues it as it "
+        "continues the transcript.\n\n"
+        f"## Base models\n{base_text}\n"
+        "## Training data\n"
+        + "".join(f"- `{name}`\n" for name in data_args.dataset_name)
+        + ("\nStreamed training rows" if data_args.streaming else f"\n{len(trainer.train_dataset)} training rows")
+        + "; instruction(s) "
+        + ", ".join(f"`{instruction}`" for instruction in instructions)
+        + f"; prompt layout `{processor.prompt_layout}`"
+        + (f", system prompt `{processor.system_prompt}`" if processor.system_prompt else "")
+        + ".\n\n"
+        f"## Objective\n{objective}.\n\n"
+        f"## Hyper-parameters\n| name | value |\n|---|---|\n{table}\n\n"
+        "## Evaluation\n"
+        + (f"eval loss: {eval_losses[-1]:.4f}\n\n" if eval_losses else "No evaluation set was given.\n\n")
+        + "## Usage\n"
+        + usage_snippet(repo, instructions[0], bool(model_args.lora_r) and model_args.lora_save == "adapter")
+    )
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")

@@ -1,0 +1,378 @@
+"""Corpus scale: step 1 reads transcripts only (no audio over HTTP), streams, and writes no copy of the audio; step 2
+finds each clip again by row id, or trains from a self-contained `--embed_audio` dataset."""
+
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest_hub import hub_env, local_hub  # noqa: F401 - fixtures
+from datasets import Audio, Dataset, load_dataset
+from hub_server import HubHandler
+from test_train_adapter import responsive_llm  # noqa: F401 - fixture
+
+import generate_continuations
+import streaming_blsp
+import train_adapter
+from data_blsp import CorpusArguments, open_corpus
+from processing_blsp import load_audio
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "generate_continuations.py")
+CLIPS = os.path.join(ROOT, "world", "data", "speech", "train")
+NUM_ROWS, NUM_SHARDS, ROWS_PER_GROUP = 2000, 2, 100
+
+
+def shipped_clips(count: int) -> list[dict]:
+    """The first `count` clips the repository ships: file_name, text and the file's bytes (from its metadata)."""
+    with open(os.path.join(CLIPS, "metadata.jsonl")) as file:
+        rows = [json.loads(line) for line in file][:count]
+    for row in rows:
+        with open(os.path.join(CLIPS, row["file_name"]), "rb") as clip:
+            row["bytes"] = clip.read()
+    return rows
+
+
+def build_parquet_corpus(directory: str, num_rows: int = NUM_ROWS, num_shards: int = NUM_SHARDS) -> str:
+    """Parquet shards `data/train-*.parquet` of `num_rows` rows (`audio` with embedded bytes, `text`) cycling over
+    eight shipped clips, in row groups of 100; transcripts carry their row number so that every row differs."""
+    clips = shipped_clips(8)
+    rows_per_shard = num_rows // num_shards
+    os.makedirs(os.path.join(directory, "data"), exist_ok=True)
+    for shard in range(num_shards):
+        row_ids = range(shard * rows_per_shard, (shard + 1) * rows_per_shard)
+        columns = {
+            "audio": [{"bytes": clips[i % 8]["bytes"], "path": clips[i % 8]["file_name"]} for i in row_ids],
+            "text": [f"{clips[i % 8]['text']} {i}" for i in row_ids],
+        }
+        path = os.path.join(directory, "data", f"train-{shard:05d}-of-{num_shards:05d}.parquet")
+        dataset = Dataset.from_dict(columns).cast_column("audio", Audio(decode=False))
+        pq.write_table(dataset.data.table, path, row_group_size=ROWS_PER_GROUP, use_dictionary=["text"])
+    return directory
+
+
+@pytest.fixture(scope="module")
+def parquet_corpus(tmp_path_factory) -> str:
+    return build_parquet_corpus(str(tmp_path_factory.mktemp("scale_corpus")))
+
+
+def directory_bytes(directory: str) -> int:
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(directory) for name in names)
+
+
+def audio_byte_ranges(path: str) -> list[tuple[int, int]]:
+    """[start, end) byte ranges of the audio column chunks of a parquet file, from its footer."""
+    metadata = pq.ParquetFile(path).metadata
+    ranges = []
+    for group in range(metadata.num_row_groups):
+        for column in range(metadata.num_columns):
+            chunk = metadata.row_group(group).column(column)
+            if chunk.path_in_schema.startswith("audio"):
+                start = chunk.dictionary_page_offset or chunk.data_page_offset
+                ranges.append((start, start + chunk.total_compressed_size))
+    return ranges
+
+
+class ServedBytes:
+    """Records every GET the local Hub answers: path, byte range and body size."""
+
+    def __init__(self, monkeypatch):
+        self.requests = []
+        write_response = HubHandler.write_response
+
+        def counting(handler):
+            if handler.command == "GET" and handler.response:
+                self.requests.append((handler.path, handler.headers.get("Range"), len(handler.response[2])))
+            write_response(handler)
+
+        monkeypatch.setattr(HubHandler, "write_response", counting)
+
+    def of_file(self, name: str) -> list[tuple[int, int]]:
+        """[start, end) of every body served from files named `name`."""
+        served = []
+        for path, byte_range, size in self.requests:
+            if path.endswith("/" + name):
+                start = int(byte_range.split("=")[1].split("-")[0]) if byte_range else 0
+                served.append((start, start + size))
+        return served
+
+
+def step1_flags(dataset_name: str, llm: str, output_dir, *flags: str) -> list[str]:
+    return ["--dataset_name", dataset_name, "--llm_name_or_path", llm, "--output_dir", str(output_dir)] + [
+        "--max_new_tokens",
+        "4",
+        "--batch_size",
+        "64",
+        *flags,
+    ]
+
+
+def output_rows(output_dir) -> list[dict]:
+    return list(load_dataset(str(output_dir), split="train"))
+
+
+def test_step1_reads_no_audio_over_http_and_writes_no_copy(
+    parquet_corpus,
+    tiny_checkpoints,
+    hub_env,  # noqa: F811
+    monkeypatch,
+    tmp_path,
+):
+    from huggingface_hub import HfApi
+
+    HfApi().create_repo("alice/scale-corpus", repo_type="dataset")
+    HfApi().upload_folder(repo_id="alice/scale-corpus", repo_type="dataset", folder_path=parquet_corpus)
+    served = ServedBytes(monkeypatch)
+    flags = step1_flags("alice/scale-corpus", tiny_checkpoints["llama"], tmp_path / "out")
+    summary = generate_continuations.main(flags)
+    assert (summary["accepted"], summary["rejected"]) == (NUM_ROWS, 0)
+
+    corpus_bytes = directory_bytes(os.path.join(parquet_corpus, "data"))
+    output_bytes = directory_bytes(os.path.join(tmp_path / "out", "data"))
+    assert output_bytes < 0.02 * corpus_bytes, (output_bytes, corpus_bytes)
+    total_served = 0
+    for name in sorted(os.listdir(os.path.join(parquet_corpus, "data"))):
+        local = os.path.join(parquet_corpus, "data", name)
+        size, audio = os.path.getsize(local), audio_byte_ranges(local)
+        for start, end in served.of_file(name):
+            total_served += end - start
+            if end == size:  # pyarrow's fixed 64 KiB read of the footer, at the end of the file
+                assert end - start <= 65536
+                continue
+            overlap = sum(max(0, min(end, b) - max(start, a)) for a, b in audio)
+            assert overlap <= 1, f"{overlap} audio bytes served in {start}-{end}"  # fsspec reads 1 byte ahead
+    assert 0 < total_served < 0.02 * corpus_bytes, (total_served, corpus_bytes)
+    rows = output_rows(tmp_path / "out")
+    assert [row["row_id"] for row in rows] == list(range(NUM_ROWS))
+    assert rows[5]["text"] == f"{shipped_clips(8)[5]['text']} 5"
+
+
+def test_streaming_in_two_processes_equals_map_style_and_resumes(parquet_corpus, tiny_checkpoints, tmp_path):
+    flags = ["--max_samples", "60", "--batch_size", "8", "--length_grouping_rows", "16"]
+    llm = tiny_checkpoints["llama"]
+    generate_continuations.main(step1_flags(parquet_corpus, llm, tmp_path / "map", *flags))
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    env = {**os.environ, "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    streaming = step1_flags(parquet_corpus, llm, tmp_path / "stream", *flags, "--streaming")
+    two = subprocess.run([*launch, SCRIPT, *streaming], env=env, capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-3000:]
+    parts = [tmp_path / "stream" / "parts" / f"continuations-0000{rank}.jsonl" for rank in (0, 1)]
+    assert all(part.stat().st_size > 0 for part in parts)
+    assert output_rows(tmp_path / "stream") == output_rows(tmp_path / "map")
+    assert [row["row_id"] for row in output_rows(tmp_path / "map")] == list(range(60))
+
+    # killed during the final merge: the rerun generates nothing, writes the output and exits
+    shutil.rmtree(tmp_path / "stream" / "data")
+    rerun = generate_continuations.main(streaming)
+    assert rerun["generated_rows_this_run"] == 0 and rerun["accepted"] == 60
+    assert output_rows(tmp_path / "stream") == output_rows(tmp_path / "map")
+
+
+KILL_AFTER_TWO_BATCHES = """
+import os, signal, sys
+import data_blsp, generate_continuations
+appends = 0
+append = data_blsp.JsonlLog.append
+def append_then_die(self, records):
+    global appends
+    if records and "continuations" in self.file.name:
+        appends += 1
+        if appends == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+    append(self, records)
+data_blsp.JsonlLog.append = append_then_die
+generate_continuations.main(sys.argv[1:])
+"""
+
+
+def test_killed_streaming_run_resumes_to_the_uninterrupted_result(parquet_corpus, tiny_checkpoints, tmp_path):
+    flags = ["--max_samples", "40", "--batch_size", "8", "--length_grouping_rows", "16", "--streaming"]
+    resumed = step1_flags(parquet_corpus, tiny_checkpoints["llama"], tmp_path / "resumed", *flags)
+    env = {**os.environ, "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_TWO_BATCHES, *resumed], env=env, capture_output=True)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    summary = generate_continuations.main(resumed)
+    assert summary["generated_rows_this_run"] == 40 - 16
+    generate_continuations.main(step1_flags(parquet_corpus, tiny_checkpoints["llama"], tmp_path / "once", *flags))
+    assert output_rows(tmp_path / "resumed") == output_rows(tmp_path / "once")
+    part_ids = [
+        record["row_id"] for record in generate_continuations.read_parts(str(tmp_path / "resumed"), "continuations")
+    ]
+    assert sorted(part_ids) == list(range(40))  # every row written exactly once
+
+
+HUB_TRAIN = """
+import sys
+import train_adapter
+train_adapter.main(sys.argv[1:])
+print("TRAINED")
+"""
+
+
+def test_step2_joins_the_audio_back_or_trains_from_the_embedded_copy(
+    tiny_checkpoints,
+    hub_env,  # noqa: F811
+    tmp_path,
+):
+    corpus = build_parquet_corpus(str(tmp_path / "corpus"), num_rows=24, num_shards=2)
+    llm = tiny_checkpoints["llama"]
+    generate_continuations.main(step1_flags(corpus, llm, tmp_path / "text_only"))
+    push = ["--embed_audio", "--push_to_hub", "--hub_dataset_id", "alice/embedded"]
+    generate_continuations.main(step1_flags(corpus, llm, tmp_path / "embedded", *push))
+    env = {**hub_env.subprocess_env(tmp_path / "fresh_hf_home"), "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+
+    data_args = train_adapter.DataArguments(dataset_name=[str(tmp_path / "text_only")])
+    joined, metadatas = train_adapter.prepare_dataset(data_args.dataset_name, "train", data_args, {"ce"}, "length")
+    data_args = train_adapter.DataArguments(dataset_name=[str(tmp_path / "embedded")])
+    copied, _ = train_adapter.prepare_dataset(data_args.dataset_name, "train", data_args, {"ce"}, "length")
+    assert metadatas[0]["source"]["dataset_name"] == corpus
+    source = open_corpus(CorpusArguments(dataset_name=corpus))
+    assert len(joined) == len(copied) == 24
+    for index in (0, 9, 23):
+        expected = load_audio(source[index]["audio"], 16000)
+        assert np.array_equal(load_audio(joined[index]["audio"], 16000), expected)
+        assert np.array_equal(load_audio(copied[index]["audio"], 16000), expected)
+    assert joined.remove_columns("audio").to_list() == copied.remove_columns("audio").to_list()
+    assert directory_bytes(str(tmp_path / "embedded" / "data")) > directory_bytes(str(tmp_path / "text_only" / "data"))
+
+    shutil.rmtree(corpus)  # the pushed dataset holds its audio
+    flags = ["--speech_encoder_name_or_path", tiny_checkpoints["whisper"], "--llm_name_or_path", llm]
+    flags += ["--dataset_name", "alice/embedded", "--output_dir", str(tmp_path / "model"), "--max_steps", "1"]
+    flags += ["--per_device_train_batch_size", "4", "--report_to", "none", "--save_strategy", "no"]
+    trained = subprocess.run(
+        [sys.executable, "-c", HUB_TRAIN, *flags], env=env, capture_output=True, text=True, cwd=str(tmp_path)
+    )
+    assert trained.returncode == 0 and "TRAINED" in trained.stdout, trained.stderr[-3000:]
+
+
+def test_one_dataset_flag_name_with_the_old_one_as_alias(tmp_path):
+    model = ["--speech_encoder_name_or_path", "w", "--llm_name_or_path", "l", "--output_dir", str(tmp_path)]
+    for flag in ("--dataset_name", "--dataset_name_or_path"):
+        _, data_args, _ = train_adapter.parse_arguments([*model, flag, "a", "b"])
+        assert data_args.dataset_name == ["a", "b"]
+    settings = {"speech_encoder_name_or_path": "w", "llm_name_or_path": "l", "output_dir": str(tmp_path)}
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump({**settings, "dataset_name_or_path": "c"}))
+    _, data_args, _ = train_adapter.parse_arguments([str(tmp_path / "old.yaml")])
+    assert data_args.dataset_name == ["c"]
+    corpus_args, _ = generate_continuations.parse_arguments(
+        ["--dataset_name", "d", "--llm_name_or_path", "l"]
+        + [
+            "--output_dir",
+            str(tmp_path),
+        ]
+    )
+    assert corpus_args.dataset_name == "d"
+
+
+def trained_rows(output_dir) -> list[dict]:
+    """Every process's log of trained rows: step and (corpus, row_id) pairs."""
+    records = []
+    for name in sorted(os.listdir(output_dir)):
+        if name.startswith("trained_rows-"):
+            with open(os.path.join(output_dir, name)) as file:
+                records.extend({**json.loads(line), "process": name} for line in file)
+    return records
+
+
+def step2_flags(tiny_checkpoints, llm: str, output_dir, *datasets: str) -> list[str]:
+    flags = ["--speech_encoder_name_or_path", tiny_checkpoints["whisper"], "--llm_name_or_path", llm]
+    flags += ["--dataset_name", *datasets, "--output_dir", str(output_dir), "--streaming", "--log_trained_rows"]
+    return flags + ["--report_to", "none", "--save_strategy", "no", "--logging_steps", "1", "--seed", "0"]
+
+
+@pytest.fixture(scope="module")
+def step1_outputs(tiny_checkpoints, tmp_path_factory) -> dict[str, str]:
+    """Step 1 on a 16-row parquet corpus: text-only output and an --embed_audio one in two shards."""
+    root = tmp_path_factory.mktemp("step1_outputs")
+    corpus = build_parquet_corpus(str(root / "corpus"), num_rows=16, num_shards=2)
+    outputs = {"text_only": str(root / "text_only"), "embedded": str(root / "embedded")}
+    generate_continuations.main(step1_flags(corpus, tiny_checkpoints["llama"], outputs["text_only"]))
+    embed = ["--embed_audio", "--rows_per_shard", "8"]
+    generate_continuations.main(step1_flags(corpus, tiny_checkpoints["llama"], outputs["embedded"], *embed))
+    return outputs
+
+
+def test_streaming_step2_joins_audio_by_row_id_and_loss_falls(
+    step1_outputs,
+    tiny_checkpoints,
+    responsive_llm,  # noqa: F811
+    tmp_path,
+):
+    flags = step2_flags(tiny_checkpoints, responsive_llm, tmp_path / "model", step1_outputs["text_only"])
+    flags += ["--max_steps", "6", "--per_device_train_batch_size", "16", "--learning_rate", "1e-2"]
+    train_adapter.main([*flags, "--lr_scheduler_type", "constant", "--max_audio_seconds", "30"])
+    with open(tmp_path / "model" / "trainer_state.json") as file:
+        losses = [entry["loss"] for entry in json.load(file)["log_history"] if "loss" in entry]
+    assert len(losses) == 6 and max(losses[-3:]) < 0.9 * losses[0], losses
+    steps = trained_rows(tmp_path / "model")
+    assert [record["step"] for record in steps] == list(range(1, 7))
+    assert all(sorted(row_id for _, row_id in record["rows"]) == list(range(16)) for record in steps)
+
+
+def test_streaming_step2_processes_train_disjoint_rows(step1_outputs, tiny_checkpoints, tmp_path):
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    flags = step2_flags(tiny_checkpoints, tiny_checkpoints["llama"], tmp_path / "model", step1_outputs["embedded"])
+    flags += ["--max_steps", "2", "--per_device_train_batch_size", "4", "--shuffle_buffer_size", "4", "--use_cpu"]
+    env = {**os.environ, "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([*launch, os.path.join(ROOT, "train_adapter.py"), *flags], env=env, capture_output=True)
+    assert two.returncode == 0, two.stderr[-3000:]
+    by_process = {}
+    for record in trained_rows(tmp_path / "model"):
+        by_process.setdefault(record["process"], []).extend(row_id for _, row_id in record["rows"])
+    first, second = by_process.values()
+    assert len(first) == len(second) == 8 and not set(first) & set(second)
+    assert sorted(first + second) == list(range(16))  # one epoch: every row once
+
+
+def test_streamed_corpora_follow_their_weights(parquet_corpus, tiny_checkpoints, tmp_path):
+    outputs = []
+    for name, rows in (("big", 400), ("small", 200)):
+        corpus = build_parquet_corpus(str(tmp_path / name), num_rows=rows, num_shards=1)
+        outputs.append(str(tmp_path / f"{name}_out"))
+        generate_continuations.main(step1_flags(corpus, tiny_checkpoints["llama"], outputs[-1], "--embed_audio"))
+    data_args = train_adapter.DataArguments(
+        dataset_name=outputs, streaming=True, dataset_weights=[3, 1], max_audio_seconds=2.0
+    )
+    training_args = train_adapter.BlspTrainingArguments(output_dir=str(tmp_path / "model"), report_to="none")
+    stream, _ = train_adapter.stream_datasets(data_args, training_args)
+    rows = list(itertools.islice(stream, 400))
+    counts = Counter(row["corpus"] for row in rows)
+    assert 2.4 < counts[0] / counts[1] < 3.6, counts
+    seconds = [streaming_blsp.clip_seconds(row["audio"]) for row in rows]
+    assert max(seconds) <= 2.0 and len(rows) == 400
+
+
+KILL_AT_THIRD_STEP = """
+import os, signal, sys
+import train_adapter
+training_step = train_adapter.BlspTrainer.training_step
+def die_at_third_step(self, *args, **kwargs):
+    if self.state.global_step == 2:  # checkpoint-2 is saved: kill -9 before step 3 trains
+        os.kill(os.getpid(), signal.SIGKILL)
+    return training_step(self, *args, **kwargs)
+train_adapter.BlspTrainer.training_step = die_at_third_step
+train_adapter.main(sys.argv[1:])
+"""
+
+
+def test_streaming_step2_resumes_mid_stream_without_repeating_rows(step1_outputs, tiny_checkpoints, tmp_path):
+    flags = step2_flags(tiny_checkpoints, tiny_checkpoints["llama"], tmp_path / "model", step1_outputs["embedded"])
+    flags += ["--max_steps", "4", "--per_device_train_batch_size", "4", "--shuffle_buffer_size", "8"]
+    flags = [flag if flag != "no" else "steps" for flag in flags] + ["--save_steps", "2"]  # --save_strategy steps
+    env = {**os.environ, "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_THIRD_STEP, *flags], env=env, capture_output=True)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert [record["step"] for record in trained_rows(tmp_path / "model")] == [1, 2]
+    train_adapter.main([*flags, "--resume_from_checkpoint", str(tmp_path / "model" / "checkpoint-2")])
+    records = trained_rows(tmp_path / "model")
+    assert [record["step"] for record in records] == [1, 2, 3, 4]
+    assert sorted(row_id for record in records for _, row_id in record["rows"]) == list(range(16))
