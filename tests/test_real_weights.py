@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from datasets import load_from_disk
+from datasets import load_dataset
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -280,7 +280,7 @@ def real_continuations(real_llm, real_clips, tmp_path_factory) -> str:
 def test_step1_with_the_real_chat_llm_equals_plain_greedy_generate(real_continuations, real_llm):
     tokenizer = AutoTokenizer.from_pretrained(real_llm)
     model = AutoModelForCausalLM.from_pretrained(real_llm).eval()
-    rows = list(load_from_disk(real_continuations))
+    rows = list(load_dataset(real_continuations, split="train"))
     assert len(rows) == 3
     for row in rows:
         messages = [{"role": "user", "content": f"{CONTINUATION_INSTRUCTION} {row['text']}"}]
