@@ -180,6 +180,13 @@ class DataArguments:
     max_audio_seconds: float | None = field(
         default=None, metadata={"help": "With --streaming: leave out clips longer than this."}
     )
+    duration_column_name: str = field(
+        default="duration",
+        metadata={
+            "help": "The column holding each clip's duration in seconds, used when the dataset (or, with "
+            "--streaming, its source corpus) has it; else durations are read from the clips' headers."
+        },
+    )
     log_trained_rows: bool = field(
         default=False,
         metadata={"help": "Append each step's (corpus, row_id) pairs to output_dir/trained_rows-<process>.jsonl."},
@@ -314,7 +321,8 @@ def prepare_dataset(
             dataset = join_audio(dataset, metadata["source"])
         check_columns(dataset, name, loss_terms)
         instruction = dataset_instruction(data_args, metadata)
-        keep = [column for column in ("audio", "text", "continuation") if column in dataset.column_names]
+        wanted = ("audio", "text", "continuation", data_args.duration_column_name)
+        keep = [column for column in wanted if column in dataset.column_names]
         dataset = dataset.select_columns(keep).cast_column("audio", Audio(decode=False))
         parts.append(dataset.add_column("instruction", [instruction] * len(dataset)))
         metadatas.append(metadata)
@@ -324,12 +332,20 @@ def prepare_dataset(
         dataset = dataset.filter(bool, input_columns=["continuation"])
         if len(dataset) < before:
             logger.warning("Dropped %d rows without a continuation.", before - len(dataset))
-    dataset = dataset.map(
-        audio_duration_ms,
-        input_columns=["audio"],
-        num_proc=data_args.preprocessing_num_workers,
-        desc="Reading audio durations",
-    )
+    if data_args.duration_column_name in dataset.column_names:
+        dataset = dataset.map(
+            lambda seconds: {"length": [int(1000 * value) for value in seconds]},
+            input_columns=[data_args.duration_column_name],
+            batched=True,
+            desc="Durations from the duration column",
+        )
+    else:
+        dataset = dataset.map(
+            audio_duration_ms,
+            input_columns=["audio"],
+            num_proc=data_args.preprocessing_num_workers,
+            desc="Reading audio durations",
+        )
     if length_column != "length":
         dataset = dataset.rename_column("length", length_column)
     return dataset, metadatas
@@ -627,7 +643,11 @@ def stream_datasets(data_args: DataArguments, training_args: BlspTrainingArgumen
     for index, name in enumerate(data_args.dataset_name):
         metadata = prompt_metadata(None, name)
         instruction = dataset_instruction(data_args, metadata)
-        streams.append(stream_continuations(name, data_args.dataset_split, index, instruction, metadata))
+        streams.append(
+            stream_continuations(
+                name, data_args.dataset_split, index, instruction, metadata, data_args.duration_column_name
+            )
+        )
         metadatas.append(metadata)
     stream = training_stream(
         streams,

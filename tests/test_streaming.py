@@ -40,9 +40,13 @@ def shipped_clips(count: int) -> list[dict]:
     return rows
 
 
-def build_parquet_corpus(directory: str, num_rows: int = NUM_ROWS, num_shards: int = NUM_SHARDS) -> str:
+def build_parquet_corpus(
+    directory: str, num_rows: int = NUM_ROWS, num_shards: int = NUM_SHARDS, duration_column: bool = False
+) -> str:
     """Parquet shards `data/train-*.parquet` of `num_rows` rows (`audio` with embedded bytes, `text`) cycling over
-    eight shipped clips, in row groups of 100; transcripts carry their row number so that every row differs."""
+    eight shipped clips, in row groups of 100; transcripts carry their row number so that every row differs.
+    `duration_column` adds a `duration` of row number + 0.5 seconds: not the clips' real lengths, so that what
+    reads it is told apart from what reads the clips."""
     clips = shipped_clips(8)
     rows_per_shard = num_rows // num_shards
     os.makedirs(os.path.join(directory, "data"), exist_ok=True)
@@ -52,6 +56,8 @@ def build_parquet_corpus(directory: str, num_rows: int = NUM_ROWS, num_shards: i
             "audio": [{"bytes": clips[i % 8]["bytes"], "path": clips[i % 8]["file_name"]} for i in row_ids],
             "text": [f"{clips[i % 8]['text']} {i}" for i in row_ids],
         }
+        if duration_column:
+            columns["duration"] = [i + 0.5 for i in row_ids]
         path = os.path.join(directory, "data", f"train-{shard:05d}-of-{num_shards:05d}.parquet")
         dataset = Dataset.from_dict(columns).cast_column("audio", Audio(decode=False))
         pq.write_table(dataset.data.table, path, row_group_size=ROWS_PER_GROUP, use_dictionary=["text"])
@@ -290,22 +296,37 @@ def step2_flags(tiny_checkpoints, llm: str, output_dir, *datasets: str) -> list[
 
 @pytest.fixture(scope="module")
 def step1_outputs(tiny_checkpoints, tmp_path_factory) -> dict[str, str]:
-    """Step 1 on a 16-row parquet corpus: text-only output and an --embed_audio one in two shards."""
+    """Step 1 on a 16-row parquet corpus in two shards, with a `duration` column: text-only output, an --embed_audio
+    one in two shards, and a copy of the latter with a `duration` column."""
     root = tmp_path_factory.mktemp("step1_outputs")
-    corpus = build_parquet_corpus(str(root / "corpus"), num_rows=16, num_shards=2)
+    corpus = build_parquet_corpus(str(root / "corpus"), num_rows=16, num_shards=2, duration_column=True)
     outputs = {"text_only": str(root / "text_only"), "embedded": str(root / "embedded")}
     generate_continuations.main(step1_flags(corpus, tiny_checkpoints["llama"], outputs["text_only"]))
     embed = ["--embed_audio", "--rows_per_shard", "8"]
     generate_continuations.main(step1_flags(corpus, tiny_checkpoints["llama"], outputs["embedded"], *embed))
+    outputs["embedded_with_duration"] = with_duration_column(outputs["embedded"], str(root / "embedded_duration"))
     return outputs
+
+
+def with_duration_column(output_dir: str, copy_dir: str) -> str:
+    """A copy of an --embed_audio output whose shards have a `duration` column of row id + 0.5 seconds."""
+    shutil.copytree(output_dir, copy_dir)
+    for root, _, names in os.walk(copy_dir):
+        for name in (name for name in names if name.endswith(".parquet")):
+            table = pq.read_table(os.path.join(root, name))
+            durations = [row_id + 0.5 for row_id in table.column("row_id").to_pylist()]
+            pq.write_table(table.append_column("duration", [durations]), os.path.join(root, name))
+    return copy_dir
 
 
 def test_streaming_step2_joins_audio_by_row_id_and_loss_falls(
     step1_outputs,
     tiny_checkpoints,
     responsive_llm,  # noqa: F811
+    monkeypatch,
     tmp_path,
 ):
+    monkeypatch.setattr(streaming_blsp, "clip_seconds", no_header_read)  # durations come from the source's column
     flags = step2_flags(tiny_checkpoints, responsive_llm, tmp_path / "model", step1_outputs["text_only"])
     flags += ["--max_steps", "6", "--per_device_train_batch_size", "16", "--learning_rate", "1e-2"]
     train_adapter.main([*flags, "--lr_scheduler_type", "constant", "--max_audio_seconds", "30"])
@@ -315,6 +336,27 @@ def test_streaming_step2_joins_audio_by_row_id_and_loss_falls(
     steps = trained_rows(tmp_path / "model")
     assert [record["step"] for record in steps] == list(range(1, 7))
     assert all(sorted(row_id for _, row_id in record["rows"]) == list(range(16)) for record in steps)
+
+
+def no_header_read(audio: dict) -> float:
+    raise AssertionError("a clip header was read for its duration although the corpus has a duration column")
+
+
+def test_streamed_durations_come_from_the_duration_column(step1_outputs, monkeypatch, tmp_path):
+    monkeypatch.setattr(streaming_blsp, "clip_seconds", no_header_read)
+    training_args = train_adapter.BlspTrainingArguments(output_dir=str(tmp_path / "model"), report_to="none")
+    for name in ("text_only", "embedded_with_duration"):
+        data_args = train_adapter.DataArguments(
+            dataset_name=[step1_outputs[name]], streaming=True, max_audio_seconds=7.6, duration_group_rows=16
+        )
+        stream, _ = train_adapter.stream_datasets(data_args, training_args)
+        rows = list(stream)
+        # the column's durations (row id + 0.5 s), not the clips' real ones, select and order the rows
+        assert [row["row_id"] for row in rows] == [7, 6, 5, 4, 3, 2, 1, 0], name
+        assert [row["seconds"] for row in rows] == [row_id + 0.5 for row_id in range(7, -1, -1)]
+    data_args = train_adapter.DataArguments(dataset_name=[step1_outputs["embedded_with_duration"]])
+    dataset, _ = train_adapter.prepare_dataset(data_args.dataset_name, "train", data_args, {"ce"}, "length")
+    assert dataset["length"] == [1000 * row_id + 500 for row_id in range(16)]  # map-style reads it too
 
 
 def test_streaming_step2_processes_train_disjoint_rows(step1_outputs, tiny_checkpoints, tmp_path):
