@@ -48,9 +48,14 @@ def stream_continuations(
     `duration_column` (seconds) is read when the dataset, or its source corpus, has it.
     """
     rows = load_dataset(name, split=split, streaming=True)
+    labels = {CORPUS: corpus, INSTRUCTION: instruction}
     if AUDIO in (rows.column_names or []):
         stream = rows.select_columns([ROW_ID, AUDIO, TEXT, CONTINUATION, *optional(duration_column, rows.column_names)])
-        stream = with_seconds(stream, duration_column).cast_column(AUDIO, AUDIO_STORAGE)
+        stream = stream.cast_column(AUDIO, AUDIO_STORAGE)
+        if duration_column in stream.column_names:
+            stream = stream.rename_column(duration_column, SECONDS).cast_column(SECONDS, Value("float64"))
+        else:
+            labels[SECONDS] = None
     else:
         continuations = {row[ROW_ID]: (row[TEXT], row[CONTINUATION]) for row in rows}
         source = CorpusArguments(**metadata["source"])
@@ -63,8 +68,8 @@ def stream_continuations(
             gen_kwargs={**gen_kwargs, "continuations": continuations, "duration_column": duration_column},
             features=JOINED_FEATURES,
         )
-    labels = partial(label_rows, corpus=corpus, instruction=instruction)
-    return stream.map(labels, batched=True, features=STREAM_FEATURES)
+    # Row by row: a batched map would make each row's key its whole batch's keys, which the buffer's map joins again.
+    return stream.map(partial(label_row, labels=labels), features=STREAM_FEATURES)
 
 
 def optional(column: str, columns: list[str] | None) -> list[str]:
@@ -72,16 +77,9 @@ def optional(column: str, columns: list[str] | None) -> list[str]:
     return [column] if column in (columns or []) else []
 
 
-def with_seconds(stream: IterableDataset, duration_column: str) -> IterableDataset:
-    """The stream with `seconds` from `duration_column` when it has one, else None."""
-    if duration_column in (stream.column_names or []):
-        return stream.rename_column(duration_column, SECONDS).cast_column(SECONDS, Value("float64"))
-    return stream.map(lambda rows: {SECONDS: [None] * len(rows[ROW_ID])}, batched=True)
-
-
-def label_rows(rows: dict, corpus: int, instruction: str) -> dict:
-    """A batched map adding each row's corpus index and prompt instruction."""
-    return {CORPUS: [corpus] * len(rows[ROW_ID]), INSTRUCTION: [instruction] * len(rows[ROW_ID])}
+def label_row(row: dict, labels: dict) -> dict:
+    """A map adding the row's corpus index and prompt instruction (and no duration when the dataset has none)."""
+    return dict(labels)
 
 
 def parquet_files(source: CorpusArguments) -> list[str] | None:
@@ -160,10 +158,10 @@ def clip_seconds(audio: dict) -> float:
     """A clip's duration from its header (nothing decoded); 0 when unreadable (the collator skips and counts it)."""
     source = io.BytesIO(audio["bytes"]) if audio.get("bytes") else audio.get("path")
     try:
-        info = soundfile.info(source)
+        with soundfile.SoundFile(source) as clip:  # faster than `soundfile.info`, which also formats a description
+            return clip.frames / clip.samplerate
     except Exception:
         return 0.0
-    return info.frames / info.samplerate
 
 
 def shuffle_and_group(rows: dict, indices: list[int], seed: int, group_rows: int, max_seconds: float | None) -> dict:

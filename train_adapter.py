@@ -21,7 +21,6 @@ Examples:
     accelerate launch train_adapter.py args.yaml   # the same arguments from a .json or .yaml file
 """
 
-import io
 import json
 import logging
 import math
@@ -32,7 +31,6 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import datasets
-import soundfile
 import torch
 import transformers
 from datasets import Audio, concatenate_datasets
@@ -57,7 +55,7 @@ from generate_continuations import HUB_METADATA_FILE
 from model_card_blsp import LORA_ADAPTER_DIR, build_model_card
 from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import CONTINUATION_INSTRUCTION, IGNORE_INDEX, PROMPT_LAYOUTS, AudioInputError, BlspProcessor
-from streaming_blsp import stream_continuations, training_stream
+from streaming_blsp import clip_seconds, stream_continuations, training_stream
 
 logger = logging.getLogger(__name__)
 
@@ -297,13 +295,9 @@ def dataset_instruction(data_args: DataArguments, metadata: dict) -> str:
 
 
 def audio_duration_ms(audio: dict) -> dict:
-    """Duration of a `{"path", "bytes"}` audio cell from its header (no decoding); 0 when unreadable."""
-    source = io.BytesIO(audio["bytes"]) if audio.get("bytes") else audio.get("path")
-    try:
-        info = soundfile.info(source)
-    except Exception:  # an unreadable row: the collator skips and counts it
-        return {"length": 0}
-    return {"length": int(1000 * info.frames / info.samplerate)}
+    """Duration of a `{"path", "bytes"}` audio cell from its header (no decoding); 0 when unreadable (the collator
+    skips and counts the row)."""
+    return {"length": int(1000 * clip_seconds(audio))}
 
 
 def prepare_dataset(
