@@ -375,12 +375,21 @@ def test_streaming_step2_processes_read_their_own_source_shards(step1_outputs, t
     assert sorted(first) == list(range(8)) and sorted(second) == list(range(8, 16))  # a source file each, all once
 
 
-def test_streamed_corpora_follow_their_weights(parquet_corpus, tiny_checkpoints, tmp_path):
-    outputs = []
-    for name, rows in (("big", 400), ("small", 200)):
-        corpus = build_parquet_corpus(str(tmp_path / name), num_rows=rows, num_shards=1)
-        outputs.append(str(tmp_path / f"{name}_out"))
-        generate_continuations.main(step1_flags(corpus, tiny_checkpoints["llama"], outputs[-1], "--embed_audio"))
+def embedded_output(directory: str, num_rows: int) -> str:
+    """An --embed_audio step 1 output in one shard, written directly: the corpus's rows plus `row_id` and a
+    `continuation`."""
+    build_parquet_corpus(directory, num_rows=num_rows, num_shards=1)
+    for name in os.listdir(os.path.join(directory, "data")):
+        path = os.path.join(directory, "data", name)
+        table = pq.read_table(path)
+        table = table.add_column(0, "row_id", [list(range(table.num_rows))])
+        table = table.append_column("continuation", [[f"and then {i}" for i in range(table.num_rows)]])
+        pq.write_table(table, path)
+    return directory
+
+
+def test_streamed_corpora_follow_their_weights(tmp_path):
+    outputs = [embedded_output(str(tmp_path / name), rows) for name, rows in (("big", 400), ("small", 200))]
     data_args = train_adapter.DataArguments(
         dataset_name=outputs, streaming=True, dataset_weights=[3, 1], max_audio_seconds=2.0
     )
