@@ -160,10 +160,23 @@ def test_step1_reads_no_audio_over_http_and_writes_no_copy(
     assert rows[5]["text"] == f"{shipped_clips(8)[5]['text']} 5"
 
 
-def test_streaming_in_two_processes_equals_map_style_and_resumes(parquet_corpus, tiny_checkpoints, tmp_path):
-    flags = ["--max_samples", "60", "--batch_size", "8", "--length_grouping_rows", "16"]
-    llm = tiny_checkpoints["llama"]
-    generate_continuations.main(step1_flags(parquet_corpus, llm, tmp_path / "map", *flags))
+STEP1_FLAGS = ["--max_samples", "60", "--batch_size", "8", "--length_grouping_rows", "16"]
+
+
+@pytest.fixture(scope="module")
+def map_style_rows(parquet_corpus, tiny_checkpoints, tmp_path_factory) -> list[dict]:
+    """Step 1's map-style output on the corpus's first 60 rows: what every streaming run must reproduce."""
+    output_dir = tmp_path_factory.mktemp("map_style")
+    generate_continuations.main(step1_flags(parquet_corpus, tiny_checkpoints["llama"], output_dir, *STEP1_FLAGS))
+    rows = output_rows(output_dir)
+    assert [row["row_id"] for row in rows] == list(range(60))
+    return rows
+
+
+def test_streaming_in_two_processes_equals_map_style_and_resumes(
+    parquet_corpus, map_style_rows, tiny_checkpoints, tmp_path
+):
+    flags, llm = STEP1_FLAGS, tiny_checkpoints["llama"]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     env = {**os.environ, "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -172,14 +185,13 @@ def test_streaming_in_two_processes_equals_map_style_and_resumes(parquet_corpus,
     assert two.returncode == 0, two.stderr[-3000:]
     parts = [tmp_path / "stream" / "parts" / f"continuations-0000{rank}.jsonl" for rank in (0, 1)]
     assert all(part.stat().st_size > 0 for part in parts)
-    assert output_rows(tmp_path / "stream") == output_rows(tmp_path / "map")
-    assert [row["row_id"] for row in output_rows(tmp_path / "map")] == list(range(60))
+    assert output_rows(tmp_path / "stream") == map_style_rows
 
     # killed during the final merge: the rerun generates nothing, writes the output and exits
     shutil.rmtree(tmp_path / "stream" / "data")
     rerun = generate_continuations.main(streaming)
     assert rerun["generated_rows_this_run"] == 0 and rerun["accepted"] == 60
-    assert output_rows(tmp_path / "stream") == output_rows(tmp_path / "map")
+    assert output_rows(tmp_path / "stream") == map_style_rows
 
 
 KILL_AFTER_TWO_BATCHES = """
@@ -199,20 +211,20 @@ generate_continuations.main(sys.argv[1:])
 """
 
 
-def test_killed_streaming_run_resumes_to_the_uninterrupted_result(parquet_corpus, tiny_checkpoints, tmp_path):
-    flags = ["--max_samples", "40", "--batch_size", "8", "--length_grouping_rows", "16", "--streaming"]
-    resumed = step1_flags(parquet_corpus, tiny_checkpoints["llama"], tmp_path / "resumed", *flags)
+def test_killed_streaming_run_resumes_to_the_uninterrupted_result(
+    parquet_corpus, map_style_rows, tiny_checkpoints, tmp_path
+):
+    resumed = step1_flags(parquet_corpus, tiny_checkpoints["llama"], tmp_path / "resumed", *STEP1_FLAGS, "--streaming")
     env = {**os.environ, "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     killed = subprocess.run([sys.executable, "-c", KILL_AFTER_TWO_BATCHES, *resumed], env=env, capture_output=True)
     assert killed.returncode == -9, killed.stderr[-3000:]
     summary = generate_continuations.main(resumed)
-    assert summary["generated_rows_this_run"] == 40 - 16
-    generate_continuations.main(step1_flags(parquet_corpus, tiny_checkpoints["llama"], tmp_path / "once", *flags))
-    assert output_rows(tmp_path / "resumed") == output_rows(tmp_path / "once")
+    assert summary["generated_rows_this_run"] == 60 - 16
+    assert output_rows(tmp_path / "resumed") == map_style_rows  # == an uninterrupted run (streaming == map-style)
     part_ids = [
         record["row_id"] for record in generate_continuations.read_parts(str(tmp_path / "resumed"), "continuations")
     ]
-    assert sorted(part_ids) == list(range(40))  # every row written exactly once
+    assert sorted(part_ids) == list(range(60))  # every row written exactly once
 
 
 HUB_TRAIN = """
