@@ -159,6 +159,16 @@ def test_step1_reads_no_audio_over_http_and_writes_no_copy(
     assert [row["row_id"] for row in rows] == list(range(NUM_ROWS))
     assert rows[5]["text"] == f"{shipped_clips(8)[5]['text']} 5"
 
+    # step 2 finds the clips over HTTP, a parquet file per shard, numbered from the footers' row counts
+    with open(tmp_path / "out" / "blsp_continuations.json") as file:
+        source = CorpusArguments(**json.load(file)["source"])
+    shards = streaming_blsp.parquet_shards(source)
+    assert [shard["offset"] for shard in shards] == [0, NUM_ROWS // NUM_SHARDS]
+    continuations = {row["row_id"]: (row["text"], row["continuation"]) for row in rows}
+    first = next(streaming_blsp.joined_shard_rows(shards[1:], continuations, "duration"))
+    assert (first["row_id"], first["text"]) == (NUM_ROWS // NUM_SHARDS, rows[NUM_ROWS // NUM_SHARDS]["text"])
+    assert first["audio"]["bytes"] == shipped_clips(8)[(NUM_ROWS // NUM_SHARDS) % 8]["bytes"]
+
 
 STEP1_FLAGS = ["--max_samples", "60", "--batch_size", "8", "--length_grouping_rows", "16"]
 
