@@ -17,7 +17,7 @@ from functools import partial
 import fsspec
 import pyarrow.parquet as pq
 import soundfile
-from datasets import Features, IterableDataset, Value, interleave_datasets, load_dataset, load_dataset_builder
+from datasets import Audio, Features, IterableDataset, Value, interleave_datasets, load_dataset, load_dataset_builder
 
 from data_blsp import AUDIO, ROW_ID, TEXT, CorpusArguments, is_local, load_local, load_split, metadata_files
 
@@ -120,6 +120,8 @@ def joined_shard_rows(shards: list[dict], continuations: dict, duration_column: 
     for shard in shards:
         columns = [shard["audio"], *optional(duration_column, shard["names"])]
         audio = load_dataset("parquet", data_files=[shard["file"]], split="train", streaming=True, columns=columns)
+        if isinstance((audio.features or {}).get(shard["audio"]), Audio):  # read the stored bytes, never decode
+            audio = audio.cast_column(shard["audio"], Audio(decode=False))
         for index, row in enumerate(audio):
             row_id = shard["offset"] + index
             if row_id in continuations:
@@ -127,8 +129,11 @@ def joined_shard_rows(shards: list[dict], continuations: dict, duration_column: 
 
 
 def joined_row(row_id: int, audio: dict, continuation: tuple[str, str], seconds: float | None) -> dict:
+    """A joined row; `audio` is the source's `{"bytes", "path"}` cell, or a path."""
     text, continuation = continuation
-    audio = {"bytes": audio.get("bytes"), "path": audio.get("path")}
+    audio = (
+        {"bytes": None, "path": audio} if isinstance(audio, str) else {"bytes": audio["bytes"], "path": audio["path"]}
+    )
     return {ROW_ID: row_id, AUDIO: audio, TEXT: text, CONTINUATION: continuation, SECONDS: seconds}
 
 
