@@ -320,16 +320,19 @@ def prepare_dataset(
         dataset = dataset.select_columns(keep).cast_column("audio", Audio(decode=False))
         parts.append(dataset.add_column("instruction", [instruction] * len(dataset)))
         metadatas.append(metadata)
+    duration = data_args.duration_column_name
+    if not all(duration in part.column_names for part in parts):  # durations from the headers for every row then
+        parts = [part.remove_columns([duration]) if duration in part.column_names else part for part in parts]
     dataset = concatenate_datasets(parts)
     if "continuation" in dataset.column_names:
         before = len(dataset)
         dataset = dataset.filter(bool, input_columns=["continuation"])
         if len(dataset) < before:
             logger.warning("Dropped %d rows without a continuation.", before - len(dataset))
-    if data_args.duration_column_name in dataset.column_names:
+    if duration in dataset.column_names:
         dataset = dataset.map(
             lambda seconds: {"length": [int(1000 * value) for value in seconds]},
-            input_columns=[data_args.duration_column_name],
+            input_columns=[duration],
             batched=True,
             desc="Durations from the duration column",
         )
