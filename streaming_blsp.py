@@ -1,19 +1,27 @@
 """Step 2's streamed training rows: continuation datasets read as `datasets.IterableDataset`s, joined with their audio
 by row id, interleaved by weight, shuffled in a buffer, cut to a maximum duration and grouped by duration within it.
 
-Rows carry `corpus` (the dataset's index in `--dataset_name`) and `row_id`, so a run can log what it trained on.
+Rows carry `corpus` (the dataset's index in `--dataset_name`) and `row_id`, so a run can log what it trained on, and
+`seconds`: the clip's duration from the corpus's duration column when it has one, else None (read from the clip's
+header when the buffer is grouped).
+
+A source corpus in parquet files is streamed one file per shard, each numbered from its first row's position in the
+split (from the files' footers): `accelerate` gives each process its own shards, and row ids stay those of step 1.
 """
 
 import io
+import os
 import random
 from functools import partial
 
+import fsspec
+import pyarrow.parquet as pq
 import soundfile
-from datasets import Features, IterableDataset, Value, interleave_datasets, load_dataset
+from datasets import Audio, Features, IterableDataset, Value, interleave_datasets, load_dataset, load_dataset_builder
 
-from data_blsp import AUDIO, ROW_ID, TEXT, CorpusArguments, is_local, load_local, load_split
+from data_blsp import AUDIO, ROW_ID, TEXT, CorpusArguments, is_local, load_local, load_split, metadata_files
 
-CONTINUATION, INSTRUCTION, CORPUS = "continuation", "instruction", "corpus"
+CONTINUATION, INSTRUCTION, CORPUS, SECONDS = "continuation", "instruction", "corpus", "seconds"
 # Audio as its `{"bytes", "path"}` storage: `datasets.Audio` would need torchcodec to encode rows of a generator.
 AUDIO_STORAGE = {"bytes": Value("binary"), "path": Value("string")}
 STREAM_FEATURES = Features(
@@ -24,67 +32,141 @@ STREAM_FEATURES = Features(
         TEXT: Value("string"),
         CONTINUATION: Value("string"),
         INSTRUCTION: Value("string"),
+        SECONDS: Value("float64"),
     }
 )
+JOINED_FEATURES = Features({name: STREAM_FEATURES[name] for name in (ROW_ID, AUDIO, TEXT, CONTINUATION, SECONDS)})
 
 
-def stream_continuations(name: str, split: str, corpus: int, instruction: str, metadata: dict) -> IterableDataset:
+def stream_continuations(
+    name: str, split: str, corpus: int, instruction: str, metadata: dict, duration_column: str = "duration"
+) -> IterableDataset:
     """One continuation dataset as a stream of `STREAM_FEATURES` rows.
 
     A dataset made with `--embed_audio` streams its own shards. Otherwise its (text-only) rows are read into memory
     and the source corpus named in `metadata["source"]` is streamed, keeping the rows that have a continuation.
+    `duration_column` (seconds) is read when the dataset, or its source corpus, has it.
     """
     rows = load_dataset(name, split=split, streaming=True)
+    labels = {CORPUS: corpus, INSTRUCTION: instruction}
     if AUDIO in (rows.column_names or []):
-        stream = rows.select_columns([ROW_ID, AUDIO, TEXT, CONTINUATION])
+        stream = rows.select_columns([ROW_ID, AUDIO, TEXT, CONTINUATION, *optional(duration_column, rows.column_names)])
+        stream = stream.cast_column(AUDIO, AUDIO_STORAGE)
+        if duration_column in stream.column_names:
+            stream = stream.rename_column(duration_column, SECONDS).cast_column(SECONDS, Value("float64"))
+        else:
+            labels[SECONDS] = None
     else:
-        continuations = {row[ROW_ID]: row for row in load_dataset(name, split=split, streaming=True)}
+        continuations = {row[ROW_ID]: (row[TEXT], row[CONTINUATION]) for row in rows}
         source = CorpusArguments(**metadata["source"])
-        audio = open_audio_stream(source)
-        features = Features({name: STREAM_FEATURES[name] for name in (ROW_ID, AUDIO, TEXT, CONTINUATION)})
+        shards = parquet_shards(source)
+        generator, gen_kwargs = joined_shard_rows, {"shards": shards}
+        if shards is None:  # not parquet: one shard, numbered as it streams
+            generator, gen_kwargs = joined_rows, {"audio": open_audio_stream(source, duration_column)}
         stream = IterableDataset.from_generator(
-            joined_rows, gen_kwargs={"audio": audio, "continuations": continuations}, features=features
+            generator,
+            gen_kwargs={**gen_kwargs, "continuations": continuations, "duration_column": duration_column},
+            features=JOINED_FEATURES,
         )
-    stream = stream.cast_column(AUDIO, AUDIO_STORAGE)
-    labels = partial(label_rows, corpus=corpus, instruction=instruction)
-    return stream.map(labels, batched=True, features=STREAM_FEATURES)
+    # Row by row: a batched map would make each row's key its whole batch's keys, which the buffer's map joins again.
+    return stream.map(partial(label_row, labels=labels), features=STREAM_FEATURES)
 
 
-def label_rows(rows: dict, corpus: int, instruction: str) -> dict:
-    """A batched map adding each row's corpus index and prompt instruction."""
-    return {CORPUS: [corpus] * len(rows[ROW_ID]), INSTRUCTION: [instruction] * len(rows[ROW_ID])}
+def optional(column: str, columns: list[str] | None) -> list[str]:
+    """`[column]` when the dataset has it, else `[]`."""
+    return [column] if column in (columns or []) else []
 
 
-def open_audio_stream(source: CorpusArguments) -> IterableDataset:
-    """The source corpus's audio column, streamed in row order (rows numbered by position, as step 1 did)."""
+def label_row(row: dict, labels: dict) -> dict:
+    """A map adding the row's corpus index and prompt instruction (and no duration when the dataset has none)."""
+    return dict(labels)
+
+
+def parquet_files(source: CorpusArguments) -> list[str] | None:
+    """The source split's data files when they are parquet (a local file, a directory of shards or a Hub dataset),
+    else None."""
+    path = source.dataset_name
+    if is_local(source) and os.path.isfile(path):
+        return [path] if path.lower().endswith(".parquet") else None
+    if is_local(source) and (os.path.isfile(os.path.join(path, "state.json")) or metadata_files(path, source.split)):
+        return None
+    builder = load_dataset_builder(path, source.dataset_config_name, revision=source.dataset_revision)
+    files = (builder.config.data_files or {}).get(source.split)
+    if builder.name != "parquet" or not files:
+        return None
+    return list(files)
+
+
+def parquet_shards(source: CorpusArguments) -> list[dict] | None:
+    """Each parquet file of the source split with the row id of its first row and the columns to read (the audio,
+    plus the duration column if present), from the files' footers; files past `max_samples` left out. None when the
+    source is not parquet files."""
+    files = parquet_files(source)
+    if files is None:
+        return None
+    shards, offset = [], 0
+    for file in files:
+        with fsspec.open(file, "rb") as handle:
+            metadata = pq.ParquetFile(handle).metadata
+        names = metadata.schema.to_arrow_schema().names
+        if source.max_samples is None or offset < source.max_samples:
+            shards.append({"file": file, "offset": offset, "names": names, "audio": source.audio_column_name})
+        offset += metadata.num_rows
+    return shards
+
+
+def joined_shard_rows(shards: list[dict], continuations: dict, duration_column: str):
+    """The rows of these source files that have a continuation, numbered from each file's first row id."""
+    for shard in shards:
+        columns = [shard["audio"], *optional(duration_column, shard["names"])]
+        audio = load_dataset("parquet", data_files=[shard["file"]], split="train", streaming=True, columns=columns)
+        if isinstance((audio.features or {}).get(shard["audio"]), Audio):  # read the stored bytes, never decode
+            audio = audio.cast_column(shard["audio"], Audio(decode=False))
+        for index, row in enumerate(audio):
+            row_id = shard["offset"] + index
+            if row_id in continuations:
+                yield joined_row(row_id, row[shard["audio"]], continuations[row_id], row.get(duration_column))
+
+
+def joined_row(row_id: int, audio: dict, continuation: tuple[str, str], seconds: float | None) -> dict:
+    """A joined row; `audio` is the source's `{"bytes", "path"}` cell, or a path."""
+    text, continuation = continuation
+    audio = (
+        {"bytes": None, "path": audio} if isinstance(audio, str) else {"bytes": audio["bytes"], "path": audio["path"]}
+    )
+    return {ROW_ID: row_id, AUDIO: audio, TEXT: text, CONTINUATION: continuation, SECONDS: seconds}
+
+
+def open_audio_stream(source: CorpusArguments, duration_column: str = "duration") -> IterableDataset:
+    """The source corpus's audio column (and duration column if present) streamed in row order (rows numbered by
+    position, as step 1 did)."""
     columns = [source.audio_column_name]
     if is_local(source):
         stream = load_local(source, columns=columns, streaming=True)
     else:
         stream = load_split(source, columns=columns, streaming=True)
-    stream = stream.select_columns(columns)
+    stream = stream.select_columns([*columns, *optional(duration_column, stream.column_names)])
     if source.audio_column_name != AUDIO:
         stream = stream.rename_column(source.audio_column_name, AUDIO)
     stream = stream.cast_column(AUDIO, AUDIO_STORAGE)
     return stream.take(source.max_samples) if source.max_samples is not None else stream
 
 
-def joined_rows(audio: IterableDataset, continuations: dict):
+def joined_rows(audio: IterableDataset, continuations: dict, duration_column: str):
     """Rows of the source stream that have a continuation, with its row id, transcript and continuation."""
     for row_id, row in enumerate(audio):
         if row_id in continuations:
-            record = continuations[row_id]
-            yield {ROW_ID: row_id, AUDIO: row[AUDIO], TEXT: record[TEXT], CONTINUATION: record[CONTINUATION]}
+            yield joined_row(row_id, row[AUDIO], continuations[row_id], row.get(duration_column))
 
 
 def clip_seconds(audio: dict) -> float:
     """A clip's duration from its header (nothing decoded); 0 when unreadable (the collator skips and counts it)."""
     source = io.BytesIO(audio["bytes"]) if audio.get("bytes") else audio.get("path")
     try:
-        info = soundfile.info(source)
+        with soundfile.SoundFile(source) as clip:  # faster than `soundfile.info`, which also formats a description
+            return clip.frames / clip.samplerate
     except Exception:
         return 0.0
-    return info.frames / info.samplerate
 
 
 def shuffle_and_group(rows: dict, indices: list[int], seed: int, group_rows: int, max_seconds: float | None) -> dict:
@@ -95,7 +177,7 @@ def shuffle_and_group(rows: dict, indices: list[int], seed: int, group_rows: int
     (A buffer in a batched map rather than `IterableDataset.shuffle`, which splits parquet files into row-group
     shards and reopens a file for each: several times slower, and its memory grows with the number of files.)
     """
-    seconds = [clip_seconds(audio) for audio in rows[AUDIO]]
+    seconds = [clip_seconds(audio) if length is None else length for audio, length in zip(rows[AUDIO], rows[SECONDS])]
     kept = [index for index, length in enumerate(seconds) if max_seconds is None or length <= max_seconds]
     generator = random.Random(seed * 1_000_003 + indices[0])
     generator.shuffle(kept)
@@ -117,7 +199,8 @@ def training_stream(
     max_audio_seconds: float | None,
 ) -> IterableDataset:
     """Streams interleaved by `weights` (each row drawn from a corpus with that probability), then shuffled and
-    grouped by duration a buffer of `shuffle_buffer_size` rows at a time (clips over `max_audio_seconds` dropped)."""
+    grouped by duration a buffer of `shuffle_buffer_size` rows at a time (clips over `max_audio_seconds` dropped;
+    durations from `seconds`, else from the clips' headers)."""
     if len(streams) == 1:
         stream = streams[0]
     else:

@@ -21,7 +21,6 @@ Examples:
     accelerate launch train_adapter.py args.yaml   # the same arguments from a .json or .yaml file
 """
 
-import io
 import json
 import logging
 import math
@@ -32,7 +31,6 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import datasets
-import soundfile
 import torch
 import transformers
 from datasets import Audio, concatenate_datasets
@@ -57,7 +55,7 @@ from generate_continuations import HUB_METADATA_FILE
 from model_card_blsp import LORA_ADAPTER_DIR, build_model_card
 from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import CONTINUATION_INSTRUCTION, IGNORE_INDEX, PROMPT_LAYOUTS, AudioInputError, BlspProcessor
-from streaming_blsp import stream_continuations, training_stream
+from streaming_blsp import clip_seconds, stream_continuations, training_stream
 
 logger = logging.getLogger(__name__)
 
@@ -180,6 +178,13 @@ class DataArguments:
     max_audio_seconds: float | None = field(
         default=None, metadata={"help": "With --streaming: leave out clips longer than this."}
     )
+    duration_column_name: str = field(
+        default="duration",
+        metadata={
+            "help": "The column holding each clip's duration in seconds, used when the dataset (or, with "
+            "--streaming, its source corpus) has it; else durations are read from the clips' headers."
+        },
+    )
     log_trained_rows: bool = field(
         default=False,
         metadata={"help": "Append each step's (corpus, row_id) pairs to output_dir/trained_rows-<process>.jsonl."},
@@ -290,13 +295,9 @@ def dataset_instruction(data_args: DataArguments, metadata: dict) -> str:
 
 
 def audio_duration_ms(audio: dict) -> dict:
-    """Duration of a `{"path", "bytes"}` audio cell from its header (no decoding); 0 when unreadable."""
-    source = io.BytesIO(audio["bytes"]) if audio.get("bytes") else audio.get("path")
-    try:
-        info = soundfile.info(source)
-    except Exception:  # an unreadable row: the collator skips and counts it
-        return {"length": 0}
-    return {"length": int(1000 * info.frames / info.samplerate)}
+    """Duration of a `{"path", "bytes"}` audio cell from its header (no decoding); 0 when unreadable (the collator
+    skips and counts the row)."""
+    return {"length": int(1000 * clip_seconds(audio))}
 
 
 def prepare_dataset(
@@ -314,22 +315,34 @@ def prepare_dataset(
             dataset = join_audio(dataset, metadata["source"])
         check_columns(dataset, name, loss_terms)
         instruction = dataset_instruction(data_args, metadata)
-        keep = [column for column in ("audio", "text", "continuation") if column in dataset.column_names]
+        wanted = ("audio", "text", "continuation", data_args.duration_column_name)
+        keep = [column for column in wanted if column in dataset.column_names]
         dataset = dataset.select_columns(keep).cast_column("audio", Audio(decode=False))
         parts.append(dataset.add_column("instruction", [instruction] * len(dataset)))
         metadatas.append(metadata)
+    duration = data_args.duration_column_name
+    if not all(duration in part.column_names for part in parts):  # durations from the headers for every row then
+        parts = [part.remove_columns([duration]) if duration in part.column_names else part for part in parts]
     dataset = concatenate_datasets(parts)
     if "continuation" in dataset.column_names:
         before = len(dataset)
         dataset = dataset.filter(bool, input_columns=["continuation"])
         if len(dataset) < before:
             logger.warning("Dropped %d rows without a continuation.", before - len(dataset))
-    dataset = dataset.map(
-        audio_duration_ms,
-        input_columns=["audio"],
-        num_proc=data_args.preprocessing_num_workers,
-        desc="Reading audio durations",
-    )
+    if duration in dataset.column_names:
+        dataset = dataset.map(
+            lambda seconds: {"length": [int(1000 * value) for value in seconds]},
+            input_columns=[duration],
+            batched=True,
+            desc="Durations from the duration column",
+        )
+    else:
+        dataset = dataset.map(
+            audio_duration_ms,
+            input_columns=["audio"],
+            num_proc=data_args.preprocessing_num_workers,
+            desc="Reading audio durations",
+        )
     if length_column != "length":
         dataset = dataset.rename_column("length", length_column)
     return dataset, metadatas
@@ -627,7 +640,11 @@ def stream_datasets(data_args: DataArguments, training_args: BlspTrainingArgumen
     for index, name in enumerate(data_args.dataset_name):
         metadata = prompt_metadata(None, name)
         instruction = dataset_instruction(data_args, metadata)
-        streams.append(stream_continuations(name, data_args.dataset_split, index, instruction, metadata))
+        streams.append(
+            stream_continuations(
+                name, data_args.dataset_split, index, instruction, metadata, data_args.duration_column_name
+            )
+        )
         metadatas.append(metadata)
     stream = training_stream(
         streams,

@@ -9,19 +9,23 @@ Rows printed:
   --embed_audio`, which reads and decodes every clip and writes a copy, as step 1 did before: rows/s of `main()`,
   bytes it read (`rchar` of /proc/self/io over `main()`, the model's loading included in both) and output bytes;
 - step 2 `--streaming` peak RSS for the same number of steps on 2,000 vs 20,000 rows (target: within 10%);
-- step 2 training samples/s, `--streaming` vs map-style on the same 2,000 rows (target: at least 0.9x).
+- step 2 training samples/s, `--streaming` (durations from clip headers, and from a `duration` column) vs
+  map-style on the same 2,000 rows (target: at least 0.9x).
 Each run is a fresh process with its own datasets cache.
 """
 
 import argparse
+import io
 import json
 import os
 import subprocess
 import sys
 import tempfile
+from statistics import median
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import soundfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
@@ -49,6 +53,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--small_rows", type=int, default=2000, help="Step 2's smaller corpus.")
     parser.add_argument("--large_rows", type=int, default=20000, help="Step 2's larger corpus.")
     parser.add_argument("--max_steps", type=int, default=100, help="Step 2's optimizer steps (batches of 8).")
+    parser.add_argument("--repeats", type=int, default=3, help="Interleaved repeats of step 2's throughput runs.")
     parser.add_argument("--parts", nargs="+", default=["step1", "step2"], choices=["step1", "step2"])
     return parser.parse_args()
 
@@ -63,10 +68,14 @@ def shipped_clips(count: int = 8) -> list[dict]:
     return rows
 
 
-def write_shards(directory: str, num_rows: int, continuations: bool, rows_per_shard: int = 1000) -> str:
+def write_shards(
+    directory: str, num_rows: int, continuations: bool, rows_per_shard: int = 1000, durations: bool = False
+) -> str:
     """Parquet shards `data/train-*.parquet` cycling over the shipped clips: `audio` (bytes) and `text`, and with
-    `continuations` also `row_id` and `continuation` (step 1's `--embed_audio` output, written directly)."""
+    `continuations` also `row_id` and `continuation` (step 1's `--embed_audio` output, written directly); with
+    `durations` also the clips' real durations in a `duration` column."""
     clips = shipped_clips()
+    seconds = [soundfile.info(io.BytesIO(clip["bytes"])).duration for clip in clips]
     audio_type = pa.struct({"bytes": pa.binary(), "path": pa.string()})
     num_shards = -(-num_rows // rows_per_shard)
     os.makedirs(os.path.join(directory, "data"), exist_ok=True)
@@ -80,6 +89,8 @@ def write_shards(directory: str, num_rows: int, continuations: bool, rows_per_sh
         }
         if continuations:
             columns = {"row_id": list(ids), **columns, "continuation": [f"and then {i}" for i in ids]}
+        if durations:
+            columns["duration"] = [seconds[i % 8] for i in ids]
         path = os.path.join(directory, "data", f"train-{shard:05d}-of-{num_shards:05d}.parquet")
         pq.write_table(pa.table(columns), path, row_group_size=100, use_dictionary=["text"])
     if continuations:
@@ -131,41 +142,54 @@ def step1(models: dict, work: str, num_rows: int) -> None:
     )
 
 
-def step2(models: dict, work: str, small: int, large: int, max_steps: int) -> None:
+def train(flags: list[str], data: str, work: str, name: str, streaming: bool) -> dict:
+    """One step 2 run: its seconds, rchar and peak RSS, and `train_samples_per_second` as `samples`."""
+    output = os.path.join(work, f"model_{name}")
+    extra = ["--streaming"] if streaming else []
+    result = run("train_adapter", [*flags, *extra, "--dataset_name", data, "--output_dir", output], work, name)
+    with open(os.path.join(output, "train_results.json")) as file:
+        result["samples"] = json.load(file)["train_samples_per_second"]
+    return result
+
+
+def step2(models: dict, work: str, small: int, large: int, max_steps: int, repeats: int) -> None:
     flags = ["--speech_encoder_name_or_path", models["whisper"], "--llm_name_or_path", models["llama"]]
     flags += ["--max_steps", str(max_steps), "--per_device_train_batch_size", "8", "--report_to", "none"]
     flags += ["--save_strategy", "no", "--learning_rate", "1e-3"]
-    results = {}
-    for rows in (small, large):
-        data = write_shards(os.path.join(work, f"cont_{rows}"), rows, continuations=True)
-        output = os.path.join(work, f"model_stream_{rows}")
-        results[f"stream_{rows}"] = run(
-            "train_adapter", [*flags, "--dataset_name", data, "--streaming", "--output_dir", output], work, f"s{rows}"
-        )
-        with open(os.path.join(output, "train_results.json")) as file:
-            results[f"stream_{rows}"]["samples"] = json.load(file)["train_samples_per_second"]
-    output = os.path.join(work, "model_map")
-    data = os.path.join(work, f"cont_{small}")
-    results["map"] = run("train_adapter", [*flags, "--dataset_name", data, "--output_dir", output], work, "map")
-    with open(os.path.join(output, "train_results.json")) as file:
-        results["map"]["samples"] = json.load(file)["train_samples_per_second"]
-    small_rss, large_rss = results[f"stream_{small}"]["peak_rss"], results[f"stream_{large}"]["peak_rss"]
-    print(f"\nStep 2, {max_steps} steps of 8 clips\n")
+    data = {rows: write_shards(os.path.join(work, f"cont_{rows}"), rows, continuations=True) for rows in (small, large)}
+    data["duration"] = write_shards(os.path.join(work, "cont_duration"), small, continuations=True, durations=True)
+    runs = {  # (data, streaming); interleaved `repeats` times so that a change in the machine's load hits them all
+        "stream": (data[small], True),
+        "stream_duration": (data["duration"], True),
+        "map": (data[small], False),
+    }
+    results = {key: [] for key in runs}
+    for repeat in range(repeats):
+        for key, (dataset, streaming) in runs.items():
+            results[key].append(train(flags, dataset, work, f"{key}_{repeat}", streaming))
+    large_run = train(flags, data[large], work, "stream_large", streaming=True)
+    print(f"\nStep 2, {max_steps} steps of 8 clips, {repeats} interleaved repeats (medians)\n")
     print("| run | peak RSS | train samples/s | samples/s end to end |")
     print("|---|---:|---:|---:|")
-    for key, label in (
-        (f"stream_{small}", f"streaming, {small} rows"),
-        (f"stream_{large}", f"streaming, {large} rows"),
-        ("map", f"map-style, {small} rows"),
-    ):
-        result = results[key]
-        end_to_end = max_steps * 8 / result["seconds"]
-        print(f"| {label} | {result['peak_rss'] / 2**20:.0f} MiB | {result['samples']:.1f} | {end_to_end:.1f} |")
-    print(f"\npeak RSS {large} vs {small} rows: {large_rss / small_rss:.3f}x (target: within 10%)")
-    ratio = results[f"stream_{small}"]["samples"] / results["map"]["samples"]
-    print(f"train samples/s streaming vs map-style: {ratio:.2f}x (target: at least 0.9x)")
-    ratio = results["map"]["seconds"] / results[f"stream_{small}"]["seconds"]
-    print(f"end to end (data preparation, model loading, training): {ratio:.2f}x")
+    labels = {
+        "stream": f"streaming, {small} rows (durations from clip headers)",
+        "stream_duration": f"streaming, {small} rows with a duration column",
+        "map": f"map-style, {small} rows",
+    }
+    for key, label in labels.items():
+        rss = median([result["peak_rss"] for result in results[key]])
+        samples = median([result["samples"] for result in results[key]])
+        end_to_end = median([max_steps * 8 / result["seconds"] for result in results[key]])
+        print(f"| {label} | {rss / 2**20:.0f} MiB | {samples:.1f} | {end_to_end:.1f} |")
+    print(f"| streaming, {large} rows | {large_run['peak_rss'] / 2**20:.0f} MiB | {large_run['samples']:.1f} | |")
+    small_rss = median([result["peak_rss"] for result in results["stream"]])
+    print(f"\npeak RSS {large} vs {small} rows: {large_run['peak_rss'] / small_rss:.3f}x (target: within 10%)")
+    for key in ("stream", "stream_duration"):
+        ratios = [ours["samples"] / map_style["samples"] for ours, map_style in zip(results[key], results["map"])]
+        listed = ", ".join(f"{ratio:.2f}" for ratio in ratios)
+        print(f"train samples/s {labels[key]} vs map-style: median {median(ratios):.2f}x ({listed}; target 0.9x)")
+    ratios = [map_style["seconds"] / ours["seconds"] for ours, map_style in zip(results["stream"], results["map"])]
+    print(f"end to end (data preparation, model loading, training): median {median(ratios):.2f}x")
 
 
 def main():
@@ -175,7 +199,7 @@ def main():
     if "step1" in args.parts:
         step1(models, work, args.num_rows)
     if "step2" in args.parts:
-        step2(models, work, args.small_rows, args.large_rows, args.max_steps)
+        step2(models, work, args.small_rows, args.large_rows, args.max_steps, args.repeats)
 
 
 if __name__ == "__main__":

@@ -40,9 +40,13 @@ def shipped_clips(count: int) -> list[dict]:
     return rows
 
 
-def build_parquet_corpus(directory: str, num_rows: int = NUM_ROWS, num_shards: int = NUM_SHARDS) -> str:
+def build_parquet_corpus(
+    directory: str, num_rows: int = NUM_ROWS, num_shards: int = NUM_SHARDS, duration_column: bool = False
+) -> str:
     """Parquet shards `data/train-*.parquet` of `num_rows` rows (`audio` with embedded bytes, `text`) cycling over
-    eight shipped clips, in row groups of 100; transcripts carry their row number so that every row differs."""
+    eight shipped clips, in row groups of 100; transcripts carry their row number so that every row differs.
+    `duration_column` adds a `duration` of row number + 0.5 seconds: not the clips' real lengths, so that what
+    reads it is told apart from what reads the clips."""
     clips = shipped_clips(8)
     rows_per_shard = num_rows // num_shards
     os.makedirs(os.path.join(directory, "data"), exist_ok=True)
@@ -52,6 +56,8 @@ def build_parquet_corpus(directory: str, num_rows: int = NUM_ROWS, num_shards: i
             "audio": [{"bytes": clips[i % 8]["bytes"], "path": clips[i % 8]["file_name"]} for i in row_ids],
             "text": [f"{clips[i % 8]['text']} {i}" for i in row_ids],
         }
+        if duration_column:
+            columns["duration"] = [i + 0.5 for i in row_ids]
         path = os.path.join(directory, "data", f"train-{shard:05d}-of-{num_shards:05d}.parquet")
         dataset = Dataset.from_dict(columns).cast_column("audio", Audio(decode=False))
         pq.write_table(dataset.data.table, path, row_group_size=ROWS_PER_GROUP, use_dictionary=["text"])
@@ -153,11 +159,34 @@ def test_step1_reads_no_audio_over_http_and_writes_no_copy(
     assert [row["row_id"] for row in rows] == list(range(NUM_ROWS))
     assert rows[5]["text"] == f"{shipped_clips(8)[5]['text']} 5"
 
+    # step 2 finds the clips over HTTP, a parquet file per shard, numbered from the footers' row counts
+    with open(tmp_path / "out" / "blsp_continuations.json") as file:
+        source = CorpusArguments(**json.load(file)["source"])
+    shards = streaming_blsp.parquet_shards(source)
+    assert [shard["offset"] for shard in shards] == [0, NUM_ROWS // NUM_SHARDS]
+    continuations = {row["row_id"]: (row["text"], row["continuation"]) for row in rows}
+    first = next(streaming_blsp.joined_shard_rows(shards[1:], continuations, "duration"))
+    assert (first["row_id"], first["text"]) == (NUM_ROWS // NUM_SHARDS, rows[NUM_ROWS // NUM_SHARDS]["text"])
+    assert first["audio"]["bytes"] == shipped_clips(8)[(NUM_ROWS // NUM_SHARDS) % 8]["bytes"]
 
-def test_streaming_in_two_processes_equals_map_style_and_resumes(parquet_corpus, tiny_checkpoints, tmp_path):
-    flags = ["--max_samples", "60", "--batch_size", "8", "--length_grouping_rows", "16"]
-    llm = tiny_checkpoints["llama"]
-    generate_continuations.main(step1_flags(parquet_corpus, llm, tmp_path / "map", *flags))
+
+STEP1_FLAGS = ["--max_samples", "60", "--batch_size", "8", "--length_grouping_rows", "16"]
+
+
+@pytest.fixture(scope="module")
+def map_style_rows(parquet_corpus, tiny_checkpoints, tmp_path_factory) -> list[dict]:
+    """Step 1's map-style output on the corpus's first 60 rows: what every streaming run must reproduce."""
+    output_dir = tmp_path_factory.mktemp("map_style")
+    generate_continuations.main(step1_flags(parquet_corpus, tiny_checkpoints["llama"], output_dir, *STEP1_FLAGS))
+    rows = output_rows(output_dir)
+    assert [row["row_id"] for row in rows] == list(range(60))
+    return rows
+
+
+def test_streaming_in_two_processes_equals_map_style_and_resumes(
+    parquet_corpus, map_style_rows, tiny_checkpoints, tmp_path
+):
+    flags, llm = STEP1_FLAGS, tiny_checkpoints["llama"]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     env = {**os.environ, "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -166,14 +195,13 @@ def test_streaming_in_two_processes_equals_map_style_and_resumes(parquet_corpus,
     assert two.returncode == 0, two.stderr[-3000:]
     parts = [tmp_path / "stream" / "parts" / f"continuations-0000{rank}.jsonl" for rank in (0, 1)]
     assert all(part.stat().st_size > 0 for part in parts)
-    assert output_rows(tmp_path / "stream") == output_rows(tmp_path / "map")
-    assert [row["row_id"] for row in output_rows(tmp_path / "map")] == list(range(60))
+    assert output_rows(tmp_path / "stream") == map_style_rows
 
     # killed during the final merge: the rerun generates nothing, writes the output and exits
     shutil.rmtree(tmp_path / "stream" / "data")
     rerun = generate_continuations.main(streaming)
     assert rerun["generated_rows_this_run"] == 0 and rerun["accepted"] == 60
-    assert output_rows(tmp_path / "stream") == output_rows(tmp_path / "map")
+    assert output_rows(tmp_path / "stream") == map_style_rows
 
 
 KILL_AFTER_TWO_BATCHES = """
@@ -193,20 +221,20 @@ generate_continuations.main(sys.argv[1:])
 """
 
 
-def test_killed_streaming_run_resumes_to_the_uninterrupted_result(parquet_corpus, tiny_checkpoints, tmp_path):
-    flags = ["--max_samples", "40", "--batch_size", "8", "--length_grouping_rows", "16", "--streaming"]
-    resumed = step1_flags(parquet_corpus, tiny_checkpoints["llama"], tmp_path / "resumed", *flags)
+def test_killed_streaming_run_resumes_to_the_uninterrupted_result(
+    parquet_corpus, map_style_rows, tiny_checkpoints, tmp_path
+):
+    resumed = step1_flags(parquet_corpus, tiny_checkpoints["llama"], tmp_path / "resumed", *STEP1_FLAGS, "--streaming")
     env = {**os.environ, "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     killed = subprocess.run([sys.executable, "-c", KILL_AFTER_TWO_BATCHES, *resumed], env=env, capture_output=True)
     assert killed.returncode == -9, killed.stderr[-3000:]
     summary = generate_continuations.main(resumed)
-    assert summary["generated_rows_this_run"] == 40 - 16
-    generate_continuations.main(step1_flags(parquet_corpus, tiny_checkpoints["llama"], tmp_path / "once", *flags))
-    assert output_rows(tmp_path / "resumed") == output_rows(tmp_path / "once")
+    assert summary["generated_rows_this_run"] == 60 - 16
+    assert output_rows(tmp_path / "resumed") == map_style_rows  # == an uninterrupted run (streaming == map-style)
     part_ids = [
         record["row_id"] for record in generate_continuations.read_parts(str(tmp_path / "resumed"), "continuations")
     ]
-    assert sorted(part_ids) == list(range(40))  # every row written exactly once
+    assert sorted(part_ids) == list(range(60))  # every row written exactly once
 
 
 HUB_TRAIN = """
@@ -290,22 +318,37 @@ def step2_flags(tiny_checkpoints, llm: str, output_dir, *datasets: str) -> list[
 
 @pytest.fixture(scope="module")
 def step1_outputs(tiny_checkpoints, tmp_path_factory) -> dict[str, str]:
-    """Step 1 on a 16-row parquet corpus: text-only output and an --embed_audio one in two shards."""
+    """Step 1 on a 16-row parquet corpus in two shards, with a `duration` column: text-only output, an --embed_audio
+    one in two shards, and a copy of the latter with a `duration` column."""
     root = tmp_path_factory.mktemp("step1_outputs")
-    corpus = build_parquet_corpus(str(root / "corpus"), num_rows=16, num_shards=2)
+    corpus = build_parquet_corpus(str(root / "corpus"), num_rows=16, num_shards=2, duration_column=True)
     outputs = {"text_only": str(root / "text_only"), "embedded": str(root / "embedded")}
     generate_continuations.main(step1_flags(corpus, tiny_checkpoints["llama"], outputs["text_only"]))
     embed = ["--embed_audio", "--rows_per_shard", "8"]
     generate_continuations.main(step1_flags(corpus, tiny_checkpoints["llama"], outputs["embedded"], *embed))
+    outputs["embedded_with_duration"] = with_duration_column(outputs["embedded"], str(root / "embedded_duration"))
     return outputs
+
+
+def with_duration_column(output_dir: str, copy_dir: str) -> str:
+    """A copy of an --embed_audio output whose shards have a `duration` column of row id + 0.5 seconds."""
+    shutil.copytree(output_dir, copy_dir)
+    for root, _, names in os.walk(copy_dir):
+        for name in (name for name in names if name.endswith(".parquet")):
+            table = pq.read_table(os.path.join(root, name))
+            durations = [row_id + 0.5 for row_id in table.column("row_id").to_pylist()]
+            pq.write_table(table.append_column("duration", [durations]), os.path.join(root, name))
+    return copy_dir
 
 
 def test_streaming_step2_joins_audio_by_row_id_and_loss_falls(
     step1_outputs,
     tiny_checkpoints,
     responsive_llm,  # noqa: F811
+    monkeypatch,
     tmp_path,
 ):
+    monkeypatch.setattr(streaming_blsp, "clip_seconds", no_header_read)  # durations come from the source's column
     flags = step2_flags(tiny_checkpoints, responsive_llm, tmp_path / "model", step1_outputs["text_only"])
     flags += ["--max_steps", "6", "--per_device_train_batch_size", "16", "--learning_rate", "1e-2"]
     train_adapter.main([*flags, "--lr_scheduler_type", "constant", "--max_audio_seconds", "30"])
@@ -317,10 +360,32 @@ def test_streaming_step2_joins_audio_by_row_id_and_loss_falls(
     assert all(sorted(row_id for _, row_id in record["rows"]) == list(range(16)) for record in steps)
 
 
-def test_streaming_step2_processes_train_disjoint_rows(step1_outputs, tiny_checkpoints, tmp_path):
+def no_header_read(audio: dict) -> float:
+    raise AssertionError("a clip header was read for its duration although the corpus has a duration column")
+
+
+def test_streamed_durations_come_from_the_duration_column(step1_outputs, monkeypatch, tmp_path):
+    monkeypatch.setattr(streaming_blsp, "clip_seconds", no_header_read)
+    training_args = train_adapter.BlspTrainingArguments(output_dir=str(tmp_path / "model"), report_to="none")
+    for name in ("text_only", "embedded_with_duration"):
+        data_args = train_adapter.DataArguments(
+            dataset_name=[step1_outputs[name]], streaming=True, max_audio_seconds=7.6, duration_group_rows=16
+        )
+        stream, _ = train_adapter.stream_datasets(data_args, training_args)
+        rows = list(stream)
+        # the column's durations (row id + 0.5 s), not the clips' real ones, select and order the rows
+        assert [row["row_id"] for row in rows] == [7, 6, 5, 4, 3, 2, 1, 0], name
+        assert [row["seconds"] for row in rows] == [row_id + 0.5 for row_id in range(7, -1, -1)]
+    data_args = train_adapter.DataArguments(dataset_name=[step1_outputs["embedded_with_duration"]])
+    dataset, _ = train_adapter.prepare_dataset(data_args.dataset_name, "train", data_args, {"ce"}, "length")
+    assert dataset["length"] == [1000 * row_id + 500 for row_id in range(16)]  # map-style reads it too
+
+
+def test_streaming_step2_processes_read_their_own_source_shards(step1_outputs, tiny_checkpoints, tmp_path):
+    """Two processes on a text-only step 1 output: each streams its own parquet file of the source corpus."""
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    flags = step2_flags(tiny_checkpoints, tiny_checkpoints["llama"], tmp_path / "model", step1_outputs["embedded"])
+    flags = step2_flags(tiny_checkpoints, tiny_checkpoints["llama"], tmp_path / "model", step1_outputs["text_only"])
     flags += ["--max_steps", "2", "--per_device_train_batch_size", "4", "--shuffle_buffer_size", "4", "--use_cpu"]
     env = {**os.environ, "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     two = subprocess.run([*launch, os.path.join(ROOT, "train_adapter.py"), *flags], env=env, capture_output=True)
@@ -329,16 +394,24 @@ def test_streaming_step2_processes_train_disjoint_rows(step1_outputs, tiny_check
     for record in trained_rows(tmp_path / "model"):
         by_process.setdefault(record["process"], []).extend(row_id for _, row_id in record["rows"])
     first, second = by_process.values()
-    assert len(first) == len(second) == 8 and not set(first) & set(second)
-    assert sorted(first + second) == list(range(16))  # one epoch: every row once
+    assert sorted(first) == list(range(8)) and sorted(second) == list(range(8, 16))  # a source file each, all once
 
 
-def test_streamed_corpora_follow_their_weights(parquet_corpus, tiny_checkpoints, tmp_path):
-    outputs = []
-    for name, rows in (("big", 400), ("small", 200)):
-        corpus = build_parquet_corpus(str(tmp_path / name), num_rows=rows, num_shards=1)
-        outputs.append(str(tmp_path / f"{name}_out"))
-        generate_continuations.main(step1_flags(corpus, tiny_checkpoints["llama"], outputs[-1], "--embed_audio"))
+def embedded_output(directory: str, num_rows: int) -> str:
+    """An --embed_audio step 1 output in one shard, written directly: the corpus's rows plus `row_id` and a
+    `continuation`."""
+    build_parquet_corpus(directory, num_rows=num_rows, num_shards=1)
+    for name in os.listdir(os.path.join(directory, "data")):
+        path = os.path.join(directory, "data", name)
+        table = pq.read_table(path)
+        table = table.add_column(0, "row_id", [list(range(table.num_rows))])
+        table = table.append_column("continuation", [[f"and then {i}" for i in range(table.num_rows)]])
+        pq.write_table(table, path)
+    return directory
+
+
+def test_streamed_corpora_follow_their_weights(tmp_path):
+    outputs = [embedded_output(str(tmp_path / name), rows) for name, rows in (("big", 400), ("small", 200))]
     data_args = train_adapter.DataArguments(
         dataset_name=outputs, streaming=True, dataset_weights=[3, 1], max_audio_seconds=2.0
     )
