@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from datasets import Audio, Dataset
+from launching import two_process_launch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 from tiny_models import CHAT_FORMATS, save_tiny_chat_llm
@@ -219,8 +220,7 @@ def launch(launcher: list[str], settings: dict, tmp_path, name: str) -> subproce
     """`accelerate launch` two processes on train_adapter.py with the settings as a YAML file."""
     config = tmp_path / f"{name}.yaml"
     config.write_text(yaml.safe_dump(settings))
-    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", "2"]
-    command += ["--mixed_precision", "no", "--dynamo_backend", "no"]
+    command = two_process_launch(*launcher)
     if "fsdp.yaml" in launcher[-1]:  # accelerate enables FSDP on accelerators only: tests/fsdp_on_cpu.py
         command.append(os.path.join(ROOT, "tests", "fsdp_on_cpu.py"))
     command += [os.path.join(ROOT, "train_adapter.py"), str(config)]

@@ -13,6 +13,7 @@ import torch
 import yaml
 from conftest_hub import local_hub  # noqa: F401 - fixture
 from datasets import Audio, Dataset, load_dataset
+from launching import two_process_launch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import generate_continuations
@@ -301,9 +302,7 @@ def test_two_processes_give_the_same_dataset_as_one(speech_corpus, tiny_checkpoi
     )
     flags = ["--dataset_name", corpus, "--llm_name_or_path", tiny_checkpoints["qwen2"], "--batch_size", "3"]
     flags += ["--max_new_tokens", str(MAX_NEW_TOKENS)]
-    # `accelerate launch --cpu` starts one process unless MPI is set up; `--multi_gpu` starts torchrun, gloo on CPU
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch = two_process_launch()
     two = subprocess.run(
         [*launch, SCRIPT, *flags, "--output_dir", str(tmp_path / "two")],
         env=subprocess_env(),

@@ -16,6 +16,7 @@ import yaml
 from conftest_hub import hub_env, local_hub  # noqa: F401 - fixtures
 from datasets import Audio, Dataset, load_dataset
 from hub_server import HubHandler
+from launching import two_process_launch
 from test_train_adapter import responsive_llm  # noqa: F401 - fixture
 
 import generate_continuations
@@ -187,8 +188,7 @@ def test_streaming_in_two_processes_equals_map_style_and_resumes(
     parquet_corpus, map_style_rows, tiny_checkpoints, tmp_path
 ):
     flags, llm = STEP1_FLAGS, tiny_checkpoints["llama"]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch = two_process_launch()
     env = {**os.environ, "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     streaming = step1_flags(parquet_corpus, llm, tmp_path / "stream", *flags, "--streaming")
     two = subprocess.run([*launch, SCRIPT, *streaming], env=env, capture_output=True, text=True)
@@ -383,8 +383,7 @@ def test_streamed_durations_come_from_the_duration_column(step1_outputs, monkeyp
 
 def test_streaming_step2_processes_read_their_own_source_shards(step1_outputs, tiny_checkpoints, tmp_path):
     """Two processes on a text-only step 1 output: each streams its own parquet file of the source corpus."""
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch = two_process_launch()
     flags = step2_flags(tiny_checkpoints, tiny_checkpoints["llama"], tmp_path / "model", step1_outputs["text_only"])
     flags += ["--max_steps", "2", "--per_device_train_batch_size", "4", "--shuffle_buffer_size", "4", "--use_cpu"]
     env = {**os.environ, "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

@@ -3,13 +3,13 @@
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
 import yaml
 from conftest_hub import hub_env, local_hub  # noqa: F401 - fixtures
 from datasets import Audio, Dataset
+from launching import two_process_launch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -285,9 +285,7 @@ def test_two_process_accelerate_launch(initial_blsp, continuation_dataset, tmp_p
     settings.update(per_device_train_batch_size=2, use_cpu=True, log_level="info")
     config = tmp_path / "args.yaml"
     config.write_text(yaml.safe_dump(settings))
-    # `--cpu` alone starts one process in accelerate 1.x; `--multi_gpu` runs torchrun, which uses gloo on CPU
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch = two_process_launch()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [*launch, os.path.join(ROOT, "train_adapter.py"), str(config)],
