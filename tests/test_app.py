@@ -8,7 +8,6 @@ answers computed here.
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import urllib.request
 
 import jiwer
 import pytest
+from launching import free_port
 from transformers import pipeline
 
 import app
@@ -65,12 +65,6 @@ def test_answer_streams_token_by_token_to_the_greedy_answer(speech_llm, example)
     assert pieces[-1] == greedy["generated_text"]
     assert len(set(pieces)) >= 3  # the answer grew in several steps
     assert all(later.startswith(earlier) for earlier, later in zip(pieces, pieces[1:]))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_for_server(url: str, process: subprocess.Popen, log_path: str, timeout: float = 300) -> None:
