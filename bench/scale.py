@@ -30,9 +30,9 @@ import soundfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
+from speech import shipped_clips  # noqa: E402
 from tiny_models import build_tiny_checkpoints  # noqa: E402
 
-CLIPS = os.path.join(ROOT, "world", "data", "speech", "train")
 RUN = """
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
@@ -56,16 +56,6 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="Interleaved repeats of step 2's throughput runs.")
     parser.add_argument("--parts", nargs="+", default=["step1", "step2"], choices=["step1", "step2"])
     return parser.parse_args()
-
-
-def shipped_clips(count: int = 8) -> list[dict]:
-    """The first clips the repository ships (from its metadata.jsonl), with their bytes."""
-    with open(os.path.join(CLIPS, "metadata.jsonl")) as file:
-        rows = [json.loads(line) for line in file][:count]
-    for row in rows:
-        with open(os.path.join(CLIPS, row["file_name"]), "rb") as clip:
-            row["bytes"] = clip.read()
-    return rows
 
 
 def write_shards(

@@ -49,3 +49,22 @@ def speech_corpus(tmp_path_factory) -> tuple[str, list[dict]]:
     """A directory of real speech FLAC clips (the committed tests/data/speech) and their rows: file_name, text."""
     directory = str(tmp_path_factory.mktemp("speech"))
     return directory, copy_speech_corpus(directory)
+
+
+@pytest.fixture(scope="session")
+def responsive_llm(tiny_checkpoints, tmp_path_factory) -> str:
+    """The tiny chat Qwen2 with its matrices scaled up to std 0.5.
+
+    At std 0.02 its predictions are near uniform whatever the input, so no adapter could lower a loss.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory = str(tmp_path_factory.mktemp("responsive_llm"))
+    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoints["qwen2"])
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.ndim == 2:
+                parameter.mul_(25.0)
+    model.save_pretrained(directory)
+    AutoTokenizer.from_pretrained(tiny_checkpoints["qwen2"]).save_pretrained(directory)
+    return directory

@@ -61,3 +61,18 @@ def copy_speech_corpus(directory: str) -> list[dict]:
 if __name__ == "__main__":
     shutil.rmtree(CLIPS_DIR, ignore_errors=True)
     print(f"{len(build_speech_corpus(CLIPS_DIR))} clips in {CLIPS_DIR}")
+
+
+WORLD_TRAIN_CLIPS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "world", "data", "speech", "train"
+)
+
+
+def shipped_clips(count: int = 8) -> list[dict]:
+    """The first `count` clips of the world's train split: file_name, text and the file's bytes (from its metadata)."""
+    with open(os.path.join(WORLD_TRAIN_CLIPS, "metadata.jsonl")) as file:
+        rows = [json.loads(line) for line in file][:count]
+    for row in rows:
+        with open(os.path.join(WORLD_TRAIN_CLIPS, row["file_name"]), "rb") as clip:
+            row["bytes"] = clip.read()
+    return rows

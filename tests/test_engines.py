@@ -14,7 +14,6 @@ from launching import two_process_launch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 from tiny_models import CHAT_FORMATS, save_tiny_chat_llm
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import train_adapter
 from engines_blsp import LaunchError
@@ -54,20 +53,6 @@ def dataset(speech_corpus, tmp_path_factory) -> str:
     data.info.description = json.dumps({"instruction": INSTRUCTION, "prompt_layout": "instruction_first"})
     directory = str(tmp_path_factory.mktemp("engine_data"))
     data.save_to_disk(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def responsive_llm(tiny_checkpoints, tmp_path_factory) -> str:
-    """The tiny chat Qwen2 with its matrices scaled up (at std 0.02 no adapter could lower its loss)."""
-    directory = str(tmp_path_factory.mktemp("engine_llm"))
-    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoints["qwen2"])
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.ndim == 2:
-                parameter.mul_(25.0)
-    model.save_pretrained(directory)
-    AutoTokenizer.from_pretrained(tiny_checkpoints["qwen2"]).save_pretrained(directory)
     return directory
 
 

@@ -17,7 +17,7 @@ from conftest_hub import hub_env, local_hub  # noqa: F401 - fixtures
 from datasets import Audio, Dataset, load_dataset
 from hub_server import HubHandler
 from launching import two_process_launch
-from test_train_adapter import responsive_llm  # noqa: F401 - fixture
+from speech import shipped_clips
 
 import generate_continuations
 import streaming_blsp
@@ -27,18 +27,7 @@ from processing_blsp import load_audio
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "generate_continuations.py")
-CLIPS = os.path.join(ROOT, "world", "data", "speech", "train")
 NUM_ROWS, NUM_SHARDS, ROWS_PER_GROUP = 2000, 2, 100
-
-
-def shipped_clips(count: int) -> list[dict]:
-    """The first `count` clips the repository ships: file_name, text and the file's bytes (from its metadata)."""
-    with open(os.path.join(CLIPS, "metadata.jsonl")) as file:
-        rows = [json.loads(line) for line in file][:count]
-    for row in rows:
-        with open(os.path.join(CLIPS, row["file_name"]), "rb") as clip:
-            row["bytes"] = clip.read()
-    return rows
 
 
 def build_parquet_corpus(

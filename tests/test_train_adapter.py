@@ -11,7 +11,6 @@ from conftest_hub import hub_env, local_hub  # noqa: F401 - fixtures
 from datasets import Audio, Dataset
 from launching import two_process_launch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import train_adapter
 from generate_continuations import HUB_METADATA_FILE
@@ -60,23 +59,6 @@ def continuation_rows(corpus, with_continuation: bool, unreadable_rows: int = 0)
 
 def write_dataset(directory: str, corpus, with_continuation: bool, unreadable_rows: int = 0) -> str:
     continuation_rows(corpus, with_continuation, unreadable_rows).save_to_disk(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def responsive_llm(tiny_checkpoints, tmp_path_factory) -> str:
-    """The tiny chat LLM with its matrices scaled up to std 0.5.
-
-    At std 0.02 its predictions are near uniform whatever the input, so no adapter could lower a loss.
-    """
-    directory = str(tmp_path_factory.mktemp("responsive_llm"))
-    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoints["qwen2"])
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.ndim == 2:
-                parameter.mul_(25.0)
-    model.save_pretrained(directory)
-    AutoTokenizer.from_pretrained(tiny_checkpoints["qwen2"]).save_pretrained(directory)
     return directory
 
 
