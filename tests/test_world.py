@@ -23,7 +23,7 @@ from world.cascade import SpeechRecognizer
 from world.pretrain_llm import greedy_responses
 from world.pretrain_speech import read_split, word_error_rate
 
-SPLITS = ("train", "test_seen_voice", "test_heldout_voice")
+SPLITS = ("train", *build_speech.TEST_SPLITS)
 MAX_WORLD_BYTES = 40 * 2**20
 
 pytestmark = pytest.mark.skipif(not os.path.exists(build_world.MANIFEST), reason="the world is not built")
@@ -69,16 +69,44 @@ def test_speech_splits_are_disjoint_and_held_out(rows):
         for row in split_rows:
             assert language.parse(row["text"]).sentence_id == row["sentence_id"]
             assert (row["sentence_id"] in held_out) == (split != "train"), (split, row)
-    train_voices = {(row["voice"], row["speed"]) for row in rows["train"]}
-    assert {row["voice"] for row in rows["train"]} <= set(build_speech.training_voices())
-    assert {(row["voice"], row["speed"]) for row in rows["test_heldout_voice"]} == {
-        (build_speech.HELD_OUT_VOICE, build_speech.HELD_OUT_SPEED)
+    train = rows["train"]
+    assert {(row["synthesizer"], row["voice"]) for row in train} <= set(build_speech.training_voices())
+    assert {row["synthesizer"] for row in train} == {build_speech.ESPEAK, build_speech.FESTIVAL}
+    assert {(row["synthesizer"], row["voice"], row["speed"]) for row in rows["test_heldout_voice"]} == {
+        (build_speech.ESPEAK, build_speech.HELD_OUT_VOICE, build_speech.HELD_OUT_SPEED)
     }
-    assert build_speech.HELD_OUT_VOICE not in {voice for voice, _ in train_voices}
-    assert build_speech.HELD_OUT_SPEED not in {speed for _, speed in train_voices}
-    held_out_variant = build_speech.HELD_OUT_VOICE.split("+")[1]
-    assert held_out_variant not in {row["voice"].split("+")[1] for row in rows["train"]}
-    assert [row["text"] for row in rows["test_seen_voice"]] == [row["text"] for row in rows["test_heldout_voice"]]
+    accent, variant = build_speech.HELD_OUT_VOICE.split("+")
+    espeak_voices = [row["voice"].split("+") for row in train if row["synthesizer"] == build_speech.ESPEAK]
+    assert accent not in {voice[0] for voice in espeak_voices} and variant not in {voice[1] for voice in espeak_voices}
+    assert build_speech.HELD_OUT_SPEED not in {row["speed"] for row in train}
+    festival_voices = {(row["synthesizer"], row["voice"]) for row in rows["test_heldout_festival_voice"]}
+    assert festival_voices == {(build_speech.FESTIVAL, build_speech.HELD_OUT_FESTIVAL_VOICE)}
+    assert build_speech.HELD_OUT_FESTIVAL_VOICE not in {row["voice"] for row in train}
+    texts = [[row["text"] for row in rows[split]] for split in build_speech.TEST_SPLITS]
+    assert all(split_texts == texts[0] for split_texts in texts)
+
+
+def test_clips_sound_recorded(rows):
+    """Shipped clips have their drawn level, and silence with background noise at the drawn SNR around the speech.
+
+    Brown noise wanders too slowly for a fraction of a second of it to measure its level, so only white and pink
+    noise are measured, as a median over clips.
+    """
+    low, high = build_speech.RECORDING["peak_dbfs"]
+    snr_errors = []
+    for split, split_rows in rows.items():
+        for row in split_rows[:: max(1, len(split_rows) // 50)]:
+            samples, rate = soundfile.read(os.path.join(build_world.SPEECH_DIR, split, row["file_name"]))
+            lead, tail = (int(row[name] * rate) for name in ("leading_silence", "trailing_silence"))
+            speech_rms = np.sqrt(np.mean(samples[lead:-tail] ** 2))
+            assert low <= row["peak_dbfs"] <= high
+            assert 20 * np.log10(np.abs(samples).max()) == pytest.approx(row["peak_dbfs"], abs=0.3), row
+            for silence in (samples[:lead], samples[-tail:]):
+                silence_rms = np.sqrt(np.mean(silence**2))
+                assert silence_rms < speech_rms, (split, row)
+                if row["noise"] != "brown" and row["snr_db"] < 20 and len(silence) > 0.3 * rate:
+                    snr_errors.append(20 * np.log10(speech_rms / silence_rms) - row["snr_db"])
+    assert len(snr_errors) > 10 and abs(np.median(snr_errors)) < 2, snr_errors
 
 
 def test_clips_are_16khz_mono_flac(rows):

@@ -1,11 +1,14 @@
 """Pretrain the miniature world's speech model: a tiny Whisper whose encoder learns word-level CTC on training voices.
 
-    python -m world.pretrain_speech --speech_dir world/data/speech --output_dir world/models/speech
+    python -m world.pretrain_speech --train_dirs CLEAN_CLIPS_DIR [--speech_dir world/data/speech] \
+        [--output_dir world/models/speech]
 
 The encoder sees exactly what BLSP will feed it (per-clip log-mel, real length, padded frames masked through
-`modeling_blsp.encode_variable_length`), only on train sentences in training voices (the `train` split plus any
-`--extra_train_dirs`), with speed perturbation of the waveform (SpecAugment-style masks slowed convergence without
-helping within a few minutes of training, so there are none). It is saved as an ordinary
+`modeling_blsp.encode_variable_length`), only on train sentences in training voices: clean clips (`--train_dirs`,
+written by `world.build_speech.pretraining_plan`) that are speed-perturbed and then "recorded" afresh every time they
+are read (random silences, level and background noise, as `world.build_speech` records the shipped clips).
+SpecAugment-style masks slowed convergence without helping within a few minutes of training, so there are none.
+WERs are measured on every split of `--speech_dir`. It is saved as an ordinary
 `WhisperModel` checkpoint with its `WhisperFeatureExtractor` (the decoder is untrained: BLSP uses only the encoder);
 the CTC head and its word list are saved next to it for `world.cascade`.
 """
@@ -27,6 +30,7 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from modeling_blsp import encode_variable_length
 from processing_blsp import load_audio, log_mel, pad_log_mels
+from world.build_speech import draw_recording, record
 from world.cascade import (
     BLANK,
     CTC_HEAD_FILE,
@@ -96,13 +100,15 @@ def speed_perturb(samples: np.ndarray, sampling_rate: int, rng: random.Random) -
 
 
 class CtcCollator:
-    """Featurise a batch of speed-perturbed clips: padded log-mel, frame lengths, padded labels."""
+    """Featurise a batch of speed-perturbed, freshly recorded clips: padded log-mel, frame lengths, padded labels."""
 
     def __init__(self, feature_extractor: WhisperFeatureExtractor, seed: int):
-        self.feature_extractor, self.rng = feature_extractor, random.Random(seed)
+        self.feature_extractor = feature_extractor
+        self.rng, self.noise_rng = random.Random(seed), np.random.default_rng(seed)
 
     def features(self, samples: np.ndarray) -> np.ndarray:
         samples = speed_perturb(samples, self.feature_extractor.sampling_rate, self.rng)
+        samples = record(samples, draw_recording(self.rng), self.noise_rng)
         return log_mel(self.feature_extractor, samples)
 
     def __call__(self, rows: list[dict]) -> dict:
@@ -138,18 +144,18 @@ class EncoderForCtc(nn.Module):
         return output
 
 
-def whisper_config() -> WhisperConfig:
-    return WhisperConfig(**ENCODER_CONFIG, **DECODER_CONFIG)
+def whisper_config(encoder_config: dict) -> WhisperConfig:
+    return WhisperConfig(**encoder_config, **DECODER_CONFIG)
 
 
-def new_encoder(seed: int) -> WhisperEncoder:
+def new_encoder(encoder_config: dict, seed: int) -> WhisperEncoder:
     """A randomly initialised encoder whose convolutions keep the scale of their input (Kaiming).
 
     With Whisper's own initialisation (std 0.02) the convolutions' output is tiny next to the sinusoidal positions
     added to it, and CTC pretraining takes several times longer to get going.
     """
     torch.manual_seed(seed)
-    encoder = WhisperEncoder(whisper_config())
+    encoder = WhisperEncoder(whisper_config(encoder_config))
     for conv in (encoder.conv1, encoder.conv2):
         nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
     return encoder
@@ -173,13 +179,15 @@ def train(model: EncoderForCtc, dataset: ClipDataset, collator: CtcCollator, arg
             seed=args.seed,
             use_cpu=True,
             remove_unused_columns=False,
+            dataloader_num_workers=args.dataloader_num_workers,
+            dataloader_persistent_workers=args.dataloader_num_workers > 0,
         )
         Trainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator).train()
 
 
 def save_speech_model(model: EncoderForCtc, feature_extractor, vocab: list[str], output_dir: str):
     """A `WhisperModel` checkpoint holding the trained encoder, its feature extractor, the CTC head and word list."""
-    whisper = WhisperModel(whisper_config())
+    whisper = WhisperModel(model.encoder.config)
     whisper.encoder.load_state_dict(model.encoder.state_dict())
     whisper.save_pretrained(output_dir)
     feature_extractor.save_pretrained(output_dir)
@@ -216,17 +224,18 @@ def evaluate_speech_model(model_dir: str, speech_dir: str) -> dict[str, float]:
 def pretrain_speech(args: argparse.Namespace) -> dict:
     """Build, train, save and evaluate the speech model; returns the settings and WERs for the manifest."""
     torch.set_num_threads(args.threads)
-    train_dirs = [os.path.join(args.speech_dir, "train"), *args.extra_train_dirs]
-    vocab = word_list([row["text"] for directory in train_dirs for row in read_split(directory)])
-    feature_extractor = WhisperFeatureExtractor(feature_size=ENCODER_CONFIG["num_mel_bins"])
-    model = EncoderForCtc(new_encoder(args.seed), len(vocab))
-    dataset = ClipDataset(train_dirs, vocab, feature_extractor.sampling_rate)
+    vocab = word_list([row["text"] for directory in args.train_dirs for row in read_split(directory)])
+    encoder_config = {**ENCODER_CONFIG, "d_model": args.d_model, "encoder_layers": args.encoder_layers}
+    encoder_config["encoder_ffn_dim"] = 2 * args.d_model
+    feature_extractor = WhisperFeatureExtractor(feature_size=encoder_config["num_mel_bins"])
+    model = EncoderForCtc(new_encoder(encoder_config, args.seed), len(vocab))
+    dataset = ClipDataset(args.train_dirs, vocab, feature_extractor.sampling_rate)
     train(model, dataset, CtcCollator(feature_extractor, seed=args.seed), args)
     save_speech_model(model, feature_extractor, vocab, args.output_dir)
-    paths_and_threads = ("output_dir", "speech_dir", "extra_train_dirs", "threads")
+    paths_and_threads = ("output_dir", "speech_dir", "train_dirs", "threads", "d_model", "encoder_layers")
     settings = {key: value for key, value in vars(args).items() if key not in paths_and_threads}
     return {
-        "settings": {**settings, "encoder": ENCODER_CONFIG, "ctc_vocab": vocab},
+        "settings": {**settings, "encoder": encoder_config, "ctc_vocab": vocab},
         "encoder_parameters": sum(parameter.numel() for parameter in model.encoder.parameters()),
         "ctc_wer": evaluate_speech_model(args.output_dir, args.speech_dir),
     }
@@ -234,17 +243,20 @@ def pretrain_speech(args: argparse.Namespace) -> dict:
 
 def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--speech_dir", default="world/data/speech")
+    parser.add_argument("--train_dirs", nargs="+", required=True, help="Clean audiofolders to train on.")
+    parser.add_argument("--speech_dir", default="world/data/speech", help="Every split in it is scored.")
     parser.add_argument("--output_dir", default="world/models/speech")
-    parser.add_argument(
-        "--extra_train_dirs", nargs="*", default=[], help="More audiofolders to train on, besides the train split."
-    )
-    parser.add_argument("--max_steps", type=int, default=2000)
+    parser.add_argument("--d_model", type=int, default=ENCODER_CONFIG["d_model"])
+    parser.add_argument("--encoder_layers", type=int, default=ENCODER_CONFIG["encoder_layers"])
+    parser.add_argument("--max_steps", type=int, default=4000)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--learning_rate", type=float, default=3e-3)
-    parser.add_argument("--warmup_steps", type=int, default=50)
+    parser.add_argument("--warmup_steps", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch (at most the free cores).")
+    parser.add_argument(
+        "--dataloader_num_workers", type=int, default=1, help="Processes that record and featurise the clips."
+    )
     return parser
 
 

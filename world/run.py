@@ -4,10 +4,10 @@
 
 Step 1 (`generate_continuations.py`) has the world's LLM continue every training transcript; step 2
 (`train_adapter.py`) trains adapters on the continuation task only, in both prompt layouts and with both objectives;
-`evaluate.py` then scores every system on the held-out sentences, in seen voices and in the held-out voice, on all
-four tasks (continue, repeat = transcription, translate, answer), and one table is printed and written to
-`output_dir/results.md`. The run ends by loading the best checkpoint with `pipeline(..., trust_remote_code=True)`
-and answering one spoken question.
+`evaluate.py` then scores every system on the held-out sentences, in seen voices, in the held-out espeak-ng voice and
+in the held-out festival voice, on all four tasks (continue, repeat = transcription, translate, answer), and one
+table is printed and written to `output_dir/results.md`. The run ends by loading the best checkpoint with
+`pipeline(..., trust_remote_code=True)` and answering one spoken question.
 """
 
 import argparse
@@ -25,11 +25,11 @@ from data_blsp import CorpusArguments
 from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import BlspProcessor
 from world import language
+from world.build_speech import TEST_SPLITS
 from world.cascade import LLM_DIR, SPEECH_MODEL_DIR, transcribe
 
 WORLD_DIR = os.path.dirname(os.path.abspath(__file__))
 SPEECH_DIR = os.path.join(WORLD_DIR, "data", "speech")
-TEST_SPLITS = ("test_seen_voice", "test_heldout_voice")
 LAYOUTS = ("instruction_first", "speech_first")
 LOSSES = ("ce", "kl")
 TASK_METRICS = {"continue": "exact_match", "repeat": "wer", "translate": "bleu", "answer": "exact_match"}
