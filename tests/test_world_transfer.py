@@ -1,27 +1,27 @@
-"""BLSP's claim at CI size, in the miniature world: an adapter trained on continuations alone transfers.
+"""BLSP's claim on the shipped miniature world: an adapter trained on continuations alone transfers.
 
-Steps 1 and 2 run through the real scripts on a subset of the world's training clips; evaluate.py scores the
-trained adapter and the untrained one on held-out sentences in seen voices.
+The demo checkpoint (`world/models/blsp`, built by `python -m world.build_demo`: steps 1 and 2 through the real
+scripts, continuation task only) hears held-out sentences in seen voices and in the held-out voice; evaluate.py scores
+its transcriptions and answers against the same model with an untrained adapter. Training it takes longer than the
+suite may run on noisy, recorded-like clips, so the suite scores the shipped checkpoint, which `tests/test_app.py`
+checks against `world/demo_manifest.json` and the world it was trained on.
 """
 
+import pytest
 import torch
 
 import evaluate as scoring
 from data_blsp import CorpusArguments
-from world import language
-from world.run import generate_step1, save_untrained, train_step2, write_evaluation_set
+from world import build_demo, language
+from world.run import save_untrained, write_evaluation_set
 
-TRAIN_CLIPS, EVAL_CLIPS, STEPS = 400, 40, 700
-
-
-class TrainingSettings:
-    max_steps, batch_size, learning_rate = STEPS, 16, 1e-3
+EVAL_CLIPS = 50
 
 
-def score(model_dir: str, evaluation_set: str, task: str, metric: str, tmp_path) -> float:
+def score(model_dir: str, evaluation_set: str, task: str, metric: str, output_dir) -> float:
     args = scoring.EvaluationArguments(
         model_name_or_path=model_dir,
-        output_dir=str(tmp_path / f"{task}-{abs(hash(model_dir))}"),
+        output_dir=str(output_dir),
         task={"repeat": "transcribe"}.get(task, task),
         instruction=language.INSTRUCTIONS[task],
         reference_column_name=task,
@@ -31,22 +31,21 @@ def score(model_dir: str, evaluation_set: str, task: str, metric: str, tmp_path)
     return scoring.evaluate(CorpusArguments(dataset_name=evaluation_set), args)[metric]
 
 
-def test_continuation_training_transfers_to_transcription_and_answering(tmp_path):
+@pytest.mark.parametrize("split", ["test_seen_voice", "test_heldout_voice"])
+def test_continuation_training_transfers_to_transcription_and_answering(split, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        evaluation_set = write_evaluation_set("test_seen_voice", str(tmp_path), EVAL_CLIPS)
-        continuations = generate_step1(str(tmp_path), "speech_first", TRAIN_CLIPS)
-        trained = train_step2(str(tmp_path), continuations, "speech_first", "ce", TrainingSettings)
-        untrained = save_untrained(str(tmp_path), "speech_first")
+        evaluation_set = write_evaluation_set(split, str(tmp_path), EVAL_CLIPS)
+        untrained = save_untrained(str(tmp_path), build_demo.LAYOUT)
         results = {
             name: {
-                "wer": score(path, evaluation_set, "repeat", "wer", tmp_path),
-                "answer": score(path, evaluation_set, "answer", "exact_match", tmp_path),
+                "wer": score(path, evaluation_set, "repeat", "wer", tmp_path / name / "repeat"),
+                "answer": score(path, evaluation_set, "answer", "exact_match", tmp_path / name / "answer"),
             }
-            for name, path in (("trained", trained), ("untrained", untrained))
+            for name, path in (("trained", build_demo.DEMO_DIR), ("untrained", untrained))
         }
     finally:
         torch.set_num_threads(threads)
-    assert results["trained"]["wer"] < results["untrained"]["wer"] - 25, results
-    assert results["trained"]["answer"] > results["untrained"]["answer"] + 40, results
+    assert results["trained"]["wer"] < results["untrained"]["wer"] - 35, results
+    assert results["trained"]["answer"] > results["untrained"]["answer"] + 45, results

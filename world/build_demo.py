@@ -24,7 +24,7 @@ REPOSITORY = os.path.dirname(build_world.WORLD_DIR)
 DEMO_DIR = os.path.join(build_world.WORLD_DIR, "models", "blsp")
 DEMO_MANIFEST = os.path.join(build_world.WORLD_DIR, "demo_manifest.json")
 LAYOUT, LOSS = "speech_first", "kl"
-TRAINING = {"max_steps": 1500, "batch_size": 16, "learning_rate": 1e-3}
+TRAINING = {"max_steps": 3000, "batch_size": 16, "learning_rate": 1e-3}
 SHIPPED_SUFFIXES = (".json", ".jinja", ".safetensors", ".py")
 TRAINING_LOGS = ("all_results.json", "train_results.json", "trainer_state.json")
 

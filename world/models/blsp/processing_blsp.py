@@ -26,6 +26,7 @@ BASE_TEMPLATE_TURN = "###[{role}]:{content}\n\n\n"
 BASE_TEMPLATE_ROLES = {"user": "Human", "assistant": "Assistant", "system": "System"}
 PROMPT_LAYOUTS = ("instruction_first", "speech_first")
 IGNORE_INDEX = -100
+HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "revision", "token")
 
 
 class AudioInputError(ValueError):
@@ -232,6 +233,24 @@ class BlspProcessor(ProcessorMixin):
         self.prompt_layout = prompt_layout
         self.system_prompt = system_prompt
         super().__init__(feature_extractor, tokenizer, chat_template=chat_template)
+
+    @classmethod
+    def _load_tokenizer_from_pretrained(cls, sub_processor_type, pretrained_model_name_or_path, subfolder="", **kwargs):
+        """Look the LLM tokenizer up with the checkpoint's text config (read by the local `BlspConfig`).
+
+        `AutoTokenizer` otherwise loads the folder's config through `AutoConfig`, which asks whether to run the
+        folder's BLSP code even when this class is already imported.
+        """
+        if kwargs.get("config") is None:
+            try:
+                hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
+                config = BlspConfig.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **hub_kwargs)
+                kwargs["config"] = config.text_config
+            except (OSError, ValueError):  # no BLSP config next to the processor: let AutoTokenizer decide
+                pass
+        return super()._load_tokenizer_from_pretrained(
+            sub_processor_type, pretrained_model_name_or_path, subfolder=subfolder, **kwargs
+        )
 
     @classmethod
     def from_speech_text_pretrained(
