@@ -3,8 +3,9 @@
     python -m world.build_demo [--work_dir runs/demo] [--threads 1]
 
 Runs BLSP on the miniature world as `world/run.py` does for its strongest transfer (speech before the instruction,
-the KL objective, the same settings but twice the steps, which transcribe and translate better): step 1 (`generate_continuations.py`) on the world's training clips,
-step 2 (`train_adapter.py`) on continuations only. The trained model (the world's LLM and speech encoder plus the
+the KL objective, the same settings but twice the steps, which transcribe and translate better): step 1
+(`generate_continuations.py`) on the world's training clips, step 2 (`train_adapter.py`) on continuations only. The
+trained model (the world's LLM and speech encoder plus the
 adapter, with its processor and code files) is copied to `world/models/blsp`; the manifest records its files' sizes
 and hashes, the settings and the hash of the world manifest it was built from, which `tests/test_app.py` checks.
 """
