@@ -401,7 +401,7 @@ def embedded_output(directory: str, num_rows: int) -> str:
 def test_streamed_corpora_follow_their_weights(tmp_path):
     outputs = [embedded_output(str(tmp_path / name), rows) for name, rows in (("big", 400), ("small", 200))]
     data_args = train_adapter.DataArguments(
-        dataset_name=outputs, streaming=True, dataset_weights=[3, 1], max_audio_seconds=2.0
+        dataset_name=outputs, streaming=True, dataset_weights=[3, 1], max_audio_seconds=3.0
     )
     training_args = train_adapter.BlspTrainingArguments(output_dir=str(tmp_path / "model"), report_to="none")
     stream, _ = train_adapter.stream_datasets(data_args, training_args)
@@ -409,7 +409,7 @@ def test_streamed_corpora_follow_their_weights(tmp_path):
     counts = Counter(row["corpus"] for row in rows)
     assert 2.4 < counts[0] / counts[1] < 3.6, counts
     seconds = [streaming_blsp.clip_seconds(row["audio"]) for row in rows]
-    assert max(seconds) <= 2.0 and len(rows) == 400
+    assert max(seconds) <= 3.0 and len(rows) == 400  # one of the eight clips (3.6 s) is always skipped
 
 
 KILL_AT_THIRD_STEP = """
