@@ -22,26 +22,27 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, str]:
     return build_tiny_checkpoints(str(tmp_path_factory.mktemp("tiny")))
 
 
-@pytest.fixture(scope="session")
-def saved_blsp(tiny_checkpoints, tmp_path_factory) -> dict[str, str]:
-    """BLSP checkpoints (model + processor) saved with save_pretrained, keyed by LLM: "llama" and "qwen2"."""
+def save_untrained_blsp(whisper: str, llm: str, directory: str) -> str:
+    """A BLSP checkpoint (model + processor) of `whisper` and `llm`, its adapter freshly seeded, in `directory`."""
     from modeling_blsp import BlspForConditionalGeneration
     from processing_blsp import BlspProcessor
 
-    saved = {}
-    for llm in ("llama", "qwen2"):
-        torch.manual_seed(0)
-        model = BlspForConditionalGeneration.from_speech_text_pretrained(
-            tiny_checkpoints["whisper"], tiny_checkpoints[llm]
+    torch.manual_seed(0)
+    model = BlspForConditionalGeneration.from_speech_text_pretrained(whisper, llm)
+    model.save_pretrained(directory)
+    BlspProcessor.from_speech_text_pretrained(whisper, llm, config=model.config).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def saved_blsp(tiny_checkpoints, tmp_path_factory) -> dict[str, str]:
+    """BLSP checkpoints (model + processor) saved with save_pretrained, keyed by LLM: "llama" and "qwen2"."""
+    return {
+        llm: save_untrained_blsp(
+            tiny_checkpoints["whisper"], tiny_checkpoints[llm], str(tmp_path_factory.mktemp(f"blsp_{llm}"))
         )
-        processor = BlspProcessor.from_speech_text_pretrained(
-            tiny_checkpoints["whisper"], tiny_checkpoints[llm], config=model.config
-        )
-        directory = str(tmp_path_factory.mktemp(f"blsp_{llm}"))
-        model.save_pretrained(directory)
-        processor.save_pretrained(directory)
-        saved[llm] = directory
-    return saved
+        for llm in ("llama", "qwen2")
+    }
 
 
 @pytest.fixture(scope="session")
@@ -68,3 +69,10 @@ def responsive_llm(tiny_checkpoints, tmp_path_factory) -> str:
     model.save_pretrained(directory)
     AutoTokenizer.from_pretrained(tiny_checkpoints["qwen2"]).save_pretrained(directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def initial_blsp(tiny_checkpoints, responsive_llm, tmp_path_factory) -> str:
+    """A saved, untrained BLSP checkpoint (tiny Whisper + responsive LLM) to continue training from."""
+    directory = str(tmp_path_factory.mktemp("initial_blsp"))
+    return save_untrained_blsp(tiny_checkpoints["whisper"], responsive_llm, directory)

@@ -56,18 +56,6 @@ def dataset(speech_corpus, tmp_path_factory) -> str:
     return directory
 
 
-@pytest.fixture(scope="module")
-def initial_blsp(tiny_checkpoints, responsive_llm, tmp_path_factory) -> str:
-    directory = str(tmp_path_factory.mktemp("engine_blsp"))
-    torch.manual_seed(0)
-    model = BlspForConditionalGeneration.from_speech_text_pretrained(tiny_checkpoints["whisper"], responsive_llm)
-    model.save_pretrained(directory)
-    BlspProcessor.from_speech_text_pretrained(
-        tiny_checkpoints["whisper"], responsive_llm, config=model.config
-    ).save_pretrained(directory)
-    return directory
-
-
 def flags(settings: dict) -> list[str]:
     return [item for key, value in settings.items() for item in (f"--{key}", str(value))]
 

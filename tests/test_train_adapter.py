@@ -15,7 +15,6 @@ from safetensors.torch import load_file
 import train_adapter
 from generate_continuations import HUB_METADATA_FILE
 from modeling_blsp import BlspForConditionalGeneration
-from processing_blsp import BlspProcessor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTRUCTION = "Continue the following text."
@@ -59,20 +58,6 @@ def continuation_rows(corpus, with_continuation: bool, unreadable_rows: int = 0)
 
 def write_dataset(directory: str, corpus, with_continuation: bool, unreadable_rows: int = 0) -> str:
     continuation_rows(corpus, with_continuation, unreadable_rows).save_to_disk(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def initial_blsp(tiny_checkpoints, responsive_llm, tmp_path_factory) -> str:
-    """A saved, untrained BLSP checkpoint (tiny Whisper + responsive LLM) to continue training from."""
-    directory = str(tmp_path_factory.mktemp("initial_blsp"))
-    torch.manual_seed(0)
-    model = BlspForConditionalGeneration.from_speech_text_pretrained(tiny_checkpoints["whisper"], responsive_llm)
-    processor = BlspProcessor.from_speech_text_pretrained(
-        tiny_checkpoints["whisper"], responsive_llm, config=model.config
-    )
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
     return directory
 
 
