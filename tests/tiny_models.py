@@ -113,10 +113,9 @@ def save_tiny_whisper(directory: str) -> str:
     return directory
 
 
-def save_tiny_llm(directory: str, chat: bool) -> str:
-    """A tiny base Llama (no chat template) or a tiny chat Qwen2 (ChatML template), with its tokenizer."""
-    tokenizer = build_tokenizer(chat)
-    common = dict(
+def tiny_decoder_settings(tokenizer) -> dict:
+    """The config settings every tiny LLM shares: 2 layers of width 32 over `tokenizer`'s vocabulary."""
+    return dict(
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
@@ -127,6 +126,12 @@ def save_tiny_llm(directory: str, chat: bool) -> str:
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
+
+
+def save_tiny_llm(directory: str, chat: bool) -> str:
+    """A tiny base Llama (no chat template) or a tiny chat Qwen2 (ChatML template), with its tokenizer."""
+    tokenizer = build_tokenizer(chat)
+    common = tiny_decoder_settings(tokenizer)
     if chat:
         model = Qwen2ForCausalLM(Qwen2Config(**common, tie_word_embeddings=True))
     else:
@@ -139,18 +144,7 @@ def save_tiny_llm(directory: str, chat: bool) -> str:
 def save_tiny_chat_llm(directory: str, family: str) -> str:
     """A tiny chat model of `family` ("mistral", "gemma2" or "phi3") with its own tokenizer and chat template."""
     tokenizer = train_tokenizer(*CHAT_FORMATS[family])
-    common = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    common = {**tiny_decoder_settings(tokenizer), "bos_token_id": tokenizer.bos_token_id}
     if family == "mistral":
         model = MistralForCausalLM(MistralConfig(**common))
     elif family == "gemma2":
