@@ -43,7 +43,6 @@ ENCODER_CONFIG = dict(
     d_model=128,
     encoder_layers=3,
     encoder_attention_heads=4,
-    encoder_ffn_dim=256,
     num_mel_bins=80,
     max_source_positions=1500,
 )
@@ -225,15 +224,19 @@ def pretrain_speech(args: argparse.Namespace) -> dict:
     """Build, train, save and evaluate the speech model; returns the settings and WERs for the manifest."""
     torch.set_num_threads(args.threads)
     vocab = word_list([row["text"] for directory in args.train_dirs for row in read_split(directory)])
-    encoder_config = {**ENCODER_CONFIG, "d_model": args.d_model, "encoder_layers": args.encoder_layers}
-    encoder_config["encoder_ffn_dim"] = 2 * args.d_model
+    encoder_config = {
+        **ENCODER_CONFIG,
+        "d_model": args.d_model,
+        "encoder_layers": args.encoder_layers,
+        "encoder_ffn_dim": 2 * args.d_model,
+    }
     feature_extractor = WhisperFeatureExtractor(feature_size=encoder_config["num_mel_bins"])
     model = EncoderForCtc(new_encoder(encoder_config, args.seed), len(vocab))
     dataset = ClipDataset(args.train_dirs, vocab, feature_extractor.sampling_rate)
     train(model, dataset, CtcCollator(feature_extractor, seed=args.seed), args)
     save_speech_model(model, feature_extractor, vocab, args.output_dir)
-    paths_and_threads = ("output_dir", "speech_dir", "train_dirs", "threads", "d_model", "encoder_layers")
-    settings = {key: value for key, value in vars(args).items() if key not in paths_and_threads}
+    not_settings = ("output_dir", "speech_dir", "train_dirs", "threads", "d_model", "encoder_layers")  # or in "encoder"
+    settings = {key: value for key, value in vars(args).items() if key not in not_settings}
     return {
         "settings": {**settings, "encoder": encoder_config, "ctc_vocab": vocab},
         "encoder_parameters": sum(parameter.numel() for parameter in model.encoder.parameters()),
