@@ -2,8 +2,8 @@
 
     python -m world.build_demo [--work_dir runs/demo] [--threads 1]
 
-Runs BLSP on the miniature world as `world/run.py` does for its strongest transfer (speech before the instruction,
-the KL objective, the same settings but twice the steps, which transcribe and translate better): step 1
+Runs BLSP on the miniature world as `python -m world.run` does, with its recipe and settings (speech before the
+instruction, the KL objective, 3,000 steps): step 1
 (`generate_continuations.py`) on the world's training clips, step 2 (`train_adapter.py`) on continuations only. The
 trained model (the world's LLM and speech encoder plus the
 adapter, with its processor and code files) is copied to `world/models/blsp`; the manifest records its files' sizes
@@ -24,8 +24,7 @@ from world import build_world, language, run
 REPOSITORY = os.path.dirname(build_world.WORLD_DIR)
 DEMO_DIR = os.path.join(build_world.WORLD_DIR, "models", "blsp")
 DEMO_MANIFEST = os.path.join(build_world.WORLD_DIR, "demo_manifest.json")
-LAYOUT, LOSS = "speech_first", "kl"
-TRAINING = {"max_steps": 3000, "batch_size": 16, "learning_rate": 1e-3}
+LAYOUT, LOSS = run.RECIPE
 SHIPPED_SUFFIXES = (".json", ".jinja", ".safetensors", ".py")
 TRAINING_LOGS = ("all_results.json", "train_results.json", "trainer_state.json")
 
@@ -57,12 +56,12 @@ def build_demo(args) -> dict:
     os.makedirs(args.work_dir)
     start = time.perf_counter()
     continuations = run.generate_step1(args.work_dir, LAYOUT, None)
-    trained = run.train_step2(args.work_dir, continuations, LAYOUT, LOSS, SimpleNamespace(**TRAINING))
+    trained = run.train_step2(args.work_dir, continuations, LAYOUT, LOSS, SimpleNamespace(**run.TRAINING))
     copy_checkpoint(trained, DEMO_DIR)
     return {
         "layout": LAYOUT,
         "loss": LOSS,
-        "training": TRAINING,
+        "training": run.TRAINING,
         "world_manifest_sha256": build_world.sha256_of_files([build_world.MANIFEST]),
         "files": build_world.file_records(DEMO_DIR),
         "build_seconds": round(time.perf_counter() - start, 1),

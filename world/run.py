@@ -1,9 +1,10 @@
 """The whole BLSP method on the miniature world, end to end, offline, on a CPU.
 
-    python -m world.run [--output_dir runs/world] [--max_steps 600] [--threads 2]
+    python -m world.run [--output_dir runs/world] [--ablation] [--max_steps 3000] [--threads 2]
 
 Step 1 (`generate_continuations.py`) has the world's LLM continue every training transcript; step 2
-(`train_adapter.py`) trains adapters on the continuation task only, in both prompt layouts and with both objectives;
+(`train_adapter.py`) trains an adapter on the continuation task only: by default BLSP's best recipe here (speech
+before the instruction, KL objective), with `--ablation` all four of both prompt layouts x both objectives.
 `evaluate.py` then scores every system on the held-out sentences, in seen voices, in the held-out espeak-ng voice and
 in the held-out festival voice, on all four tasks (continue, repeat = transcription, translate, answer), and one
 table is printed and written to `output_dir/results.md`. The run ends by loading the best checkpoint with
@@ -32,6 +33,10 @@ WORLD_DIR = os.path.dirname(os.path.abspath(__file__))
 SPEECH_DIR = os.path.join(WORLD_DIR, "data", "speech")
 LAYOUTS = ("instruction_first", "speech_first")
 LOSSES = ("ce", "kl")
+RECIPE = ("speech_first", "kl")
+"""The (prompt layout, objective) that the main command trains; `--ablation` trains every pair."""
+TRAINING = {"max_steps": 3000, "batch_size": 16, "learning_rate": 1e-3}
+"""Step 2's default settings."""
 TASK_METRICS = {"continue": "exact_match", "repeat": "wer", "translate": "bleu", "answer": "exact_match"}
 EVALUATE_TASKS = {"continue": "continue", "repeat": "transcribe", "translate": "translate", "answer": "answer"}
 
@@ -132,12 +137,13 @@ def best_system(scores: dict, systems: list[str]) -> str:
 def parse_arguments():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="runs/world")
-    parser.add_argument("--max_steps", type=int, default=1500, help="Training steps of each adapter.")
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--max_steps", type=int, default=TRAINING["max_steps"], help="Training steps of each adapter.")
+    parser.add_argument("--batch_size", type=int, default=TRAINING["batch_size"])
+    parser.add_argument("--learning_rate", type=float, default=TRAINING["learning_rate"])
     parser.add_argument("--max_train_samples", type=int, default=None, help="Use only this many training clips.")
     parser.add_argument("--max_eval_samples", type=int, default=None, help="Score only this many clips per split.")
-    parser.add_argument("--threads", type=int, default=1, help="Torch threads (more can be slower on a busy machine).")
+    parser.add_argument("--ablation", action="store_true", help="Train all four (layout, objective) adapters.")
+    parser.add_argument("--threads", type=int, default=2, help="Torch threads (fewer can be faster on a busy machine).")
     return parser.parse_args()
 
 
@@ -149,12 +155,13 @@ def main():
     evaluation_sets = {
         split: write_evaluation_set(split, args.output_dir, args.max_eval_samples) for split in TEST_SPLITS
     }
+    recipes = [(layout, loss) for layout in LAYOUTS for loss in LOSSES] if args.ablation else [RECIPE]
+    layouts = dict.fromkeys(layout for layout, _ in recipes)
+    continuations = {layout: generate_step1(args.output_dir, layout, args.max_train_samples) for layout in layouts}
     systems = {}
-    for layout in LAYOUTS:
-        continuations = generate_step1(args.output_dir, layout, args.max_train_samples)
-        for loss in LOSSES:
-            path = train_step2(args.output_dir, continuations, layout, loss, args)
-            systems[f"blsp {layout} {loss}"] = {"path": path, "input": "speech", "layout": layout}
+    for layout, loss in recipes:
+        path = train_step2(args.output_dir, continuations[layout], layout, loss, args)
+        systems[f"blsp {layout} {loss}"] = {"path": path, "input": "speech", "layout": layout}
     systems["text input"] = {"path": LLM_DIR, "input": "text", "layout": "speech_first"}
     systems["cascade"] = {"path": LLM_DIR, "input": "cascade", "layout": "speech_first"}
     untrained = save_untrained(args.output_dir, "speech_first")
