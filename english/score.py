@@ -1,0 +1,151 @@
+"""Score English BLSP systems zero-shot on the held-out sentences of `english.build_corpus`, one table.
+
+    python -m english.score --blsp runs/english/blsp [--untrained runs/english/untrained] \
+        [--output_dir runs/english/eval]
+
+Systems: the trained BLSP model (speech in), the same model with an untrained adapter, the LLM reading the reference
+transcript (text input, the upper bound) and the cascade (whisper-tiny.en's transcript -> the LLM). Tasks, each with
+one instruction for every system (the speech or the text before it, as in training):
+- transcribe: "Repeat the following text." scored by WER against the transcript;
+- question: the row's one-word question ("Which animal is mentioned? Answer with one word."), scored by accuracy: the
+  answer word is among the first three words of the reply (`exact` in the table: the reply is the word);
+- continue: BLSP's continuation instruction, scored by BLEU against the text-input model's continuation
+  (agreement with the LLM reading the transcript; the text-input system scores 100 by definition).
+Every split is scored: training voices, the held-out espeak-ng and festival voices, and Piper's neural voice.
+"""
+
+import argparse
+import json
+import os
+
+from transformers import pipeline
+
+import evaluate as scoring
+from data_blsp import CorpusArguments
+from english.build_corpus import TEST_SPLITS
+from processing_blsp import CONTINUATION_INSTRUCTION
+
+ENGLISH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPEAT_INSTRUCTION = "Repeat the following text."
+ANSWER_WORDS = 3
+"""An answer counts when the expected word is among the reply's first words ("Dog." and "The dog." both count)."""
+
+
+def write_evaluation_set(data_dir: str, split: str, output_dir: str, asr, max_samples: int | None) -> str:
+    """The split as jsonl (audio path, transcript, question, answer) plus whisper's transcript, written once."""
+    path = os.path.join(output_dir, f"{split}.jsonl")
+    if os.path.exists(path):
+        return path
+    with open(os.path.join(data_dir, split, "metadata.jsonl"), encoding="utf-8") as file:
+        rows = [json.loads(line) for line in file][:max_samples]
+    audio = [os.path.join(os.path.abspath(data_dir), split, row["file_name"]) for row in rows]
+    transcripts = [output["text"].strip() for output in asr(audio, batch_size=8)]
+    with open(path + ".tmp", "w", encoding="utf-8") as file:
+        for row, clip, transcript in zip(rows, audio, transcripts):
+            record = {key: row[key] for key in ("text", "question", "answer", "voice")}
+            file.write(json.dumps({**record, "audio": clip, "asr_transcript": transcript}) + "\n")
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def answer_accuracy(predictions: list[dict]) -> tuple[float, float]:
+    """(accuracy with the word among the first `ANSWER_WORDS`, exact-match accuracy), in percent."""
+    hits = exact = 0
+    for record in predictions:
+        words = scoring.normalize_words(record["prediction"]).split()
+        hits += record["reference"].lower() in words[:ANSWER_WORDS]
+        exact += words == [record["reference"].lower()]
+    return 100 * hits / len(predictions), 100 * exact / len(predictions)
+
+
+def read_predictions(directory: str) -> list[dict]:
+    with open(os.path.join(directory, "predictions.jsonl"), encoding="utf-8") as file:
+        return [json.loads(line) for line in file]
+
+
+def run_task(system: dict, evaluation_set: str, task: str, output_dir: str, args) -> list[dict]:
+    """Generate one system's replies for one task on one evaluation set (kept when already there)."""
+    if os.path.exists(os.path.join(output_dir, "metrics.json")):
+        return read_predictions(output_dir)
+    instructions = {"transcribe": REPEAT_INSTRUCTION, "continue": CONTINUATION_INSTRUCTION, "question": None}
+    evaluation_args = scoring.EvaluationArguments(
+        model_name_or_path=system["path"],
+        output_dir=output_dir,
+        input=system["input"],
+        task="answer" if task == "question" else task,
+        instruction=instructions[task],
+        instruction_column_name="question" if task == "question" else None,
+        reference_column_name="answer" if task == "question" else None,
+        asr_transcript_column_name="asr_transcript" if system["input"] == "cascade" else None,
+        prompt_layout="speech_first",
+        batch_size=args.batch_size,
+        max_new_tokens={"transcribe": 40, "question": 8, "continue": 40}[task],
+    )
+    scoring.evaluate(CorpusArguments(dataset_name=evaluation_set), evaluation_args)
+    return read_predictions(output_dir)
+
+
+def continuation_agreement(predictions: list[dict], references: list[dict]) -> float:
+    """BLEU of the continuations against the text-input model's continuations of the same rows."""
+    by_row = {record["row"]: record["prediction"] for record in references}
+    return scoring.score(
+        [record["prediction"] for record in predictions], [by_row[record["row"]] for record in predictions]
+    )["bleu"]
+
+
+def systems_to_score(args) -> dict[str, dict]:
+    """Short name -> path, input kind and the table's column title."""
+    systems = {"blsp": {"path": args.blsp, "input": "speech", "title": "BLSP (speech)"}}
+    if args.untrained:
+        systems["untrained"] = {"path": args.untrained, "input": "speech", "title": "untrained adapter"}
+    systems["text_input"] = {"path": args.llm, "input": "text", "title": "text input (upper bound)"}
+    systems["cascade"] = {"path": args.llm, "input": "cascade", "title": "cascade (whisper-tiny.en -> LLM)"}
+    return systems
+
+
+def task_scores(task: str, outputs: dict[str, list[dict]]) -> tuple[str, list[float]]:
+    """The task's metric name and each system's score."""
+    if task == "transcribe":
+        pairs = [([r["prediction"] for r in out], [r["reference"] for r in out]) for out in outputs.values()]
+        return "WER", [scoring.score(predictions, references)["wer"] for predictions, references in pairs]
+    if task == "question":
+        return f"answer in first {ANSWER_WORDS} words, %", [answer_accuracy(out)[0] for out in outputs.values()]
+    return "BLEU vs text input", [continuation_agreement(out, outputs["text_input"]) for out in outputs.values()]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--blsp", required=True, help="The trained BLSP checkpoint.")
+    parser.add_argument("--untrained", default=None, help="The same model with a freshly initialised adapter.")
+    parser.add_argument("--llm", default="converted/smollm2-135m-instruct", help="The LLM (text input, cascade).")
+    parser.add_argument("--asr", default="converted/whisper-tiny.en", help="The cascade's ASR model.")
+    parser.add_argument("--data_dir", default=os.path.join(ENGLISH_DIR, "data"))
+    parser.add_argument("--output_dir", default="runs/english/eval")
+    parser.add_argument("--splits", nargs="*", default=list(TEST_SPLITS))
+    parser.add_argument("--tasks", nargs="*", default=["transcribe", "question", "continue"])
+    parser.add_argument("--max_samples", type=int, default=None)
+    parser.add_argument("--batch_size", type=int, default=20)
+    args = parser.parse_args()
+    os.makedirs(args.output_dir, exist_ok=True)
+    asr = pipeline("automatic-speech-recognition", model=args.asr)
+    systems = systems_to_score(args)
+    titles = [system["title"] for system in systems.values()]
+    lines = ["| split | task (metric) | " + " | ".join(titles) + " |", "|" + "---|" * (len(systems) + 2)]
+    for split in args.splits:
+        evaluation_set = write_evaluation_set(args.data_dir, split, args.output_dir, asr, args.max_samples)
+        for task in args.tasks:
+            outputs = {
+                name: run_task(system, evaluation_set, task, os.path.join(args.output_dir, split, task, name), args)
+                for name, system in systems.items()
+            }
+            metric, cells = task_scores(task, outputs)
+            lines.append(f"| {split} | {task} ({metric}) | " + " | ".join(f"{cell:.1f}" for cell in cells) + " |")
+            print(lines[-1], flush=True)
+    table = "\n".join(lines)
+    with open(os.path.join(args.output_dir, "results.md"), "w", encoding="utf-8") as file:
+        file.write(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
