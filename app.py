@@ -2,6 +2,9 @@
 
     python app.py                                   # the miniature world's trained checkpoint, offline
     python app.py --model you/blsp-qwen2.5-7b       # any BLSP checkpoint: a local folder or a Hub id
+    python app.py --model english/models/blsp-whisper-tiny.en-smollm2-135m \
+        --speech_model_name_or_path converted/whisper-tiny.en --text_model_name_or_path converted/smollm2-135m-instruct
+                                                    # an adapter-only checkpoint, its bases from local copies
     BLSP_MODEL=you/blsp-qwen2.5-7b python app.py    # the same, from the environment (a Space's variables)
 
 Record from the microphone or upload a clip, write an instruction (one example per task is offered) and the answer is
@@ -36,6 +39,12 @@ class DemoArguments:
     model: str = field(
         default=os.environ.get("BLSP_MODEL", WORLD_MODEL),
         metadata={"help": "BLSP checkpoint: a local folder or a Hub id (default: $BLSP_MODEL, else the world's)."},
+    )
+    speech_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "An adapter-only checkpoint's Whisper base, when not the one it names."}
+    )
+    text_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "An adapter-only checkpoint's LLM base, when not the one it names."}
     )
     examples_dir: str = field(
         default=WORLD_CLIPS, metadata={"help": "An audiofolder (metadata.jsonl + clips) to pick example clips from."}
@@ -91,8 +100,9 @@ def shown_turn(message: dict) -> dict:
 class SpeechChat:
     """A BLSP model and processor answering conversations, streaming the answer."""
 
-    def __init__(self, model: str):
-        self.model = AutoModel.from_pretrained(model, trust_remote_code=True).eval()
+    def __init__(self, model: str, **bases):
+        """`bases`: `speech_model_name_or_path`/`text_model_name_or_path` for an adapter-only checkpoint's bases."""
+        self.model = AutoModel.from_pretrained(model, trust_remote_code=True, **bases).eval()
         self.processor = AutoProcessor.from_pretrained(model, trust_remote_code=True)
 
     def stream(self, conversation: list[dict], max_new_tokens: int, temperature: float):
@@ -169,7 +179,9 @@ def main():
         torch.set_num_threads(args.threads)
     if args.model == WORLD_MODEL and not os.path.isdir(WORLD_MODEL):
         raise SystemExit(f"{WORLD_MODEL} is missing (python -m world.build_demo makes it): pass --model or BLSP_MODEL.")
-    chat = SpeechChat(args.model)
+    bases = {"speech_model_name_or_path": args.speech_model_name_or_path}
+    bases["text_model_name_or_path"] = args.text_model_name_or_path
+    chat = SpeechChat(args.model, **{key: value for key, value in bases.items() if value})
     clips = example_clips(args.examples_dir, args.num_examples)
     demo = build_demo(chat, task_instructions(args.model), clips, f"BLSP speech chat ({os.path.basename(args.model)})")
     demo.queue().launch(

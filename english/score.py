@@ -95,7 +95,7 @@ def continuation_agreement(predictions: list[dict], references: list[dict]) -> f
 
 def systems_to_score(args) -> dict[str, dict]:
     """Short name -> path, input kind and the table's column title."""
-    systems = {"blsp": {"path": args.blsp, "input": "speech", "title": "BLSP (speech)"}}
+    systems = {"blsp": {"path": args.blsp, "input": "speech", "title": "BLSP (speech)"}} if args.blsp else {}
     if args.untrained:
         systems["untrained"] = {"path": args.untrained, "input": "speech", "title": "untrained adapter"}
     systems["text_input"] = {"path": args.llm, "input": "text", "title": "text input (upper bound)"}
@@ -115,7 +115,7 @@ def task_scores(task: str, outputs: dict[str, list[dict]]) -> tuple[str, list[fl
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--blsp", required=True, help="The trained BLSP checkpoint.")
+    parser.add_argument("--blsp", default=None, help="The trained BLSP checkpoint.")
     parser.add_argument("--untrained", default=None, help="The same model with a freshly initialised adapter.")
     parser.add_argument("--llm", default="converted/smollm2-135m-instruct", help="The LLM (text input, cascade).")
     parser.add_argument("--asr", default="converted/whisper-tiny.en", help="The cascade's ASR model.")

@@ -1,0 +1,78 @@
+"""Ship a trained English adapter: the adapter-only checkpoint in bfloat16, its processor, card and example clips.
+
+    python -m english.ship --checkpoint runs/english/blsp \
+        --output_dir english/models/blsp-whisper-tiny.en-smollm2-135m \
+        --speech_model_name_or_path converted/whisper-tiny.en --text_model_name_or_path converted/smollm2-135m-instruct
+
+`--checkpoint` is what `train_adapter.py configs/english/step2.yaml` saved (adapter-only, naming the Hub ids of its
+bases); the two `--*_name_or_path` flags point at local copies of those bases for loading here. The adapter's weights
+are stored in bfloat16 (half the size; the model computes in float32), next to the processor (tokenizer with the
+speech token, feature extractor, chat template), the model card and a few held-out clips for the demo and the tests.
+"""
+
+import argparse
+import json
+import os
+import shutil
+
+import torch
+from transformers import AutoProcessor
+
+from modeling_blsp import BlspForConditionalGeneration
+
+EXAMPLES_DIR = "examples"
+EXAMPLE_SPLITS = {"test_piper": 6, "test_heldout_voice": 3, "test_heldout_festival_voice": 3}
+"""Held-out clips shipped per split (Piper's neural voice first: the closest to a person here)."""
+
+
+def copy_examples(data_dir: str, output_dir: str) -> list[dict]:
+    """Copy the first clips of each held-out split into `output_dir/examples` with an audiofolder metadata.jsonl."""
+    destination = os.path.join(output_dir, EXAMPLES_DIR)
+    os.makedirs(destination, exist_ok=True)
+    rows = []
+    for split, count in EXAMPLE_SPLITS.items():
+        with open(os.path.join(data_dir, split, "metadata.jsonl"), encoding="utf-8") as file:
+            for line in list(file)[:count]:
+                row = json.loads(line)
+                name = f"{split}-{row['file_name']}"
+                shutil.copyfile(os.path.join(data_dir, split, row["file_name"]), os.path.join(destination, name))
+                rows.append({**row, "file_name": name, "split": split})
+    with open(os.path.join(destination, "metadata.jsonl"), "w", encoding="utf-8") as file:
+        file.writelines(json.dumps(row) + "\n" for row in rows)
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--speech_model_name_or_path", default=None)
+    parser.add_argument("--text_model_name_or_path", default=None)
+    parser.add_argument("--data_dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data"))
+    parser.add_argument("--card", default=None, help="A model card (README.md) to ship instead of the checkpoint's.")
+    args = parser.parse_args()
+    bases = {key: getattr(args, key) for key in ("speech_model_name_or_path", "text_model_name_or_path")}
+    model = BlspForConditionalGeneration.from_pretrained(
+        args.checkpoint, **{key: value for key, value in bases.items() if value}
+    )
+    if not model.config.adapter_only:
+        raise SystemExit(f"{args.checkpoint} is a full checkpoint: train with --save_adapter_only (step2.yaml does).")
+    with open(os.path.join(args.checkpoint, "config.json"), encoding="utf-8") as file:
+        saved = json.load(file)
+    model.config.speech_model_name_or_path = saved["speech_model_name_or_path"]
+    model.config.text_model_name_or_path = saved["text_model_name_or_path"]
+    model.adapter.to(torch.bfloat16)
+    shutil.rmtree(args.output_dir, ignore_errors=True)
+    model.save_pretrained(args.output_dir)
+    AutoProcessor.from_pretrained(args.checkpoint, trust_remote_code=True).save_pretrained(args.output_dir)
+    card = args.card or os.path.join(args.checkpoint, "README.md")
+    if os.path.exists(card):
+        shutil.copyfile(card, os.path.join(args.output_dir, "README.md"))
+    rows = copy_examples(args.data_dir, args.output_dir)
+    files = [os.path.join(root, name) for root, _, names in os.walk(args.output_dir) for name in names]
+    size = sum(os.path.getsize(path) for path in files)
+    print(f"{args.output_dir}: {size / 1e6:.1f} MB, {len(rows)} example clips")
+
+
+if __name__ == "__main__":
+    main()
