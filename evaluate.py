@@ -69,6 +69,12 @@ class EvaluationArguments:
         default=None, metadata={"help": "instruction_first or speech_first (default: the checkpoint's processor)."}
     )
     system_prompt: str | None = field(default=None, metadata={"help": "System message for chat LLMs."})
+    speech_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "An adapter-only checkpoint's Whisper base, when not the one it names."}
+    )
+    text_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "An adapter-only checkpoint's LLM base, when not the one it names."}
+    )
     batch_size: int = field(default=8)
     max_new_tokens: int = field(default=128)
     dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16 or float16."})
@@ -111,7 +117,10 @@ class Generator:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         is_blsp = AutoConfig.from_pretrained(args.model_name_or_path, trust_remote_code=True).model_type == "blsp"
         if is_blsp:
-            model = AutoModel.from_pretrained(args.model_name_or_path, trust_remote_code=True, dtype=dtype)
+            bases = {"speech_model_name_or_path": args.speech_model_name_or_path}
+            bases["text_model_name_or_path"] = args.text_model_name_or_path
+            bases = {key: value for key, value in bases.items() if value}
+            model = AutoModel.from_pretrained(args.model_name_or_path, trust_remote_code=True, dtype=dtype, **bases)
             self.processor = AutoProcessor.from_pretrained(args.model_name_or_path, trust_remote_code=True)
             self.tokenizer = self.processor.tokenizer
             self.model = (model if args.input == "speech" else model.language_model).to(device).eval()

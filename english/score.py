@@ -1,7 +1,6 @@
 """Score English BLSP systems zero-shot on the held-out sentences of `english.build_corpus`, one table.
 
-    python -m english.score --blsp runs/english/blsp [--untrained runs/english/untrained] \
-        [--output_dir runs/english/eval]
+    python -m english.score --blsp runs/english/blsp-full --untrained [--output_dir runs/english/eval]
 
 Systems: the trained BLSP model (speech in), the same model with an untrained adapter, the LLM reading the reference
 transcript (text input, the upper bound) and the cascade (whisper-tiny.en's transcript -> the LLM). Tasks, each with
@@ -18,12 +17,14 @@ import argparse
 import json
 import os
 
+import torch
 from transformers import pipeline
 
 import evaluate as scoring
 from data_blsp import CorpusArguments
 from english.build_corpus import TEST_SPLITS
-from processing_blsp import CONTINUATION_INSTRUCTION
+from modeling_blsp import BlspForConditionalGeneration
+from processing_blsp import CONTINUATION_INSTRUCTION, BlspProcessor
 
 ENGLISH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPEAT_INSTRUCTION = "Repeat the following text."
@@ -78,6 +79,8 @@ def run_task(system: dict, evaluation_set: str, task: str, output_dir: str, args
         reference_column_name="answer" if task == "question" else None,
         asr_transcript_column_name="asr_transcript" if system["input"] == "cascade" else None,
         prompt_layout="speech_first",
+        speech_model_name_or_path=args.asr,
+        text_model_name_or_path=args.llm,
         batch_size=args.batch_size,
         max_new_tokens={"transcribe": 40, "question": 8, "continue": 40}[task],
     )
@@ -93,11 +96,26 @@ def continuation_agreement(predictions: list[dict], references: list[dict]) -> f
     )["bleu"]
 
 
+def save_untrained(whisper: str, llm: str, output_dir: str) -> str:
+    """BLSP around the two bases with a freshly initialised adapter (seed 0, as step 2 starts), prompts speech first."""
+    destination = os.path.join(output_dir, "untrained")
+    if not os.path.exists(os.path.join(destination, "config.json")):
+        torch.manual_seed(0)
+        model = BlspForConditionalGeneration.from_speech_text_pretrained(whisper, llm)
+        processor = BlspProcessor.from_speech_text_pretrained(
+            whisper, llm, config=model.config, prompt_layout="speech_first"
+        )
+        model.save_pretrained(destination)
+        processor.save_pretrained(destination)
+    return destination
+
+
 def systems_to_score(args) -> dict[str, dict]:
     """Short name -> path, input kind and the table's column title."""
     systems = {"blsp": {"path": args.blsp, "input": "speech", "title": "BLSP (speech)"}} if args.blsp else {}
     if args.untrained:
-        systems["untrained"] = {"path": args.untrained, "input": "speech", "title": "untrained adapter"}
+        path = save_untrained(args.asr, args.llm, args.output_dir)
+        systems["untrained"] = {"path": path, "input": "speech", "title": "untrained adapter"}
     systems["text_input"] = {"path": args.llm, "input": "text", "title": "text input (upper bound)"}
     systems["cascade"] = {"path": args.llm, "input": "cascade", "title": "cascade (whisper-tiny.en -> LLM)"}
     return systems
@@ -116,9 +134,15 @@ def task_scores(task: str, outputs: dict[str, list[dict]]) -> tuple[str, list[fl
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--blsp", default=None, help="The trained BLSP checkpoint.")
-    parser.add_argument("--untrained", default=None, help="The same model with a freshly initialised adapter.")
-    parser.add_argument("--llm", default="converted/smollm2-135m-instruct", help="The LLM (text input, cascade).")
-    parser.add_argument("--asr", default="converted/whisper-tiny.en", help="The cascade's ASR model.")
+    parser.add_argument(
+        "--untrained", action="store_true", help="Also score the same model with a freshly initialised adapter."
+    )
+    parser.add_argument(
+        "--llm", default="converted/smollm2-135m-instruct", help="The LLM: text input, cascade, the adapters' base."
+    )
+    parser.add_argument(
+        "--asr", default="converted/whisper-tiny.en", help="The cascade's ASR model, and the adapters' Whisper base."
+    )
     parser.add_argument("--data_dir", default=os.path.join(ENGLISH_DIR, "data"))
     parser.add_argument("--output_dir", default="runs/english/eval")
     parser.add_argument("--splits", nargs="*", default=list(TEST_SPLITS))

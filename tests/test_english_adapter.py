@@ -1,0 +1,85 @@
+"""The shipped English adapter (english/models/): adapter-only, on the real whisper-tiny.en and SmolLM2-135M-Instruct.
+
+Loaded in a fresh process, from another directory, with the project not importable, through `AutoModel`,
+`AutoProcessor` and `pipeline`, its bases pointed at the converted checkpoints (`tests/real_weights.py`); it
+transcribes the held-out example clips shipped beside it.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jiwer
+import pytest
+from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+pytest_plugins = ["real_weights"]  # fixtures: real_whisper, real_llm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ADAPTER_DIR = os.path.join(ROOT, "english", "models", "blsp-whisper-tiny.en-smollm2-135m")
+INSTRUCTION = "Repeat the following text."
+MAX_WER = float(os.environ.get("BLSP_ENGLISH_MAX_WER", "0"))
+TRANSCRIBE = """
+import json, sys
+import soundfile
+from transformers import AutoModel, AutoProcessor, pipeline
+path, whisper, llm, instruction = sys.argv[1:5]
+bases = {"speech_model_name_or_path": whisper, "text_model_name_or_path": llm}
+model = AutoModel.from_pretrained(path, trust_remote_code=True, **bases)
+processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
+with open(f"{path}/examples/metadata.jsonl") as file:
+    rows = [json.loads(line) for line in file]
+clips = [soundfile.read(f"{path}/examples/{row['file_name']}", dtype="float32")[0] for row in rows]
+speech_llm = pipeline(model=path, trust_remote_code=True, model_kwargs=bases)
+answers = speech_llm(clips, instruction=instruction, max_new_tokens=40, batch_size=4)
+first = processor(text=processor.render_prompt(instruction), audio=clips[0])
+tokens = model.generate(**first, do_sample=False, max_new_tokens=40)[0, first["input_ids"].shape[1]:]
+print(json.dumps({
+    "model": type(model).__name__,
+    "adapter_only": model.config.adapter_only,
+    "texts": [row["text"] for row in rows],
+    "splits": [row["split"] for row in rows],
+    "answers": [answer["generated_text"] for answer in answers],
+    "first_generate": processor.decode(tokens, skip_special_tokens=True).strip(),
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def shipped_answers(real_whisper, real_llm, tmp_path_factory) -> dict:
+    if not os.path.isdir(ADAPTER_DIR):
+        pytest.fail(f"{ADAPTER_DIR} is missing: python -m english.ship makes it (english/README.md).")
+    workdir = tmp_path_factory.mktemp("elsewhere")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(workdir / "hf_home"))
+    completed = subprocess.run(
+        [sys.executable, "-c", TRANSCRIBE, ADAPTER_DIR, real_whisper, real_llm, INSTRUCTION],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def test_shipped_adapter_is_small_and_names_its_hub_bases():
+    with open(os.path.join(ADAPTER_DIR, "config.json")) as file:
+        config = json.load(file)
+    assert config["adapter_only"] is True
+    assert config["speech_model_name_or_path"] == "openai/whisper-tiny.en"
+    assert config["text_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    size = sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(ADAPTER_DIR) for name in names)
+    assert size < 30e6
+
+
+def test_shipped_adapter_transcribes_held_out_clips(shipped_answers):
+    assert shipped_answers["model"] == "BlspForConditionalGeneration" and shipped_answers["adapter_only"]
+    assert shipped_answers["answers"][0] == shipped_answers["first_generate"]
+    normalizer = EnglishTextNormalizer({})
+    references = [normalizer(text) for text in shipped_answers["texts"]]
+    hypotheses = [normalizer(answer) for answer in shipped_answers["answers"]]
+    wer = jiwer.wer(references, hypotheses)
+    assert wer <= MAX_WER, f"WER {wer:.3f} over {MAX_WER}: {list(zip(references, hypotheses))}"
