@@ -219,7 +219,9 @@ def convert(ctranslate2_dir: str, output_dir: str) -> str:
     variables = read_ctranslate2_variables(os.path.join(ctranslate2_dir, "model.bin"))
     with open(os.path.join(ctranslate2_dir, "config.json")) as file:
         ct2_config = json.load(file)
-    tokenizer = WhisperTokenizer(tokenizer_file=os.path.join(ctranslate2_dir, "tokenizer.json"))
+    tokenizer = WhisperTokenizer(
+        tokenizer_file=os.path.join(ctranslate2_dir, "tokenizer.json"), pad_token="<|endoftext|>"
+    )
     config = whisper_config(variables, tokenizer)
     model = WhisperForConditionalGeneration(config)
     model.load_state_dict(whisper_state_dict(variables), strict=True)
