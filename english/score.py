@@ -24,9 +24,10 @@ import evaluate as scoring
 from data_blsp import CorpusArguments
 from english.build_corpus import TEST_SPLITS
 from modeling_blsp import BlspForConditionalGeneration
-from processing_blsp import CONTINUATION_INSTRUCTION, BlspProcessor
+from processing_blsp import CONTINUATION_INSTRUCTION, BlspProcessor, load_audio
 
 ENGLISH_DIR = os.path.dirname(os.path.abspath(__file__))
+SAMPLING_RATE = 16000
 REPEAT_INSTRUCTION = "Repeat the following text."
 ANSWER_WORDS = 3
 """An answer counts when the expected word is among the reply's first words ("Dog." and "The dog." both count)."""
@@ -40,7 +41,8 @@ def write_evaluation_set(data_dir: str, split: str, output_dir: str, asr, max_sa
     with open(os.path.join(data_dir, split, "metadata.jsonl"), encoding="utf-8") as file:
         rows = [json.loads(line) for line in file][:max_samples]
     audio = [os.path.join(os.path.abspath(data_dir), split, row["file_name"]) for row in rows]
-    transcripts = [output["text"].strip() for output in asr(audio, batch_size=8)]
+    clips = [{"raw": load_audio(path, SAMPLING_RATE), "sampling_rate": SAMPLING_RATE} for path in audio]
+    transcripts = [output["text"].strip() for output in asr(clips, batch_size=8)]
     with open(path + ".tmp", "w", encoding="utf-8") as file:
         for row, clip, transcript in zip(rows, audio, transcripts):
             record = {key: row[key] for key in ("text", "question", "answer", "voice")}
