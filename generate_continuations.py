@@ -40,6 +40,8 @@ from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
 from data_blsp import (
     AUDIO,
+    CONTINUATION,
+    CONTINUATIONS_METADATA_FILE,
     ROW_ID,
     TEXT,
     CorpusArguments,
@@ -58,8 +60,6 @@ from processing_blsp import CONTINUATION_INSTRUCTION, PROMPT_LAYOUTS, render_pro
 
 logger = get_logger(__name__)
 
-CONTINUATION = "continuation"
-HUB_METADATA_FILE = "blsp_continuations.json"
 DATA_DIR = "data"
 
 
@@ -96,7 +96,11 @@ class ContinuationArguments:
         default="auto", metadata={"help": "LLM weights' dtype; `auto` is bfloat16 on GPU, float32 on CPU."}
     )
     length_grouping_rows: int = field(
-        default=4096, metadata={"help": "Rows read ahead and sorted by prompt length into batches."}
+        default=4096,
+        metadata={
+            "aliases": ["--duration_group_rows"],
+            "help": "Rows read ahead and sorted by prompt length into batches (alias --duration_group_rows).",
+        },
     )
     streaming: bool = field(
         default=False,
@@ -461,7 +465,7 @@ def push_dataset(output_dir: str, hub_dataset_id: str) -> None:
         repo_id=hub_dataset_id,
         repo_type="dataset",
         folder_path=output_dir,
-        allow_patterns=[f"{DATA_DIR}/*.parquet", HUB_METADATA_FILE, "rejects.jsonl"],
+        allow_patterns=[f"{DATA_DIR}/*.parquet", CONTINUATIONS_METADATA_FILE, "rejects.jsonl"],
         delete_patterns=[f"{DATA_DIR}/*.parquet"],
         commit_message="Continuations from generate_continuations.py",
     )
@@ -474,7 +478,7 @@ def write_results(corpus_args: CorpusArguments, args: ContinuationArguments, met
     rejects = first_by_row_id(read_parts(args.output_dir, "rejects"))
     corpus = open_corpus(corpus_args) if args.embed_audio else None
     write_shards(dataset, args.output_dir, args.rows_per_shard, corpus)
-    write_atomically(os.path.join(args.output_dir, HUB_METADATA_FILE), json.dumps(metadata, indent=2))
+    write_atomically(os.path.join(args.output_dir, CONTINUATIONS_METADATA_FILE), json.dumps(metadata, indent=2))
     rejects_text = "".join(json.dumps(reject) + "\n" for reject in rejects)
     write_atomically(os.path.join(args.output_dir, "rejects.jsonl"), rejects_text)
     if args.push_to_hub:

@@ -20,7 +20,7 @@ import os
 import torch
 from transformers import pipeline
 
-import evaluate as scoring
+import evaluate_blsp as scoring
 from data_blsp import CorpusArguments
 from english.build_corpus import TEST_SPLITS
 from modeling_blsp import BlspForConditionalGeneration

@@ -5,8 +5,8 @@
 Step 1 (`generate_continuations.py`) has the world's LLM continue every training transcript; step 2
 (`train_adapter.py`) trains an adapter on the continuation task only: by default BLSP's best recipe here (speech
 before the instruction, KL objective), with `--ablation` all four of both prompt layouts x both objectives.
-`evaluate.py` then scores every system on the held-out sentences, in seen voices, in the held-out espeak-ng voice and
-in the held-out festival voice, on all four tasks (continue, repeat = transcription, translate, answer), and one
+`evaluate_blsp.py` then scores every system on the held-out sentences, in seen voices, in the held-out espeak-ng voice
+and in the held-out festival voice, on all four tasks (continue, repeat = transcription, translate, answer), and one
 table is printed and written to `output_dir/results.md`. The run ends by loading the best checkpoint with
 `pipeline(..., trust_remote_code=True)` and answering one spoken question.
 """
@@ -19,7 +19,7 @@ import time
 import torch
 from transformers import pipeline
 
-import evaluate as scoring
+import evaluate_blsp as scoring
 import generate_continuations
 import train_adapter
 from data_blsp import CorpusArguments
