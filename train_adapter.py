@@ -20,7 +20,7 @@ Examples:
     python train_adapter.py --speech_encoder_name_or_path openai/whisper-small \
         --llm_name_or_path Qwen/Qwen2.5-7B-Instruct --dataset_name continuations/ \
         --output_dir blsp-qwen --loss ce --learning_rate 5e-5 --warmup_steps 1000 --bf16
-    accelerate launch train_adapter.py args.yaml   # the same arguments from a .json or .yaml file
+    accelerate launch train_adapter.py configs/train_adapter.yaml   # the arguments from a .json or .yaml file
 """
 
 import logging
@@ -270,6 +270,8 @@ class BlspTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        if not torch.accelerator.is_available():
+            self.dataloader_pin_memory = False  # pinning needs an accelerator: the DataLoader would only warn
         if self.remove_unused_columns:
             raise ValueError("train_adapter.py decodes audio in its collator: --remove_unused_columns must be False.")
 
