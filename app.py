@@ -1,4 +1,5 @@
-"""Talk to a BLSP model in the browser: a Gradio app, laid out as a Hugging Face Space (this file + requirements.txt).
+"""Talk to a BLSP model in the browser: a Gradio app, laid out as a Hugging Face Space (this file, `processing_blsp.py`
+and requirements.txt).
 
     python app.py                                   # the miniature world's trained checkpoint, offline
     python app.py --model you/blsp-qwen2.5-7b       # any BLSP checkpoint: a local folder or a Hub id
@@ -23,15 +24,11 @@ import gradio as gr
 import torch
 from transformers import AutoModel, AutoProcessor, HfArgumentParser, TextIteratorStreamer
 
+from processing_blsp import TASK_INSTRUCTIONS
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORLD_MODEL = os.path.join(HERE, "world", "models", "blsp")
 WORLD_CLIPS = os.path.join(HERE, "world", "data", "speech", "test_heldout_voice")
-TASK_INSTRUCTIONS = {  # the tasks of BLSP's paper, for checkpoints trained on real speech
-    "transcribe": "Please transcribe the following audio into English text.",
-    "translate": "Please translate the following audio into German text.",
-    "continue": "Continue the following text in a coherent and engaging style with less than 40 words.",
-    "answer": "Please answer the question in the audio.",
-}
 
 
 @dataclass
@@ -60,7 +57,8 @@ class DemoArguments:
 
 
 def task_instructions(model: str) -> dict[str, str]:
-    """Example instructions, one per task: the miniature world's for its checkpoint, BLSP's otherwise."""
+    """Example instructions, one per task: the miniature world's for its checkpoint, else the evaluation's
+    (`processing_blsp.TASK_INSTRUCTIONS`)."""
     if os.path.abspath(model) == WORLD_MODEL:
         sys.path.insert(0, HERE)
         from world.language import INSTRUCTIONS

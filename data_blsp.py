@@ -24,12 +24,15 @@ from datasets import (
     load_dataset,
     load_from_disk,
 )
-from huggingface_hub import HfApi
+from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError
 from transformers import HfArgumentParser
 
 from processing_blsp import AudioInputError, load_audio
 
-ROW_ID, AUDIO, TEXT = "row_id", "audio", "text"
+ROW_ID, AUDIO, TEXT, CONTINUATION = "row_id", "audio", "text", "continuation"
+CONTINUATIONS_METADATA_FILE = "blsp_continuations.json"
+"""Step 1's settings and source corpus, next to its parquet shards (in the output folder and the Hub repository)."""
 SAMPLING_RATE = 16000
 METADATA_FILES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
 FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -50,13 +53,21 @@ class CorpusArguments:
         }
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration."})
-    split: str = field(default="train", metadata={"help": "The split to read."})
+    split: str = field(
+        default="train", metadata={"aliases": ["--dataset_split"], "help": "The split to read (alias --dataset_split)."}
+    )
     audio_column_name: str = field(default="audio", metadata={"help": "The column holding the audio."})
     text_column_name: str = field(default="text", metadata={"help": "The column holding the transcript."})
     dataset_revision: str | None = field(
         default=None, metadata={"help": "The Hub dataset's revision (branch, tag or commit); default: its main."}
     )
-    max_samples: int | None = field(default=None, metadata={"help": "Read only the first N rows of the split."})
+    max_samples: int | None = field(
+        default=None,
+        metadata={
+            "aliases": ["--max_train_samples"],
+            "help": "Read only the first N rows of the split (alias --max_train_samples).",
+        },
+    )
     min_audio_seconds: float = field(default=0.1, metadata={"help": "Reject clips shorter than this."})
     silence_threshold: float = field(
         default=1e-4, metadata={"help": "Reject clips whose peak amplitude (full scale 1.0) stays below this."}
@@ -160,15 +171,13 @@ def load_split(args: CorpusArguments, columns: list[str], streaming: bool) -> Da
 def load_local(args: CorpusArguments, columns: list[str], streaming: bool = False) -> Dataset | IterableDataset:
     """A local corpus's split, reading only `columns` of parquet files (csv/jsonl/audiofolder audio paths are read,
     never opened)."""
-    path = args.dataset_name
-    if os.path.isfile(os.path.join(path, "state.json")) or os.path.isdir(path) and metadata_files(path, args.split):
+    storage = corpus_format(args)
+    if storage in ("save_to_disk", "audiofolder"):
         dataset = load_source(args)
         return dataset.to_iterable_dataset() if streaming else dataset
-    extension = os.path.splitext(path)[1].lower()
-    if os.path.isfile(path) and extension in FILE_BUILDERS:
-        builder = FILE_BUILDERS[extension]
-        projection = {"columns": columns} if builder == "parquet" else {}
-        return load_dataset(builder, data_files=path, split="train", streaming=streaming, **projection)
+    if storage in FILE_BUILDERS.values():
+        projection = {"columns": columns} if storage == "parquet" else {}
+        return load_dataset(storage, data_files=args.dataset_name, split="train", streaming=streaming, **projection)
     return load_split(args, columns, streaming)
 
 
@@ -189,19 +198,61 @@ def source_reference(args: CorpusArguments) -> dict:
     return reference
 
 
-def load_source(args: CorpusArguments) -> Dataset:
-    """The split named by `args`, from a local directory or file, or else from the Hub."""
+def corpus_format(args: CorpusArguments) -> str:
+    """How the corpus named by `args` is stored, the one place formats are told apart: "save_to_disk" (a
+    `save_to_disk` directory), "audiofolder" (a directory with metadata files), "csv", "json" or "parquet" (one local
+    file), else "load_dataset" (a Hub id, or a local directory of data files that `load_dataset` reads)."""
     path = args.dataset_name
     if os.path.isfile(os.path.join(path, "state.json")) or os.path.isfile(os.path.join(path, "dataset_dict.json")):
-        dataset = load_from_disk(path)
-        return dataset[args.split] if isinstance(dataset, DatasetDict) else dataset
+        return "save_to_disk"
     if os.path.isdir(path) and metadata_files(path, args.split):
-        return load_audiofolder(path, args.split)
+        return "audiofolder"
     extension = os.path.splitext(path)[1].lower()
     if os.path.isfile(path) and extension in FILE_BUILDERS:
-        dataset = load_dataset(FILE_BUILDERS[extension], data_files=path, split="train")
+        return FILE_BUILDERS[extension]
+    return "load_dataset"
+
+
+def load_source(args: CorpusArguments) -> Dataset:
+    """The split named by `args`, from a local directory or file, or else from the Hub."""
+    path, storage = args.dataset_name, corpus_format(args)
+    if storage == "save_to_disk":
+        dataset = load_from_disk(path)
+        return dataset[args.split] if isinstance(dataset, DatasetDict) else dataset
+    if storage == "audiofolder":
+        return load_audiofolder(path, args.split)
+    if storage in FILE_BUILDERS.values():
+        dataset = load_dataset(storage, data_files=path, split="train")
         return absolute_audio_paths(dataset, args.audio_column_name, os.path.dirname(os.path.abspath(path)))
     return load_dataset(path, args.dataset_config_name, split=args.split, revision=args.dataset_revision)
+
+
+def continuations_metadata(dataset: Dataset | None, name_or_path: str) -> dict:
+    """The settings step 1 recorded (prompt, source corpus): `CONTINUATIONS_METADATA_FILE` in the output folder or the
+    Hub repository, or the description of an older `save_to_disk` output."""
+    try:
+        local_file = os.path.join(name_or_path, CONTINUATIONS_METADATA_FILE)
+        if os.path.isfile(local_file):
+            with open(local_file, encoding="utf-8") as file:
+                metadata = json.load(file)
+        elif os.path.exists(name_or_path):
+            metadata = json.loads(dataset.info.description or "{}") if dataset is not None else {}
+        else:
+            with open(hf_hub_download(name_or_path, CONTINUATIONS_METADATA_FILE, repo_type="dataset")) as file:
+                metadata = json.load(file)
+    except (json.JSONDecodeError, EntryNotFoundError):
+        return {}
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def agreed_setting(name: str, override, metadatas: list[dict], default):
+    """The command-line value, else the one value the datasets recorded, else `default`; datasets must agree."""
+    if override is not None:
+        return override
+    recorded = {metadata[name] for metadata in metadatas if metadata.get(name) is not None}
+    if len(recorded) > 1:
+        raise ValueError(f"The datasets were made with different {name} values {sorted(recorded)}: give --{name}.")
+    return recorded.pop() if recorded else default
 
 
 def metadata_files(directory: str, split: str) -> list[str]:
@@ -248,6 +299,8 @@ def audio_source(audio: dict | None) -> str:
     """Where a clip comes from, for reject records: its path, or its size when it is embedded bytes."""
     if not audio:
         return "<no audio>"
+    if isinstance(audio, str):
+        return audio
     return audio.get("path") or f"<{len(audio.get('bytes') or b'')} bytes>"
 
 

@@ -35,11 +35,13 @@ from datasets.table import embed_table_storage
 from huggingface_hub import HfApi
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+from transformers import AutoTokenizer, set_seed
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
 from data_blsp import (
     AUDIO,
+    CONTINUATION,
+    CONTINUATIONS_METADATA_FILE,
     ROW_ID,
     TEXT,
     CorpusArguments,
@@ -54,12 +56,11 @@ from data_blsp import (
     source_reference,
     text_rejection,
 )
+from generation_blsp import build_generator
 from processing_blsp import CONTINUATION_INSTRUCTION, PROMPT_LAYOUTS, render_prompt
 
 logger = get_logger(__name__)
 
-CONTINUATION = "continuation"
-HUB_METADATA_FILE = "blsp_continuations.json"
 DATA_DIR = "data"
 
 
@@ -96,7 +97,11 @@ class ContinuationArguments:
         default="auto", metadata={"help": "LLM weights' dtype; `auto` is bfloat16 on GPU, float32 on CPU."}
     )
     length_grouping_rows: int = field(
-        default=4096, metadata={"help": "Rows read ahead and sorted by prompt length into batches."}
+        default=4096,
+        metadata={
+            "aliases": ["--duration_group_rows"],
+            "help": "Rows read ahead and sorted by prompt length into batches (alias --duration_group_rows).",
+        },
     )
     streaming: bool = field(
         default=False,
@@ -281,78 +286,6 @@ class AudioCheckedBatches(torch.utils.data.Dataset):
         return kept, rejects
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, name)
-
-
-def until_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
-    """Generated tokens up to and including the first EOS (what follows it is padding)."""
-    for index, token in enumerate(tokens):
-        if token in eos_ids:
-            return tokens[: index + 1]
-    return tokens
-
-
-class TransformersGenerator:
-    """`model.generate` on left-padded batches: the checkpoint's generation config, greedy unless `do_sample`."""
-
-    def __init__(self, args: ContinuationArguments, tokenizer, device: torch.device):
-        dtype = resolve_dtype(args.dtype, device)
-        self.model = AutoModelForCausalLM.from_pretrained(args.llm_name_or_path, dtype=dtype).to(device).eval()
-        self.tokenizer = tokenizer
-        sampling = {"temperature": args.temperature, "top_p": args.top_p} if args.do_sample else {}
-        self.generate_kwargs = {
-            "max_new_tokens": args.max_new_tokens,
-            "do_sample": args.do_sample,
-            "num_beams": 1,
-            "pad_token_id": tokenizer.pad_token_id,
-            **sampling,
-        }
-        eos = self.model.generation_config.eos_token_id
-        self.eos_ids = {tokenizer.eos_token_id} if eos is None else set(eos if isinstance(eos, list) else [eos])
-
-    def generate(self, prompts: list[list[int]]) -> list[list[int]]:
-        batch = self.tokenizer.pad({"input_ids": prompts}, return_tensors="pt").to(self.model.device)
-        output = self.model.generate(**batch, **self.generate_kwargs)
-        new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
-        return [until_eos(tokens, self.eos_ids) for tokens in new_tokens]
-
-
-class VllmGenerator:
-    """vLLM's continuous batching, in one process (imported only when chosen).
-
-    Only `max_new_tokens`, `temperature` and `top_p` are set: other defaults of the checkpoint's generation config
-    (e.g. a repetition penalty) are not applied, unlike with `model.generate`.
-    """
-
-    def __init__(self, args: ContinuationArguments, tokenizer, device: torch.device):
-        from vllm import LLM, SamplingParams
-
-        dtype = str(resolve_dtype(args.dtype, device)).removeprefix("torch.")
-        self.llm = LLM(model=args.llm_name_or_path, dtype=dtype, seed=args.seed)
-        self.sampling_params = SamplingParams(
-            max_tokens=args.max_new_tokens,
-            temperature=args.temperature if args.do_sample else 0.0,
-            top_p=args.top_p if args.do_sample else 1.0,
-        )
-        self.eos_ids = {tokenizer.eos_token_id}
-
-    def generate(self, prompts: list[list[int]]) -> list[list[int]]:
-        requests = [{"prompt_token_ids": input_ids} for input_ids in prompts]
-        outputs = self.llm.generate(requests, self.sampling_params, use_tqdm=False)
-        return [until_eos(list(output.outputs[0].token_ids), self.eos_ids) for output in outputs]
-
-
-def build_generator(args: ContinuationArguments, tokenizer, state: PartialState):
-    if args.backend == "vllm":
-        if state.num_processes > 1:
-            raise ValueError("--backend vllm batches on its own: run it as one process, without accelerate launch.")
-        return VllmGenerator(args, tokenizer, state.device)
-    return TransformersGenerator(args, tokenizer, state.device)
-
-
 def continuation_records(rows: list[dict], outputs: list[list[int]], tokenizer) -> list[dict]:
     """One part record per generated row: its id, the transcript as prompted and the decoded continuation."""
     return [
@@ -383,7 +316,8 @@ def generate_rows(
     continuations = JsonlLog(part_path(args.output_dir, "continuations", state.process_index))
     rejects = JsonlLog(part_path(args.output_dir, "rejects", state.process_index))
     generator = None
-    progress = tqdm(unit="row", desc="Generating", disable=not show_progress)
+    total = None if isinstance(rows, IterableDataset) else sum(row_id not in done for row_id in rows[ROW_ID])
+    progress = tqdm(total=total, unit="row", desc="Generating", disable=not show_progress)  # a total gives time left
     generated_rows = generated_tokens = 0
     start = time.perf_counter()
     todo = (row for row in rows if row[ROW_ID] not in done)
@@ -461,7 +395,7 @@ def push_dataset(output_dir: str, hub_dataset_id: str) -> None:
         repo_id=hub_dataset_id,
         repo_type="dataset",
         folder_path=output_dir,
-        allow_patterns=[f"{DATA_DIR}/*.parquet", HUB_METADATA_FILE, "rejects.jsonl"],
+        allow_patterns=[f"{DATA_DIR}/*.parquet", CONTINUATIONS_METADATA_FILE, "rejects.jsonl"],
         delete_patterns=[f"{DATA_DIR}/*.parquet"],
         commit_message="Continuations from generate_continuations.py",
     )
@@ -474,7 +408,7 @@ def write_results(corpus_args: CorpusArguments, args: ContinuationArguments, met
     rejects = first_by_row_id(read_parts(args.output_dir, "rejects"))
     corpus = open_corpus(corpus_args) if args.embed_audio else None
     write_shards(dataset, args.output_dir, args.rows_per_shard, corpus)
-    write_atomically(os.path.join(args.output_dir, HUB_METADATA_FILE), json.dumps(metadata, indent=2))
+    write_atomically(os.path.join(args.output_dir, CONTINUATIONS_METADATA_FILE), json.dumps(metadata, indent=2))
     rejects_text = "".join(json.dumps(reject) + "\n" for reject in rejects)
     write_atomically(os.path.join(args.output_dir, "rejects.jsonl"), rejects_text)
     if args.push_to_hub:

@@ -3,15 +3,12 @@ hyper-parameters, eval loss and usage, with Hub metadata."""
 
 import os
 import re
-from typing import TYPE_CHECKING
 
 from huggingface_hub import ModelCard, ModelCardData
 from transformers import Trainer
 
-if TYPE_CHECKING:
-    from train_adapter import DataArguments, ModelArguments
+from training_blsp import LORA_ADAPTER_DIR, objective_description, objective_settings
 
-LORA_ADAPTER_DIR = "llm_lora"
 HUB_ID_PATTERN = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 
@@ -20,7 +17,7 @@ def hub_ids(names: list[str]) -> list[str]:
     return [name for name in names if not os.path.exists(name) and HUB_ID_PATTERN.match(name)]
 
 
-def hyperparameters(trainer: Trainer, model_args: "ModelArguments", trainable_parameters: int) -> dict:
+def hyperparameters(trainer: Trainer, model_args, trainable_parameters: int) -> dict:
     args = trainer.args
     values = {
         "loss": args.loss,
@@ -41,10 +38,7 @@ def hyperparameters(trainer: Trainer, model_args: "ModelArguments", trainable_pa
         "trainable_parameters": trainable_parameters,
         "train_speech_encoder": model_args.train_speech_encoder,
     }
-    if "kl" in args.loss_terms:
-        values["kl_temperature"] = args.kl_temperature
-    if args.loss == "ce+kl":
-        values.update(ce_weight=args.ce_weight, kl_weight=args.kl_weight)
+    values.update(objective_settings(args))
     if model_args.lora_r:
         values.update(
             lora_r=model_args.lora_r,
@@ -54,15 +48,6 @@ def hyperparameters(trainer: Trainer, model_args: "ModelArguments", trainable_pa
             lora_save=model_args.lora_save,
         )
     return values
-
-
-OBJECTIVES = {
-    "ce": "cross-entropy on the continuation and EOS, given the speech (the BLSP paper)",
-    "kl": "KL divergence (temperature {T}) between the LLM's next-token distributions on the response given the "
-    "speech and given the transcript, the frozen LLM as teacher (BLSP-KD)",
-    "ce+kl": "{ce} x cross-entropy on the continuation + {kl} x KL divergence (temperature {T}) to the frozen LLM "
-    "given the transcript",
-}
 
 
 def usage_snippet(repo: str, instruction: str, lora_adapter: bool) -> str:
@@ -88,8 +73,8 @@ def usage_snippet(repo: str, instruction: str, lora_adapter: bool) -> str:
 
 
 def build_model_card(
-    model_args: "ModelArguments",
-    data_args: "DataArguments",
+    model_args,
+    data_args,
     instructions: list[str],
     trainable_parameters: int,
     trainer: Trainer,
@@ -108,7 +93,7 @@ def build_model_card(
         )
     datasets_used = data_args.dataset_name + (data_args.eval_dataset_name or [])
     eval_losses = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
-    objective = OBJECTIVES[args.loss].format(T=args.kl_temperature, ce=args.ce_weight, kl=args.kl_weight)
+    objective = objective_description(args)
     table = "\n".join(
         f"| {name} | {value} |" for name, value in hyperparameters(trainer, model_args, trainable_parameters).items()
     )

@@ -386,6 +386,16 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
             **kwargs,
         )
 
+    def prepare_inputs_for_generation(
+        self, *args, input_features=None, input_features_mask=None, is_first_iteration=False, **kwargs
+    ):
+        """Speech is encoded only at prefill: later steps read it from the cache, so they get no `input_features`
+        (as Voxtral and AudioFlamingo3 do; without a cache every step reads the whole prompt, speech included)."""
+        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        if input_features is not None and (is_first_iteration or not kwargs.get("use_cache", True)):
+            model_inputs.update(input_features=input_features, input_features_mask=input_features_mask)
+        return model_inputs
+
     def window_order_by_row(self, input_ids: torch.Tensor, input_features_mask: torch.Tensor) -> list[list[int]]:
         """Indices of the speech windows that belong to each row of `input_ids`, in order."""
         window_tokens = self.speech_frame_count(input_features_mask.sum(-1)).cumsum(0)

@@ -19,9 +19,19 @@ import pyarrow.parquet as pq
 import soundfile
 from datasets import Audio, Features, IterableDataset, Value, interleave_datasets, load_dataset, load_dataset_builder
 
-from data_blsp import AUDIO, ROW_ID, TEXT, CorpusArguments, is_local, load_local, load_split, metadata_files
+from data_blsp import (
+    AUDIO,
+    CONTINUATION,
+    ROW_ID,
+    TEXT,
+    CorpusArguments,
+    corpus_format,
+    is_local,
+    load_local,
+    load_split,
+)
 
-CONTINUATION, INSTRUCTION, CORPUS, SECONDS = "continuation", "instruction", "corpus", "seconds"
+INSTRUCTION, CORPUS, SECONDS = "instruction", "corpus", "seconds"
 # Audio as its `{"bytes", "path"}` storage: `datasets.Audio` would need torchcodec to encode rows of a generator.
 AUDIO_STORAGE = {"bytes": Value("binary"), "path": Value("string")}
 STREAM_FEATURES = Features(
@@ -85,10 +95,10 @@ def label_row(row: dict, labels: dict) -> dict:
 def parquet_files(source: CorpusArguments) -> list[str] | None:
     """The source split's data files when they are parquet (a local file, a directory of shards or a Hub dataset),
     else None."""
-    path = source.dataset_name
-    if is_local(source) and os.path.isfile(path):
-        return [path] if path.lower().endswith(".parquet") else None
-    if is_local(source) and (os.path.isfile(os.path.join(path, "state.json")) or metadata_files(path, source.split)):
+    path, storage = source.dataset_name, corpus_format(source)
+    if storage == "parquet":
+        return [path]
+    if storage != "load_dataset" or os.path.isfile(path):
         return None
     builder = load_dataset_builder(path, source.dataset_config_name, revision=source.dataset_revision)
     files = (builder.config.data_files or {}).get(source.split)

@@ -12,21 +12,20 @@ Objectives (`--loss`):
 - `ce+kl`: `--ce_weight` * ce + `--kl_weight` * kl.
 
 Only the adapter trains by default; `--train_speech_encoder` adds the Whisper encoder, `--lora_r` LoRA on the LLM.
+This script holds the arguments, the datasets' preparation and `main`; the objectives, collator, sampler, trainer and
+model set-up are in `training_blsp.py`, the model card in `model_card_blsp.py`.
 
 Examples:
 
     python train_adapter.py --speech_encoder_name_or_path openai/whisper-small \
         --llm_name_or_path Qwen/Qwen2.5-7B-Instruct --dataset_name continuations/ \
         --output_dir blsp-qwen --loss ce --learning_rate 5e-5 --warmup_steps 1000 --bf16
-    accelerate launch train_adapter.py args.yaml   # the same arguments from a .json or .yaml file
+    accelerate launch train_adapter.py configs/train_adapter.yaml   # the arguments from a .json or .yaml file
 """
 
-import json
 import logging
 import math
-import os
 import sys
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -34,36 +33,43 @@ import datasets
 import torch
 import transformers
 from datasets import Audio, concatenate_datasets
-from huggingface_hub import hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError
-from peft import LoraConfig, get_peft_model
-from torch import nn
-from transformers import PreTrainedConfig, Trainer, TrainingArguments, set_seed
-from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+from transformers import TrainingArguments, set_seed
 
 from data_blsp import (
+    AUDIO,
+    CONTINUATION,
+    TEXT,
     CorpusArguments,
-    JsonlLog,
-    audio_source,
+    agreed_setting,
+    continuations_metadata,
     join_audio,
     load_source,
     parse_script_arguments,
-    reject_record,
 )
 from engines_blsp import check_one_training, check_requested_engine, unsharded_model
-from generate_continuations import HUB_METADATA_FILE
-from model_card_blsp import LORA_ADAPTER_DIR, build_model_card
-from modeling_blsp import BlspForConditionalGeneration
-from processing_blsp import CONTINUATION_INSTRUCTION, IGNORE_INDEX, PROMPT_LAYOUTS, AudioInputError, BlspProcessor
+from model_card_blsp import build_model_card
+from processing_blsp import CONTINUATION_INSTRUCTION, PROMPT_LAYOUTS
 from streaming_blsp import clip_seconds, stream_continuations, training_stream
+from training_blsp import (
+    LORA_ADAPTER_DIR,
+    LORA_SAVE_MODES,
+    LOSSES,
+    BlspTrainer,
+    SpeechPromptCollator,
+    adapter_only_bases,
+    add_lora,
+    audio_rejects_path,
+    check_columns,
+    finalize_lora,
+    keep_trainable_in_float32,
+    load_model_and_processor,
+    needs_teacher,
+    select_trainable_parameters,
+    trained_rows_path,
+    uses_lora,
+)
 
 logger = logging.getLogger(__name__)
-
-LOSSES = ("ce", "kl", "ce+kl")
-LORA_SAVE_MODES = ("merged", "adapter")
-TEACHER_PREFIX = "teacher_"
-SKIPPED_ROWS_KEY = "num_skipped_rows"
-ROW_IDS_KEY = "row_ids"
 
 
 @dataclass
@@ -111,6 +117,7 @@ class ModelArguments:
             "choices": list(LORA_SAVE_MODES),
         },
     )
+
     save_adapter_only: bool = field(
         default=False,
         metadata={
@@ -156,7 +163,10 @@ class DataArguments:
             "(--dataset_name_or_path is an alias).",
         }
     )
-    dataset_split: str = field(default="train", metadata={"help": "Split to read from each training dataset."})
+    dataset_split: str = field(
+        default="train",
+        metadata={"aliases": ["--split"], "help": "Split to read from each training dataset (alias --split)."},
+    )
     eval_dataset_name: list[str] | None = field(
         default=None,
         metadata={
@@ -179,7 +189,10 @@ class DataArguments:
     system_prompt: str | None = field(
         default=None, metadata={"help": "System prompt for chat LLMs; default: the datasets' recorded one."}
     )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (debugging)."})
+    max_train_samples: int | None = field(
+        default=None,
+        metadata={"aliases": ["--max_samples"], "help": "Truncate the training set (debugging; alias --max_samples)."},
+    )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation set."})
     preprocessing_num_workers: int | None = field(
         default=None, metadata={"help": "Processes for reading audio durations."}
@@ -193,7 +206,11 @@ class DataArguments:
     )
     shuffle_buffer_size: int = field(default=1000, metadata={"help": "With --streaming: rows shuffled at a time."})
     duration_group_rows: int = field(
-        default=256, metadata={"help": "With --streaming: rows of the buffer sorted by duration together."}
+        default=256,
+        metadata={
+            "aliases": ["--length_grouping_rows"],
+            "help": "With --streaming: rows of the buffer sorted by duration together (alias --length_grouping_rows).",
+        },
     )
     max_audio_seconds: float | None = field(
         default=None, metadata={"help": "With --streaming: leave out clips longer than this."}
@@ -253,6 +270,8 @@ class BlspTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        if not torch.accelerator.is_available():
+            self.dataloader_pin_memory = False  # pinning needs an accelerator: the DataLoader would only warn
         if self.remove_unused_columns:
             raise ValueError("train_adapter.py decodes audio in its collator: --remove_unused_columns must be False.")
 
@@ -263,50 +282,6 @@ class BlspTrainingArguments(TrainingArguments):
 
 
 # ----------------------------------------------------------------------------------------------------- data
-
-
-def required_columns(loss_terms: set[str]) -> list[str]:
-    """Columns the objective needs: the continuation only for cross-entropy."""
-    return ["audio", "text", "continuation"] if "ce" in loss_terms else ["audio", "text"]
-
-
-def check_columns(dataset: datasets.Dataset, name: str, loss_terms: set[str]):
-    """Fail with a clear message when a dataset lacks the columns of the objective."""
-    missing = [column for column in required_columns(loss_terms) if column not in dataset.column_names]
-    if missing:
-        raise ValueError(
-            f"Dataset {name!r} has columns {dataset.column_names} but lacks {missing}: train_adapter.py needs "
-            f"{required_columns(loss_terms)} for --loss {'+'.join(sorted(loss_terms))} (datasets made by "
-            "generate_continuations.py have them; --loss kl needs no continuation)."
-        )
-
-
-def prompt_metadata(dataset: datasets.Dataset | None, name_or_path: str) -> dict:
-    """The settings generate_continuations.py recorded (prompt, source corpus): `blsp_continuations.json` in the
-    output folder or the Hub repository, or the description of an older `save_to_disk` output."""
-    try:
-        local_file = os.path.join(name_or_path, HUB_METADATA_FILE)
-        if os.path.isfile(local_file):
-            with open(local_file, encoding="utf-8") as file:
-                metadata = json.load(file)
-        elif os.path.exists(name_or_path):
-            metadata = json.loads(dataset.info.description or "{}") if dataset is not None else {}
-        else:
-            with open(hf_hub_download(name_or_path, HUB_METADATA_FILE, repo_type="dataset")) as file:
-                metadata = json.load(file)
-    except (json.JSONDecodeError, EntryNotFoundError):
-        return {}
-    return metadata if isinstance(metadata, dict) else {}
-
-
-def agreed_setting(name: str, override, metadatas: list[dict], default):
-    """The command-line value, else the one value the datasets recorded, else `default`; datasets must agree."""
-    if override is not None:
-        return override
-    recorded = {metadata[name] for metadata in metadatas if metadata.get(name) is not None}
-    if len(recorded) > 1:
-        raise ValueError(f"The datasets were made with different {name} values {sorted(recorded)}: give --{name}.")
-    return recorded.pop() if recorded else default
 
 
 def dataset_instruction(data_args: DataArguments, metadata: dict) -> str:
@@ -330,12 +305,12 @@ def prepare_dataset(
     parts, metadatas = [], []
     for name in names:
         dataset = load_source(CorpusArguments(dataset_name=name, split=split))
-        metadata = prompt_metadata(dataset, name)
+        metadata = continuations_metadata(dataset, name)
         if "audio" not in dataset.column_names and "source" in metadata:  # step 1 kept no copy of the audio
             dataset = join_audio(dataset, metadata["source"])
-        check_columns(dataset, name, loss_terms)
+        check_columns(dataset.column_names, name, loss_terms)
         instruction = dataset_instruction(data_args, metadata)
-        wanted = ("audio", "text", "continuation", data_args.duration_column_name)
+        wanted = (AUDIO, TEXT, CONTINUATION, data_args.duration_column_name)
         keep = [column for column in wanted if column in dataset.column_names]
         dataset = dataset.select_columns(keep).cast_column("audio", Audio(decode=False))
         parts.append(dataset.add_column("instruction", [instruction] * len(dataset)))
@@ -374,279 +349,6 @@ def truncate(dataset: datasets.Dataset | None, max_samples: int | None) -> datas
     return dataset.select(range(min(max_samples, len(dataset))))
 
 
-@dataclass
-class SpeechPromptCollator:
-    """Decodes each row's audio (soundfile + soxr) and builds the model inputs.
-
-    Student: the prompt with the speech in place of the transcript, then the response (continuation, else transcript)
-    and EOS as labels. Teacher (KL only, keys prefixed `teacher_`): the same prompt with the transcript, same response.
-    Rows whose audio cannot be decoded are skipped, logged and counted under `num_skipped_rows`.
-    """
-
-    processor: BlspProcessor
-    with_teacher: bool
-    rejects_path: str | None = None
-
-    def readable_rows(self, rows: list[dict]) -> tuple[list[dict], list]:
-        """The rows whose audio decodes to a usable clip, and those clips."""
-        kept, clips = [], []
-        min_samples = self.processor.feature_extractor.hop_length
-        for row in rows:
-            try:
-                clip = self.processor.load_audio(row["audio"])
-                if len(clip) < min_samples:
-                    raise AudioInputError(f"Bad audio {row['audio'].get('path')!r}: only {len(clip)} samples.")
-            except AudioInputError as error:
-                logger.warning("Skipping a row: %s", error)
-                self.record_reject(row, error)
-                continue
-            kept.append(row)
-            clips.append(clip)
-        return kept, clips
-
-    def record_reject(self, row: dict, error: AudioInputError):
-        """Append the skipped row (row id when streamed, audio source, reason) to `rejects_path`, if set."""
-        if self.rejects_path is not None:
-            record = reject_record(row.get("row_id", -1), audio_source(row["audio"]), ("unusable_audio", str(error)))
-            with open(self.rejects_path, "a", encoding="utf-8") as file:  # rare: one short line, opened each time
-                file.write(json.dumps(record) + "\n")
-
-    def __call__(self, rows: list[dict]) -> dict:
-        kept, clips = self.readable_rows(rows)
-        batch = {SKIPPED_ROWS_KEY: torch.tensor(len(rows) - len(kept))}
-        if not kept:
-            return batch
-        if "row_id" in kept[0]:  # streamed rows: (corpus, row id) of each, for --log_trained_rows
-            batch[ROW_IDS_KEY] = torch.tensor([[row["corpus"], row["row_id"]] for row in kept])
-        responses = [row.get("continuation") or row["text"] for row in kept]
-        student = self.processor(
-            text=[self.processor.render_prompt(row["instruction"]) for row in kept],
-            audio=clips,
-            text_target=responses,
-        )
-        batch.update(student)
-        if self.with_teacher:
-            teacher = self.processor(
-                text=[self.processor.render_prompt(row["instruction"], row["text"]) for row in kept],
-                text_target=responses,
-            )
-            batch.update({TEACHER_PREFIX + key: value for key, value in teacher.items()})
-        return batch
-
-
-# ----------------------------------------------------------------------------------------------------- model
-
-
-def check_model_type(name_or_path: str, expected: str, hint: str):
-    """Fail with a clear message when a checkpoint is not of the `expected` model type."""
-    config_dict, _ = PreTrainedConfig.get_config_dict(name_or_path)
-    model_type = config_dict.get("model_type")
-    if model_type != expected:
-        raise ValueError(f"{name_or_path!r} is a {model_type!r} checkpoint, not a {expected!r} one. {hint}")
-
-
-def load_model_and_processor(model_args: ModelArguments, prompt_layout, system_prompt):
-    """A new BLSP model (Whisper + LLM, new adapter) or an existing checkpoint, with its processor."""
-    if model_args.model_name_or_path is not None:
-        path = model_args.model_name_or_path
-        check_model_type(
-            path, "blsp", "Pass --speech_encoder_name_or_path and --llm_name_or_path to build a new BLSP model."
-        )
-        model = BlspForConditionalGeneration.from_pretrained(path, dtype=model_args.dtype)
-        # The checkpoint's processor config names this repository's own class: no remote code runs.
-        processor = BlspProcessor.from_pretrained(path, trust_remote_code=True)
-        if model_args.encoder_padding is not None:
-            model.config.encoder_padding = model_args.encoder_padding
-    else:
-        speech, text = model_args.speech_encoder_name_or_path, model_args.llm_name_or_path
-        check_model_type(speech, "whisper", "--speech_encoder_name_or_path must be a Whisper checkpoint.")
-        model = BlspForConditionalGeneration.from_speech_text_pretrained(
-            speech, text, dtype=model_args.dtype, encoder_padding=model_args.encoder_padding or "longest"
-        )
-        processor = BlspProcessor.from_speech_text_pretrained(speech, text, config=model.config)
-    processor.prompt_layout = prompt_layout or processor.prompt_layout
-    processor.system_prompt = system_prompt if system_prompt is not None else processor.system_prompt
-    return model, processor
-
-
-def adapter_only_bases(model_args: ModelArguments, config) -> tuple[str, str]:
-    """The (Whisper, LLM) names an adapter-only checkpoint records: the --*_hub_id flags, else the bases used."""
-    speech = model_args.speech_encoder_hub_id or model_args.speech_encoder_name_or_path
-    text = model_args.llm_hub_id or model_args.llm_name_or_path
-    speech, text = speech or config.speech_model_name_or_path, text or config.text_model_name_or_path
-    if not (speech and text):
-        raise ValueError(
-            f"{model_args.model_name_or_path!r} does not name its bases: give --speech_encoder_hub_id "
-            "and --llm_hub_id for --save_adapter_only."
-        )
-    return speech, text
-
-
-def select_trainable_parameters(model: BlspForConditionalGeneration, train_speech_encoder: bool):
-    """Freeze everything but the adapter (and the encoder when asked; its positional table stays frozen)."""
-    model.requires_grad_(False)
-    model.adapter.requires_grad_(True)
-    if train_speech_encoder:
-        model.speech_encoder.requires_grad_(True)
-        model.speech_encoder.embed_positions.requires_grad_(False)
-
-
-def add_lora(model: BlspForConditionalGeneration, model_args: ModelArguments):
-    """Wrap the LLM in a peft LoRA model; the teacher of the KL objective runs with LoRA disabled."""
-    config = LoraConfig(
-        r=model_args.lora_r,
-        lora_alpha=model_args.lora_alpha,
-        lora_dropout=model_args.lora_dropout,
-        target_modules=model_args.lora_target_modules[0]
-        if model_args.lora_target_modules == ["all-linear"]
-        else model_args.lora_target_modules,
-        task_type="CAUSAL_LM",
-    )
-    model.language_model = get_peft_model(model.language_model, config)
-
-
-def keep_trainable_in_float32(model: nn.Module):
-    """Trainable parameters in float32 (the master weights of mixed precision); frozen ones keep their dtype."""
-    for parameter in model.parameters():
-        if parameter.requires_grad:
-            parameter.data = parameter.data.float()
-
-
-def uses_lora(model: BlspForConditionalGeneration) -> bool:
-    return hasattr(model.language_model, "peft_config")
-
-
-def finalize_lora(model: BlspForConditionalGeneration, mode: str, output_dir: str, is_main_process: bool = True):
-    """Turn the peft-wrapped LLM back into a plain one: LoRA merged in, or saved aside (by the main process) and
-    removed."""
-    if mode == "adapter":
-        path = os.path.join(output_dir, LORA_ADAPTER_DIR)
-        model.language_model.save_pretrained(path, is_main_process=is_main_process)
-        model.language_model = model.language_model.unload()
-    else:
-        model.language_model = model.language_model.merge_and_unload()
-
-
-# ----------------------------------------------------------------------------------------------------- loss
-
-
-def response_window(labels: torch.Tensor) -> int:
-    """Trailing positions whose logits predict response tokens (left padding puts every response last), plus one."""
-    first_learned = int((labels != IGNORE_INDEX).any(0).nonzero()[0])
-    return labels.shape[1] - first_learned + 1
-
-
-def response_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(tokens, vocab) logits at the positions predicting each response token, in reading order."""
-    return logits[:, :-1][labels[:, 1:] != IGNORE_INDEX]
-
-
-def kl_divergence_sum(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Sum over positions of KL(teacher || student) of the temperature-softened distributions, times T^2."""
-    student = nn.functional.log_softmax(student_logits.float() / temperature, dim=-1)
-    teacher = nn.functional.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    return nn.functional.kl_div(student, teacher, log_target=True, reduction="sum") * temperature**2
-
-
-class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
-    """Batches of similar length in an order drawn from (seed, epoch) alone.
-
-    The stock sampler draws from the global RNG, so a run resumed mid-epoch would replay another order.
-    """
-
-    def __init__(self, batch_size: int, lengths: list[int], seed: int):
-        super().__init__(batch_size, lengths=lengths)
-        self.seed, self.epoch = seed, 0
-
-    def set_epoch(self, epoch: int):
-        self.epoch = epoch
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
-
-
-class BlspTrainer(Trainer):
-    """A `Trainer` with the BLSP objectives, logits only on response positions, and skipped-row counting."""
-
-    def __init__(self, *args, model_card_builder=None, trained_rows_log: str | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.model_card_builder = model_card_builder
-        self.skipped_audio_rows = 0
-        self.trained_rows = JsonlLog(trained_rows_log) if trained_rows_log else None
-        # The loss is normalized by `num_items_in_batch` (the whole accumulated batch's response tokens).
-        self.loss_is_scaled_for_ga = True
-
-    def _get_train_sampler(self, train_dataset=None):
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
-        if (
-            self.args.train_sampling_strategy != "group_by_length"
-            or self.args.length_column_name not in dataset.column_names
-        ):
-            return super()._get_train_sampler(train_dataset)
-        return EpochSeededLengthGroupedSampler(
-            self.args.train_batch_size * self.args.gradient_accumulation_steps,
-            lengths=list(dataset[self.args.length_column_name]),
-            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
-        )
-
-    def model_outputs(self, model, inputs: dict, labels: torch.Tensor, num_items_in_batch=None):
-        """Forward with labels, computing logits only on the trailing window that holds the response positions."""
-        window = response_window(labels)
-        loss_kwargs = {} if num_items_in_batch is None else {"num_items_in_batch": num_items_in_batch}
-        return model(**inputs, labels=labels[:, -window:], logits_to_keep=window, **loss_kwargs), labels[:, -window:]
-
-    def teacher_logits(self, model, teacher_inputs: dict) -> torch.Tensor:
-        """The frozen LLM (no adapter: the prompt holds no speech; LoRA disabled) on the transcript prompt."""
-        labels = teacher_inputs.pop("labels")
-        blsp = self.accelerator.unwrap_model(model)
-        lora_off = blsp.language_model.disable_adapter() if uses_lora(blsp) else nullcontext()
-        with torch.no_grad(), lora_off:
-            outputs, labels = self.model_outputs(model, teacher_inputs, labels)
-        return response_logits(outputs.logits, labels)
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        inputs = dict(inputs)
-        self.skipped_audio_rows += int(inputs.pop(SKIPPED_ROWS_KEY, 0))
-        row_ids = inputs.pop(ROW_IDS_KEY, None)
-        if self.trained_rows is not None and row_ids is not None and model.training:
-            self.trained_rows.append([{"step": self.state.global_step + 1, "rows": row_ids.tolist()}])
-        if "input_ids" not in inputs:  # every row of the batch was unreadable
-            loss = sum(parameter.sum() for parameter in model.parameters() if parameter.requires_grad) * 0.0
-            return (loss, None) if return_outputs else loss
-        teacher_inputs = {
-            key[len(TEACHER_PREFIX) :]: inputs.pop(key) for key in list(inputs) if key.startswith(TEACHER_PREFIX)
-        }
-        terms = self.args.loss_terms
-        teacher = self.teacher_logits(model, teacher_inputs) if "kl" in terms else None
-        outputs, labels = self.model_outputs(model, inputs, inputs.pop("labels"), num_items_in_batch)
-        loss = self.args.ce_weight * outputs.loss if "ce" in terms else 0.0
-        if "kl" in terms:
-            student = response_logits(outputs.logits, labels)
-            tokens = num_items_in_batch if num_items_in_batch is not None else student.shape[0]
-            loss = loss + self.args.kl_weight * kl_divergence_sum(student, teacher, self.args.kl_temperature) / tokens
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            loss = loss * self.accelerator.num_processes  # the token count was summed over processes
-        return (loss, outputs) if return_outputs else loss
-
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        inputs.pop(ROW_IDS_KEY, None)
-        if "input_ids" not in inputs:  # every row of the batch was unreadable
-            self.skipped_audio_rows += int(inputs[SKIPPED_ROWS_KEY])
-            return None, None, None
-        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
-
-    def log(self, logs: dict[str, float], start_time: float | None = None):
-        if self.skipped_audio_rows:
-            logs["skipped_audio_rows"] = self.skipped_audio_rows
-        super().log(logs, start_time)
-
-    def create_model_card(self, **kwargs):
-        """Write BLSP's own model card (Trainer.push_to_hub calls this before uploading)."""
-        if self.is_world_process_zero() and self.model_card_builder is not None:
-            self.model_card_builder(self).save(os.path.join(self.args.output_dir, "README.md"))
-
-
 # ----------------------------------------------------------------------------------------------------- main
 
 
@@ -671,7 +373,7 @@ def stream_datasets(data_args: DataArguments, training_args: BlspTrainingArgumen
     """The training rows as one stream (see streaming_blsp) and the datasets' prompt metadata."""
     streams, metadatas = [], []
     for index, name in enumerate(data_args.dataset_name):
-        metadata = prompt_metadata(None, name)
+        metadata = continuations_metadata(None, name)
         instruction = dataset_instruction(data_args, metadata)
         streams.append(
             stream_continuations(
@@ -721,17 +423,6 @@ def load_datasets(data_args: DataArguments, training_args: BlspTrainingArguments
     return train_dataset, truncate(eval_dataset, data_args.max_eval_samples), metadatas
 
 
-def audio_rejects_path(training_args: TrainingArguments) -> str:
-    """This process's record of the rows skipped for unusable audio (created on the first one)."""
-    os.makedirs(training_args.output_dir, exist_ok=True)
-    return os.path.join(training_args.output_dir, f"audio_rejects-{training_args.process_index:05d}.jsonl")
-
-
-def trained_rows_path(training_args: TrainingArguments) -> str:
-    """This process's log of trained (corpus, row_id) pairs, one line per micro-batch with its optimizer step."""
-    return os.path.join(training_args.output_dir, f"trained_rows-{training_args.process_index:05d}.jsonl")
-
-
 def main(args: list[str] | None = None):
     model_args, data_args, training_args = parse_arguments(args)
     check_one_training(training_args)
@@ -759,7 +450,9 @@ def main(args: list[str] | None = None):
         model=model,
         args=training_args,
         data_collator=SpeechPromptCollator(
-            processor, with_teacher="kl" in training_args.loss_terms, rejects_path=audio_rejects_path(training_args)
+            processor,
+            with_teacher=needs_teacher(training_args.loss_terms),
+            rejects_path=audio_rejects_path(training_args),
         ),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,

@@ -34,7 +34,8 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 
 import generate_continuations  # noqa: E402
 from data_blsp import open_transcripts  # noqa: E402
-from generate_continuations import build_prompts, length_grouped_batches, load_tokenizer, resolve_dtype, until_eos  # noqa: E402
+from generate_continuations import build_prompts, length_grouped_batches, load_tokenizer  # noqa: E402
+from generation_blsp import resolve_dtype, until_eos  # noqa: E402
 
 
 def parse_arguments() -> argparse.Namespace:

@@ -40,6 +40,7 @@ from speech import SENTENCES  # noqa: E402
 from tiny_models import build_tokenizer  # noqa: E402
 
 import train_adapter  # noqa: E402
+import training_blsp  # noqa: E402
 from configuration_blsp import BlspConfig  # noqa: E402
 from modeling_blsp import BlspForConditionalGeneration  # noqa: E402
 from processing_blsp import BlspProcessor, add_speech_token  # noqa: E402
@@ -58,7 +59,7 @@ QWEN25_05B = dict(
 )
 
 
-class PublishedRecipeCollator(train_adapter.SpeechPromptCollator):
+class PublishedRecipeCollator(training_blsp.SpeechPromptCollator):
     """The original recipe's inputs: each clip zero-padded to 30 s; no bookkeeping key for the stock `Trainer`."""
 
     def readable_rows(self, rows: list[dict]) -> tuple[list[dict], list]:
@@ -68,7 +69,7 @@ class PublishedRecipeCollator(train_adapter.SpeechPromptCollator):
 
     def __call__(self, rows: list[dict]) -> dict:
         batch = super().__call__(rows)
-        batch.pop(train_adapter.SKIPPED_ROWS_KEY)
+        batch.pop(training_blsp.SKIPPED_ROWS_KEY)
         return batch
 
 
@@ -82,8 +83,8 @@ RUNS = {
     "ours": {
         "encoder_padding": "longest",
         "sorted": True,
-        "trainer": train_adapter.BlspTrainer,
-        "collator": train_adapter.SpeechPromptCollator,
+        "trainer": training_blsp.BlspTrainer,
+        "collator": training_blsp.SpeechPromptCollator,
     },
 }
 
@@ -131,7 +132,7 @@ def build_model_and_processor(encoder_padding: str, llm_layers: int):
     config.speech_token_id = add_speech_token(tokenizer, config.speech_token)
     torch.manual_seed(0)
     model = BlspForConditionalGeneration(config)
-    train_adapter.select_trainable_parameters(model, train_speech_encoder=False)
+    training_blsp.select_trainable_parameters(model, train_speech_encoder=False)
     processor = BlspProcessor(
         WhisperFeatureExtractor(feature_size=80), tokenizer, speech_downsampling=config.speech_downsampling
     )

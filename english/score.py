@@ -20,7 +20,7 @@ import os
 import torch
 from transformers import pipeline
 
-import evaluate as scoring
+import evaluate_blsp as scoring
 from data_blsp import CorpusArguments
 from english.build_corpus import TEST_SPLITS
 from modeling_blsp import BlspForConditionalGeneration
@@ -92,9 +92,9 @@ def run_task(system: dict, evaluation_set: str, task: str, output_dir: str, args
 
 def continuation_agreement(predictions: list[dict], references: list[dict]) -> float:
     """BLEU of the continuations against the text-input model's continuations of the same rows."""
-    by_row = {record["row"]: record["prediction"] for record in references}
+    by_row = {record["row_id"]: record["prediction"] for record in references}
     return scoring.score(
-        [record["prediction"] for record in predictions], [by_row[record["row"]] for record in predictions]
+        [record["prediction"] for record in predictions], [by_row[record["row_id"]] for record in predictions]
     )["bleu"]
 
 

@@ -16,6 +16,7 @@ from datasets import Audio, Dataset, load_dataset
 from launching import two_process_launch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import data_blsp
 import generate_continuations
 from data_blsp import join_audio, text_rejection
 from processing_blsp import CONTINUATION_INSTRUCTION, load_audio, render_prompt
@@ -37,7 +38,7 @@ def saved_rows(output_dir: str) -> list[dict]:
 
 
 def saved_settings(output_dir: str) -> dict:
-    with open(os.path.join(output_dir, generate_continuations.HUB_METADATA_FILE)) as file:
+    with open(os.path.join(output_dir, data_blsp.CONTINUATIONS_METADATA_FILE)) as file:
         return json.load(file)
 
 

@@ -55,6 +55,31 @@ def test_generate_is_padding_invariant(qwen2, clips):
         assert batched[row].tolist() == alone.tolist()
 
 
+def test_speech_is_encoded_only_at_prefill(qwen2, clips, monkeypatch):
+    model, processor = qwen2
+    inputs = processor(text=processor.render_prompt("Transcribe."), audio=clips[0])
+    encoded = []
+    monkeypatch.setattr(model, "get_speech_features", counted(model.get_speech_features, encoded))
+    cached = model.generate(**inputs, do_sample=False, max_new_tokens=5)
+    assert len(encoded) == 1  # one encoder call for five generated tokens
+    uncached = model.generate(**inputs, do_sample=False, max_new_tokens=5, use_cache=False)
+    assert len(encoded) == 1 + 5  # without a cache every step reads the whole prompt, speech included
+    assert cached.tolist() == uncached.tolist()
+    speech = {key: inputs[key] for key in ("input_features", "input_features_mask", "attention_mask")}
+    later_step = model.prepare_inputs_for_generation(
+        inputs["input_ids"][:, -1:], **speech, use_cache=True, is_first_iteration=False
+    )
+    assert "input_features" not in later_step and "input_features_mask" not in later_step
+
+
+def counted(function, calls: list):
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
 def test_beam_search_keeps_each_rows_speech_windows(qwen2, clips):
     model, processor = qwen2
     seconds = np.arange(20 * RATE) / RATE

@@ -13,7 +13,7 @@ from launching import two_process_launch
 from safetensors.torch import load_file
 
 import train_adapter
-from generate_continuations import HUB_METADATA_FILE
+from data_blsp import CONTINUATIONS_METADATA_FILE
 from modeling_blsp import BlspForConditionalGeneration
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -285,7 +285,7 @@ def test_hub_dataset_in_and_push_to_hub_then_load_in_fresh_process(
     continuation_rows(speech_corpus, True).push_to_hub(dataset_id)
     HfApi().upload_file(
         path_or_fileobj=json.dumps(METADATA).encode(),
-        path_in_repo=HUB_METADATA_FILE,
+        path_in_repo=CONTINUATIONS_METADATA_FILE,
         repo_id=dataset_id,
         repo_type="dataset",
     )

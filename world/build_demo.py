@@ -1,6 +1,7 @@
 """Train the demo checkpoint that `app.py` serves by default and record it in `world/demo_manifest.json`.
 
     python -m world.build_demo [--work_dir runs/demo] [--threads 1]
+    python -m world.build_demo --refresh_code   # only copy the four Hub code files anew (after editing them)
 
 Runs BLSP on the miniature world as `python -m world.run` does, with its recipe and settings (speech before the
 instruction, the KL objective, 3,000 steps): step 1
@@ -26,6 +27,8 @@ DEMO_DIR = os.path.join(build_world.WORLD_DIR, "models", "blsp")
 DEMO_MANIFEST = os.path.join(build_world.WORLD_DIR, "demo_manifest.json")
 LAYOUT, LOSS = run.RECIPE
 SHIPPED_SUFFIXES = (".json", ".jinja", ".safetensors", ".py")
+HUB_CODE_FILES = ("configuration_blsp.py", "modeling_blsp.py", "processing_blsp.py", "pipeline_blsp.py")
+"""The model code `save_pretrained` writes next to the weights: the shipped copies must equal the top-level files."""
 TRAINING_LOGS = ("all_results.json", "train_results.json", "trainer_state.json")
 
 
@@ -47,6 +50,22 @@ def copy_checkpoint(trained_dir: str, destination: str) -> None:
         if os.path.isfile(path) and name.endswith(SHIPPED_SUFFIXES) and name not in TRAINING_LOGS:
             shutil.copy(path, os.path.join(destination, name))
     without_checkout_paths(destination)
+
+
+def refresh_code(manifest_path: str = DEMO_MANIFEST) -> None:
+    """Copy the top-level Hub code files into the demo checkpoint and record their new sizes and hashes."""
+    for name in HUB_CODE_FILES:
+        shutil.copy(os.path.join(REPOSITORY, name), os.path.join(DEMO_DIR, name))
+    with open(manifest_path, encoding="utf-8") as file:
+        manifest = json.load(file)
+    manifest["files"] = build_world.file_records(DEMO_DIR)
+    write_manifest(manifest, manifest_path)
+
+
+def write_manifest(manifest: dict, path: str = DEMO_MANIFEST) -> None:
+    with open(path, "w") as file:
+        json.dump(manifest, file, indent=2)
+        file.write("\n")
 
 
 def build_demo(args) -> dict:
@@ -74,10 +93,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work_dir", default="runs/demo", help="Where steps 1 and 2 write their outputs.")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch (at most the free cores).")
-    manifest = build_demo(parser.parse_args())
-    with open(DEMO_MANIFEST, "w") as file:
-        json.dump(manifest, file, indent=2)
-        file.write("\n")
+    parser.add_argument("--refresh_code", action="store_true", help="Only copy the Hub code files anew (no training).")
+    args = parser.parse_args()
+    if args.refresh_code:
+        refresh_code()
+        return
+    manifest = build_demo(args)
+    write_manifest(manifest)
     print(json.dumps({key: manifest[key] for key in ("files", "build_seconds")}, indent=2))
 
 

@@ -5,8 +5,8 @@
 Step 1 (`generate_continuations.py`) has the world's LLM continue every training transcript; step 2
 (`train_adapter.py`) trains an adapter on the continuation task only: by default BLSP's best recipe here (speech
 before the instruction, KL objective), with `--ablation` all four of both prompt layouts x both objectives.
-`evaluate.py` then scores every system on the held-out sentences, in seen voices, in the held-out espeak-ng voice and
-in the held-out festival voice, on all four tasks (continue, repeat = transcription, translate, answer), and one
+`evaluate_blsp.py` then scores every system on the held-out sentences, in seen voices, in the held-out espeak-ng voice
+and in the held-out festival voice, on all four tasks (continue, repeat = transcription, translate, answer), and one
 table is printed and written to `output_dir/results.md`. The run ends by loading the best checkpoint with
 `pipeline(..., trust_remote_code=True)` and answering one spoken question.
 """
@@ -17,9 +17,10 @@ import os
 import time
 
 import torch
+import yaml
 from transformers import pipeline
 
-import evaluate as scoring
+import evaluate_blsp as scoring
 import generate_continuations
 import train_adapter
 from data_blsp import CorpusArguments
@@ -30,13 +31,35 @@ from world.build_speech import TEST_SPLITS
 from world.cascade import LLM_DIR, SPEECH_MODEL_DIR, transcribe
 
 WORLD_DIR = os.path.dirname(os.path.abspath(__file__))
+REPOSITORY = os.path.dirname(WORLD_DIR)
+STEP1_RECIPE = os.path.join(REPOSITORY, "configs", "world_continuations.yaml")
+STEP2_RECIPE = os.path.join(REPOSITORY, "configs", "world_adapter.yaml")
+PATH_SETTINGS = ("dataset_name", "llm_name_or_path", "speech_encoder_name_or_path")
 SPEECH_DIR = os.path.join(WORLD_DIR, "data", "speech")
 LAYOUTS = ("instruction_first", "speech_first")
 LOSSES = ("ce", "kl")
 RECIPE = ("speech_first", "kl")
 """The (prompt layout, objective) that the main command trains; `--ablation` trains every pair."""
-TRAINING = {"max_steps": 3000, "batch_size": 16, "learning_rate": 1e-3}
-"""Step 2's default settings."""
+
+
+def read_recipe(path: str) -> dict:
+    """A recipe file's settings, its paths made absolute (they are written relative to the repository)."""
+    with open(path, encoding="utf-8") as file:
+        settings = yaml.safe_load(file)
+    return {key: os.path.join(REPOSITORY, value) if key in PATH_SETTINGS else value for key, value in settings.items()}
+
+
+def as_flags(settings: dict) -> list[str]:
+    return [item for key, value in settings.items() for item in (f"--{key}", str(value))]
+
+
+_STEP2 = read_recipe(STEP2_RECIPE)
+TRAINING = {
+    "max_steps": _STEP2["max_steps"],
+    "batch_size": _STEP2["per_device_train_batch_size"],
+    "learning_rate": _STEP2["learning_rate"],
+}
+"""Step 2's default settings (from its recipe file), which `--max_steps`, `--batch_size` and `--learning_rate` set."""
 TASK_METRICS = {"continue": "exact_match", "repeat": "wer", "translate": "bleu", "answer": "exact_match"}
 EVALUATE_TASKS = {"continue": "continue", "repeat": "transcribe", "translate": "translate", "answer": "answer"}
 
@@ -64,10 +87,10 @@ def write_evaluation_set(split: str, output_dir: str, max_samples: int | None) -
 def generate_step1(output_dir: str, layout: str, max_samples: int | None) -> str:
     """Continuations of the training transcripts by the world's LLM, prompted in `layout`."""
     destination = os.path.join(output_dir, f"continuations-{layout}")
-    flags = ["--dataset_name", os.path.join(SPEECH_DIR, "train"), "--llm_name_or_path", LLM_DIR]
-    flags += ["--output_dir", destination, "--prompt_layout", layout, "--max_new_tokens", "24", "--batch_size", "64"]
+    settings = {**read_recipe(STEP1_RECIPE), "output_dir": destination, "prompt_layout": layout}
     if max_samples:
-        flags += ["--max_samples", str(max_samples)]
+        settings["max_samples"] = max_samples
+    flags = as_flags(settings)
     generate_continuations.main(flags)
     return destination
 
@@ -75,13 +98,10 @@ def generate_step1(output_dir: str, layout: str, max_samples: int | None) -> str
 def train_step2(output_dir: str, continuations: str, layout: str, loss: str, args) -> str:
     """An adapter trained on continuations only, with `loss`."""
     destination = os.path.join(output_dir, f"blsp-{layout}-{loss}")
-    flags = ["--speech_encoder_name_or_path", SPEECH_MODEL_DIR, "--llm_name_or_path", LLM_DIR]
-    flags += ["--dataset_name_or_path", continuations, "--output_dir", destination, "--loss", loss]
-    flags += ["--max_steps", str(args.max_steps), "--per_device_train_batch_size", str(args.batch_size)]
-    flags += ["--learning_rate", str(args.learning_rate), "--warmup_steps", str(args.max_steps // 10)]
-    flags += ["--lr_scheduler_type", "cosine", "--weight_decay", "0.05", "--max_grad_norm", "1.0"]
-    flags += ["--logging_steps", "50", "--save_strategy", "no", "--report_to", "none", "--seed", "0"]
-    flags += ["--dataloader_num_workers", "0", "--disable_tqdm", "true"]
+    settings = {**read_recipe(STEP2_RECIPE), "dataset_name": continuations, "output_dir": destination, "loss": loss}
+    settings.update(max_steps=args.max_steps, per_device_train_batch_size=args.batch_size)
+    settings.update(learning_rate=args.learning_rate, warmup_steps=args.max_steps // 10)
+    flags = as_flags(settings)
     train_adapter.main(flags)
     return destination
 

@@ -38,6 +38,13 @@ class BlspConfig(PreTrainedConfig):
         encoder_padding (`"longest"` or `"max_length"`, defaults to `"longest"`):
             `"longest"` runs the encoder on the batch's longest clip with padded frames masked;
             `"max_length"` runs it on full 30 s windows, as the original BLSP did (same outputs, more compute).
+        speech_model_name_or_path (`str`, *optional*), text_model_name_or_path (`str`, *optional*):
+            The pretrained Whisper and LLM this model was built from (Hub ids or paths), as
+            `from_speech_text_pretrained` records them.
+        adapter_only (`bool`, defaults to `False`):
+            The checkpoint's weights hold only what BLSP trained (the adapter); `from_pretrained` loads the frozen
+            bases from `speech_model_name_or_path` and `text_model_name_or_path`, which a load can point elsewhere
+            (e.g. at local copies): `from_pretrained(path, speech_model_name_or_path=..., text_model_name_or_path=...)`.
 
     Example:
 
@@ -67,11 +74,19 @@ class BlspConfig(PreTrainedConfig):
     speech_token_id: int | None = None
     encoder_padding: Literal["longest", "max_length"] = "longest"
     tie_word_embeddings: bool = False
+    speech_model_name_or_path: str | None = None
+    text_model_name_or_path: str | None = None
+    adapter_only: bool = False
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         if self.encoder_padding not in ("longest", "max_length"):
             raise ValueError(f"encoder_padding must be 'longest' or 'max_length', got {self.encoder_padding!r}.")
+        if self.adapter_only and not (self.speech_model_name_or_path and self.text_model_name_or_path):
+            raise ValueError(
+                "An adapter-only BLSP config must name its frozen bases: set speech_model_name_or_path and "
+                "text_model_name_or_path (Hub ids or local paths)."
+            )
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
             self.tie_word_embeddings = True
 

@@ -1,23 +1,63 @@
 """BLSP model: Whisper encoder -> modality adapter -> speech embeddings spliced into a causal LLM's input."""
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    GenerationMixin,
+    PreTrainedModel,
+)
 from transformers import initialization as init
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
+from transformers.utils import SAFE_WEIGHTS_NAME, cached_file
 
 try:
     from .configuration_blsp import BlspConfig
     from .pipeline_blsp import BlspPipeline
-    from .processing_blsp import IGNORE_INDEX, add_speech_token
+    from .processing_blsp import HUB_KWARGS, IGNORE_INDEX, add_speech_token
 except ImportError:  # imported as a top-level module by this repository's scripts
     from configuration_blsp import BlspConfig
     from pipeline_blsp import BlspPipeline
-    from processing_blsp import IGNORE_INDEX, add_speech_token
+    from processing_blsp import HUB_KWARGS, IGNORE_INDEX, add_speech_token
 
 PIPELINE_TASK = "blsp-speech-to-text"
+BASE_MODULES = ("speech_encoder.", "language_model.")
+"""Parameter prefixes of the frozen bases, which an adapter-only checkpoint does not store."""
+BASE_SHAPE_FIELDS = {
+    "speech_config": ("model_type", "d_model", "encoder_layers", "num_mel_bins"),
+    "text_config": ("model_type", "hidden_size", "num_hidden_layers", "vocab_size"),
+}
+"""Config fields that a base loaded for an adapter-only checkpoint must share with the config saved beside it."""
+
+
+def load_bases(
+    speech_name_or_path: str, text_name_or_path: str, dtype=None, speech_kwargs=None, text_kwargs=None
+) -> tuple[WhisperEncoder, PreTrainedModel]:
+    """The encoder of a pretrained Whisper and a pretrained causal LM (no remote code: both are transformers')."""
+    speech_model = AutoModel.from_pretrained(speech_name_or_path, dtype=dtype, **(speech_kwargs or {}))
+    language_model = AutoModelForCausalLM.from_pretrained(text_name_or_path, dtype=dtype, **(text_kwargs or {}))
+    return speech_model.get_encoder(), language_model
+
+
+def check_base_shapes(config: BlspConfig, speech_encoder: WhisperEncoder, language_model: PreTrainedModel):
+    """Fail, naming the base, when a loaded base is not the model the adapter-only checkpoint was trained on."""
+    bases = {"speech_config": speech_encoder.config, "text_config": language_model.config}
+    names = {"speech_config": config.speech_model_name_or_path, "text_config": config.text_model_name_or_path}
+    for key, fields in BASE_SHAPE_FIELDS.items():
+        expected, loaded = getattr(config, key), bases[key]
+        differ = [f"{name} {getattr(loaded, name)} != {getattr(expected, name)}" for name in fields
+                  if getattr(loaded, name) != getattr(expected, name)]  # fmt: skip
+        if differ:
+            raise ValueError(
+                f"{names[key]!r} is not the base this adapter was trained on ({', '.join(differ)}): point "
+                f"{key.replace('_config', '')}_model_name_or_path at the checkpoint its config names."
+            )
 
 
 def lengths_after_conv(lengths: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
@@ -164,26 +204,83 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
 
         Example: `from_speech_text_pretrained("openai/whisper-small", "Qwen/Qwen2.5-7B-Instruct")`.
         """
-        speech_model = AutoModel.from_pretrained(
-            speech_pretrained_model_name_or_path, dtype=dtype, **(speech_kwargs or {})
-        )
-        speech_encoder = speech_model.get_encoder()
-        language_model = AutoModelForCausalLM.from_pretrained(
-            text_pretrained_model_name_or_path, dtype=dtype, **(text_kwargs or {})
+        speech_encoder, language_model = load_bases(
+            speech_pretrained_model_name_or_path, text_pretrained_model_name_or_path, dtype, speech_kwargs, text_kwargs
         )
         tokenizer = AutoTokenizer.from_pretrained(text_pretrained_model_name_or_path)
-        attn_implementation = {
-            "speech_config": speech_encoder.config._attn_implementation,
-            "text_config": language_model.config._attn_implementation,
-        }
-        config = BlspConfig(speech_config=speech_encoder.config, text_config=language_model.config, **config_kwargs)
+        config = BlspConfig(
+            speech_config=speech_encoder.config,
+            text_config=language_model.config,
+            speech_model_name_or_path=speech_pretrained_model_name_or_path,
+            text_model_name_or_path=text_pretrained_model_name_or_path,
+            **config_kwargs,
+        )
         config.speech_token_id = add_speech_token(tokenizer, config.speech_token)
-        model = cls(config, speech_encoder=speech_encoder, language_model=language_model)
-        model.set_attn_implementation(attn_implementation)
+        model = cls.around_bases(config, speech_encoder, language_model)
         model.generation_config = language_model.generation_config
         model.speech_encoder.requires_grad_(not freeze_speech_encoder)
         model.language_model.requires_grad_(not freeze_language_model)
         return model
+
+    @classmethod
+    def around_bases(
+        cls, config: BlspConfig, speech_encoder: WhisperEncoder, language_model: PreTrainedModel
+    ) -> "BlspForConditionalGeneration":
+        """The model around loaded bases (a new adapter), keeping each base's attention implementation."""
+        attn_implementation = {
+            "speech_config": speech_encoder.config._attn_implementation,
+            "text_config": language_model.config._attn_implementation,
+        }
+        model = cls(config, speech_encoder=speech_encoder, language_model=language_model)
+        model.set_attn_implementation(attn_implementation)
+        return model
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
+        """Load a checkpoint; an adapter-only one (`config.adapter_only`) loads its frozen bases by name first.
+
+        Config fields given as kwargs override the saved ones, so `speech_model_name_or_path=` and
+        `text_model_name_or_path=` point an adapter-only checkpoint's bases at other copies (e.g. local ones).
+        """
+        hub_kwargs = {key: kwargs[key] for key in (*HUB_KWARGS, "subfolder") if key in kwargs}
+        if config is None:
+            config, kwargs = cls.config_class.from_pretrained(
+                pretrained_model_name_or_path, return_unused_kwargs=True, **kwargs
+            )
+        if not config.adapter_only:
+            return super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, config=config, **{**kwargs, **hub_kwargs}
+            )
+        return cls.from_adapter_only(pretrained_model_name_or_path, config, hub_kwargs, kwargs.get("dtype"))
+
+    @classmethod
+    def from_adapter_only(cls, path: str, config: BlspConfig, hub_kwargs: dict, dtype=None):
+        """The bases loaded from the ids the config names, the trained weights from the checkpoint at `path`."""
+        try:
+            speech_encoder, language_model = load_bases(
+                config.speech_model_name_or_path, config.text_model_name_or_path, dtype
+            )
+        except OSError as error:
+            raise OSError(
+                f"{path!r} holds only BLSP's trained weights; its frozen bases {config.speech_model_name_or_path!r} "
+                f"and {config.text_model_name_or_path!r} could not be loaded ({error}). Point "
+                "from_pretrained(..., speech_model_name_or_path=..., text_model_name_or_path=...) at copies of them."
+            ) from error
+        check_base_shapes(config, speech_encoder, language_model)
+        model = cls.around_bases(config, speech_encoder, language_model)
+        state = load_file(cached_file(path, SAFE_WEIGHTS_NAME, **hub_kwargs))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [key for key in missing if not key.startswith(BASE_MODULES)]
+        if missing or unexpected:
+            raise ValueError(
+                f"{path!r} is not an adapter-only BLSP checkpoint of this model: missing {missing}, unexpected "
+                f"{unexpected}."
+            )
+        try:
+            model.generation_config = GenerationConfig.from_pretrained(path, **hub_kwargs)
+        except OSError:
+            model.generation_config = language_model.generation_config
+        return model.eval()
 
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
@@ -289,6 +386,16 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
             **kwargs,
         )
 
+    def prepare_inputs_for_generation(
+        self, *args, input_features=None, input_features_mask=None, is_first_iteration=False, **kwargs
+    ):
+        """Speech is encoded only at prefill: later steps read it from the cache, so they get no `input_features`
+        (as Voxtral and AudioFlamingo3 do; without a cache every step reads the whole prompt, speech included)."""
+        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        if input_features is not None and (is_first_iteration or not kwargs.get("use_cache", True)):
+            model_inputs.update(input_features=input_features, input_features_mask=input_features_mask)
+        return model_inputs
+
     def window_order_by_row(self, input_ids: torch.Tensor, input_features_mask: torch.Tensor) -> list[list[int]]:
         """Indices of the speech windows that belong to each row of `input_ids`, in order."""
         window_tokens = self.speech_frame_count(input_features_mask.sum(-1)).cumsum(0)
@@ -316,11 +423,19 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
         return expanded_ids, model_kwargs
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Save weights and config, plus the pipeline code that `pipeline(model=path, trust_remote_code=True)` finds."""
+        """Save weights and config, plus the pipeline code that `pipeline(model=path, trust_remote_code=True)` finds.
+
+        With `config.adapter_only`, only the weights that are not the frozen bases' are written (the config names
+        the bases): the adapter of a 7B model is megabytes, not gigabytes.
+        """
         pipeline_impl = f"{BlspPipeline.__module__.rsplit('.', 1)[-1]}.{BlspPipeline.__name__}"
         self.config.custom_pipelines = {
             PIPELINE_TASK: {"impl": pipeline_impl, "pt": ["AutoModel"], "tf": [], "type": "multimodal"}
         }
+        if self.config.adapter_only and kwargs.get("state_dict") is None:
+            kwargs["state_dict"] = {
+                name: tensor for name, tensor in self.state_dict().items() if not name.startswith(BASE_MODULES)
+            }
         super().save_pretrained(save_directory, *args, **kwargs)
 
 

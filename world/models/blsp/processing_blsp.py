@@ -22,6 +22,12 @@ except ImportError:  # imported as a top-level module by this repository's scrip
     from configuration_blsp import BlspConfig, conv_output_length
 
 CONTINUATION_INSTRUCTION = "Continue the following text in a coherent and engaging style with less than 40 words."
+TASK_INSTRUCTIONS = {  # the tasks of BLSP's paper: the default instruction of each (evaluation, the demo)
+    "transcribe": "Please transcribe the following audio.",
+    "translate": "Please translate the following audio into German text.",
+    "answer": "Please answer the question about the following audio.",
+    "continue": CONTINUATION_INSTRUCTION,
+}
 BASE_TEMPLATE_TURN = "###[{role}]:{content}\n\n\n"
 BASE_TEMPLATE_ROLES = {"user": "Human", "assistant": "Assistant", "system": "System"}
 PROMPT_LAYOUTS = ("instruction_first", "speech_first")

@@ -1,4 +1,4 @@
-"""evaluate.py: metrics, predictions for speech and text input, rejected rows."""
+"""evaluate_blsp.py: metrics, predictions for speech and text input, rejected rows."""
 
 import json
 import os
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from data_blsp import CorpusArguments
-from evaluate import EvaluationArguments, evaluate, score
+from evaluate_blsp import EvaluationArguments, evaluate, score
 from processing_blsp import BlspProcessor, render_prompt
 
 

@@ -1,7 +1,7 @@
 """Score a BLSP checkpoint (speech in), the text-input upper bound or an ASR cascade on a dataset with an instruction.
 
-    python evaluate.py --model_name_or_path path/or/hub-id --dataset_name librispeech_asr --dataset_config_name clean \
-        --split test --task transcribe --output_dir eval/librispeech
+    python evaluate_blsp.py --model_name_or_path path/or/hub-id --dataset_name librispeech_asr \
+        --dataset_config_name clean --split test --task transcribe --output_dir eval/librispeech
 
 Writes `predictions.jsonl` (one line per row) and `metrics.json` (WER after normalisation, sacrebleu BLEU,
 exact-match accuracy, counts) to `--output_dir`. Rows whose audio cannot be used are skipped and counted.
@@ -27,16 +27,9 @@ from transformers import (
 )
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
-from data_blsp import CorpusArguments, load_source, parse_script_arguments
-from processing_blsp import CONTINUATION_INSTRUCTION, AudioInputError, load_audio, render_prompt
+from data_blsp import ROW_ID, SAMPLING_RATE, CorpusArguments, audio_source, load_source, parse_script_arguments
+from processing_blsp import TASK_INSTRUCTIONS, AudioInputError, load_audio, render_prompt
 
-SAMPLING_RATE = 16000
-DEFAULT_INSTRUCTIONS = {
-    "transcribe": "Please transcribe the following audio.",
-    "translate": "Please translate the following audio into German text.",
-    "answer": "Please answer the question about the following audio.",
-    "continue": CONTINUATION_INSTRUCTION,
-}
 INPUT_KINDS = ("speech", "text", "cascade")
 
 
@@ -82,8 +75,8 @@ class EvaluationArguments:
     def __post_init__(self):
         if self.input not in INPUT_KINDS:
             raise ValueError(f"--input must be one of {INPUT_KINDS}, got {self.input!r}")
-        if self.task not in DEFAULT_INSTRUCTIONS:
-            raise ValueError(f"--task must be one of {sorted(DEFAULT_INSTRUCTIONS)}, got {self.task!r}")
+        if self.task not in TASK_INSTRUCTIONS:
+            raise ValueError(f"--task must be one of {sorted(TASK_INSTRUCTIONS)}, got {self.task!r}")
         if self.input == "cascade" and not (self.asr_model_name_or_path or self.asr_transcript_column_name):
             raise ValueError("--input cascade needs --asr_model_name_or_path or --asr_transcript_column_name.")
 
@@ -175,10 +168,10 @@ def read_rows(corpus: CorpusArguments, args: EvaluationArguments) -> list[dict]:
         raise ValueError(f"{corpus.dataset_name!r} has no column(s) {missing}; its columns: {dataset.column_names}.")
     if columns["audio"] and isinstance(dataset.features[columns["audio"]], Audio):
         dataset = dataset.cast_column(columns["audio"], Audio(decode=False))
-    instruction = args.instruction or DEFAULT_INSTRUCTIONS[args.task]
+    instruction = args.instruction or TASK_INSTRUCTIONS[args.task]
     return [
         {
-            "row": index,
+            ROW_ID: index,
             **{key: record[column] for key, column in columns.items() if column},
             "instruction": record[columns["instruction"]] if columns["instruction"] else instruction,
         }
@@ -199,7 +192,7 @@ def model_contents(rows: list[dict], args: EvaluationArguments, asr=None) -> tup
                 clip = load_audio(row["audio"], SAMPLING_RATE)
                 contents.append(clip if args.input == "speech" else asr(clip)["text"].strip())
         except AudioInputError as error:
-            rejects.append({"row": row["row"], "reason": str(error)})
+            rejects.append({ROW_ID: row[ROW_ID], "source": audio_source(row.get("audio")), "reason": str(error)})
             contents.append(None)
     return contents, rejects
 
@@ -224,7 +217,7 @@ def evaluate(corpus: CorpusArguments, args: EvaluationArguments) -> dict:
                 continue
             outputs = generator.generate([row["instruction"] for row, _ in usable], [content for _, content in usable])
             for (row, content), prediction in zip(usable, outputs):
-                record = {"row": row["row"], "instruction": row["instruction"], "reference": row["reference"]}
+                record = {ROW_ID: row[ROW_ID], "instruction": row["instruction"], "reference": row["reference"]}
                 record["prediction"] = prediction
                 if args.input != "speech":
                     record["input_text"] = content

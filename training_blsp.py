@@ -1,0 +1,419 @@
+"""Step 2's training parts: the objectives, the collator, the sampler, the `Trainer` subclass, and the model set up
+for training (which parameters train, LoRA). `train_adapter.py` parses the arguments and wires these together.
+
+A new objective is one entry of `OBJECTIVES`: the dataset columns it needs, whether it needs the teacher (the frozen
+LLM reading the transcript), its loss term and the flag that weights it. The column checks, the collator's teacher
+inputs, `BlspTrainer.compute_loss` and the model card read the table.
+"""
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from peft import LoraConfig, get_peft_model
+from torch import nn
+from transformers import PreTrainedConfig, Trainer
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+
+from data_blsp import AUDIO, CONTINUATION, ROW_ID, TEXT, JsonlLog, audio_source, reject_record
+from modeling_blsp import BlspForConditionalGeneration
+from processing_blsp import IGNORE_INDEX, AudioInputError, BlspProcessor
+
+logger = logging.getLogger(__name__)
+
+TEACHER_PREFIX = "teacher_"
+SKIPPED_ROWS_KEY = "num_skipped_rows"
+ROW_IDS_KEY = "row_ids"
+LORA_ADAPTER_DIR = "llm_lora"
+LORA_SAVE_MODES = ("merged", "adapter")
+
+
+# ----------------------------------------------------------------------------------------------------- objectives
+
+
+def response_window(labels: torch.Tensor) -> int:
+    """Trailing positions whose logits predict response tokens (left padding puts every response last), plus one."""
+    first_learned = int((labels != IGNORE_INDEX).any(0).nonzero()[0])
+    return labels.shape[1] - first_learned + 1
+
+
+def response_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(tokens, vocab) logits at the positions predicting each response token, in reading order."""
+    return logits[:, :-1][labels[:, 1:] != IGNORE_INDEX]
+
+
+def kl_divergence_sum(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Sum over positions of KL(teacher || student) of the temperature-softened distributions, times T^2."""
+    student = nn.functional.log_softmax(student_logits.float() / temperature, dim=-1)
+    teacher = nn.functional.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return nn.functional.kl_div(student, teacher, log_target=True, reduction="sum") * temperature**2
+
+
+def cross_entropy_term(args, outputs, labels: torch.Tensor, teacher: torch.Tensor | None, num_items) -> torch.Tensor:
+    """The LLM's own loss on the labels: mean cross-entropy per response token of the (accumulated) batch."""
+    return outputs.loss
+
+
+def kl_term(args, outputs, labels: torch.Tensor, teacher: torch.Tensor, num_items) -> torch.Tensor:
+    """KL to the teacher on the response positions, per response token of the (accumulated) batch."""
+    student = response_logits(outputs.logits, labels)
+    tokens = num_items if num_items is not None else student.shape[0]
+    return kl_divergence_sum(student, teacher, args.kl_temperature) / tokens
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One loss term of step 2: what it reads, what it computes and how the model card describes it."""
+
+    columns: tuple[str, ...]
+    """Dataset columns it needs."""
+    needs_teacher: bool
+    """Whether it needs the teacher's logits (the frozen LLM on the transcript prompt)."""
+    loss: Callable
+    """(training args, student outputs, response labels, teacher logits or None, tokens in the batch) -> loss."""
+    weight: str
+    """The training argument that weights the term."""
+    settings: tuple[str, ...]
+    """Training arguments the model card lists when the term is used."""
+    description: str
+    """The model card's sentence when the term is the whole objective (formatted with the training arguments)."""
+    term: str
+    """The model card's words for the term inside a sum."""
+
+
+OBJECTIVES = {
+    "ce": Objective(
+        columns=(AUDIO, TEXT, CONTINUATION),
+        needs_teacher=False,
+        loss=cross_entropy_term,
+        weight="ce_weight",
+        settings=(),
+        description="cross-entropy on the continuation and EOS, given the speech (the BLSP paper)",
+        term="cross-entropy on the continuation",
+    ),
+    "kl": Objective(
+        columns=(AUDIO, TEXT),
+        needs_teacher=True,
+        loss=kl_term,
+        weight="kl_weight",
+        settings=("kl_temperature",),
+        description="KL divergence (temperature {kl_temperature}) between the LLM's next-token distributions on the "
+        "response given the speech and given the transcript, the frozen LLM as teacher (BLSP-KD)",
+        term="KL divergence (temperature {kl_temperature}) to the frozen LLM given the transcript",
+    ),
+}
+LOSSES = (*OBJECTIVES, "+".join(OBJECTIVES))
+"""The `--loss` choices: each objective alone, or all of them summed with their weights."""
+
+
+def required_columns(loss_terms: set[str]) -> list[str]:
+    """Columns the objective needs: the union over its terms, in table order."""
+    columns = [column for name in OBJECTIVES if name in loss_terms for column in OBJECTIVES[name].columns]
+    return list(dict.fromkeys(columns))
+
+
+def needs_teacher(loss_terms: set[str]) -> bool:
+    """Whether any term of the objective compares with the teacher."""
+    return any(OBJECTIVES[name].needs_teacher for name in loss_terms)
+
+
+def check_columns(column_names: list[str], name: str, loss_terms: set[str]):
+    """Fail with a clear message when a dataset lacks the columns of the objective."""
+    missing = [column for column in required_columns(loss_terms) if column not in column_names]
+    if missing:
+        raise ValueError(
+            f"Dataset {name!r} has columns {column_names} but lacks {missing}: train_adapter.py needs "
+            f"{required_columns(loss_terms)} for --loss {'+'.join(sorted(loss_terms))} (datasets made by "
+            "generate_continuations.py have them; --loss kl needs no continuation)."
+        )
+
+
+def objective_description(args) -> str:
+    """The model card's sentence for the objective of `args` (a `BlspTrainingArguments`)."""
+    values = vars(args)
+    terms = [name for name in OBJECTIVES if name in args.loss_terms]
+    if len(terms) == 1:
+        return OBJECTIVES[terms[0]].description.format(**values)
+    return " + ".join(f"{values[OBJECTIVES[name].weight]} x {OBJECTIVES[name].term}" for name in terms).format(**values)
+
+
+def objective_settings(args) -> dict:
+    """The training arguments of the objective that the model card lists (weights only when terms are summed)."""
+    terms = [name for name in OBJECTIVES if name in args.loss_terms]
+    names = [setting for name in terms for setting in OBJECTIVES[name].settings]
+    if len(terms) > 1:
+        names += [OBJECTIVES[name].weight for name in terms]
+    return {name: getattr(args, name) for name in names}
+
+
+# ----------------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class SpeechPromptCollator:
+    """Decodes each row's audio (soundfile + soxr) and builds the model inputs.
+
+    Student: the prompt with the speech in place of the transcript, then the response (continuation, else transcript)
+    and EOS as labels. Teacher (KL only, keys prefixed `teacher_`): the same prompt with the transcript, same response.
+    Rows whose audio cannot be decoded are skipped, logged and counted under `num_skipped_rows`.
+    """
+
+    processor: BlspProcessor
+    with_teacher: bool
+    """Also build the teacher's inputs (see `needs_teacher`)."""
+    rejects_path: str | None = None
+
+    def readable_rows(self, rows: list[dict]) -> tuple[list[dict], list]:
+        """The rows whose audio decodes to a usable clip, and those clips."""
+        kept, clips = [], []
+        min_samples = self.processor.feature_extractor.hop_length
+        for row in rows:
+            try:
+                clip = self.processor.load_audio(row["audio"])
+                if len(clip) < min_samples:
+                    raise AudioInputError(f"Bad audio {row['audio'].get('path')!r}: only {len(clip)} samples.")
+            except AudioInputError as error:
+                logger.warning("Skipping a row: %s", error)
+                self.record_reject(row, error)
+                continue
+            kept.append(row)
+            clips.append(clip)
+        return kept, clips
+
+    def record_reject(self, row: dict, error: AudioInputError):
+        """Append the skipped row (row id when streamed, audio source, reason) to `rejects_path`, if set."""
+        if self.rejects_path is not None:
+            record = reject_record(row.get(ROW_ID, -1), audio_source(row["audio"]), ("unusable_audio", str(error)))
+            with open(self.rejects_path, "a", encoding="utf-8") as file:  # rare: one short line, opened each time
+                file.write(json.dumps(record) + "\n")
+
+    def __call__(self, rows: list[dict]) -> dict:
+        kept, clips = self.readable_rows(rows)
+        batch = {SKIPPED_ROWS_KEY: torch.tensor(len(rows) - len(kept))}
+        if not kept:
+            return batch
+        if ROW_ID in kept[0]:  # streamed rows: (corpus, row id) of each, for --log_trained_rows
+            batch[ROW_IDS_KEY] = torch.tensor([[row["corpus"], row["row_id"]] for row in kept])
+        responses = [row.get("continuation") or row["text"] for row in kept]
+        student = self.processor(
+            text=[self.processor.render_prompt(row["instruction"]) for row in kept],
+            audio=clips,
+            text_target=responses,
+        )
+        batch.update(student)
+        if self.with_teacher:
+            teacher = self.processor(
+                text=[self.processor.render_prompt(row["instruction"], row["text"]) for row in kept],
+                text_target=responses,
+            )
+            batch.update({TEACHER_PREFIX + key: value for key, value in teacher.items()})
+        return batch
+
+
+def audio_rejects_path(training_args) -> str:
+    """This process's record of the rows skipped for unusable audio (created on the first one)."""
+    os.makedirs(training_args.output_dir, exist_ok=True)
+    return os.path.join(training_args.output_dir, f"audio_rejects-{training_args.process_index:05d}.jsonl")
+
+
+def trained_rows_path(training_args) -> str:
+    """This process's log of trained (corpus, row_id) pairs, one line per micro-batch with its optimizer step."""
+    return os.path.join(training_args.output_dir, f"trained_rows-{training_args.process_index:05d}.jsonl")
+
+
+# ----------------------------------------------------------------------------------------------------- model
+
+
+def check_model_type(name_or_path: str, expected: str, hint: str):
+    """Fail with a clear message when a checkpoint is not of the `expected` model type."""
+    config_dict, _ = PreTrainedConfig.get_config_dict(name_or_path)
+    model_type = config_dict.get("model_type")
+    if model_type != expected:
+        raise ValueError(f"{name_or_path!r} is a {model_type!r} checkpoint, not a {expected!r} one. {hint}")
+
+
+def load_model_and_processor(model_args, prompt_layout, system_prompt):
+    """A new BLSP model (Whisper + LLM, new adapter) or an existing checkpoint, with its processor."""
+    if model_args.model_name_or_path is not None:
+        path = model_args.model_name_or_path
+        check_model_type(
+            path, "blsp", "Pass --speech_encoder_name_or_path and --llm_name_or_path to build a new BLSP model."
+        )
+        model = BlspForConditionalGeneration.from_pretrained(path, dtype=model_args.dtype)
+        # The checkpoint's processor config names this repository's own class: no remote code runs.
+        processor = BlspProcessor.from_pretrained(path, trust_remote_code=True)
+        if model_args.encoder_padding is not None:
+            model.config.encoder_padding = model_args.encoder_padding
+    else:
+        speech, text = model_args.speech_encoder_name_or_path, model_args.llm_name_or_path
+        check_model_type(speech, "whisper", "--speech_encoder_name_or_path must be a Whisper checkpoint.")
+        model = BlspForConditionalGeneration.from_speech_text_pretrained(
+            speech, text, dtype=model_args.dtype, encoder_padding=model_args.encoder_padding or "longest"
+        )
+        processor = BlspProcessor.from_speech_text_pretrained(speech, text, config=model.config)
+    processor.prompt_layout = prompt_layout or processor.prompt_layout
+    processor.system_prompt = system_prompt if system_prompt is not None else processor.system_prompt
+    return model, processor
+
+
+def adapter_only_bases(model_args, config) -> tuple[str, str]:
+    """The (Whisper, LLM) names an adapter-only checkpoint records: the --*_hub_id flags, else the bases used."""
+    speech = model_args.speech_encoder_hub_id or model_args.speech_encoder_name_or_path
+    text = model_args.llm_hub_id or model_args.llm_name_or_path
+    speech, text = speech or config.speech_model_name_or_path, text or config.text_model_name_or_path
+    if not (speech and text):
+        raise ValueError(
+            f"{model_args.model_name_or_path!r} does not name its bases: give --speech_encoder_hub_id "
+            "and --llm_hub_id for --save_adapter_only."
+        )
+    return speech, text
+
+
+def select_trainable_parameters(model: BlspForConditionalGeneration, train_speech_encoder: bool):
+    """Freeze everything but the adapter (and the encoder when asked; its positional table stays frozen)."""
+    model.requires_grad_(False)
+    model.adapter.requires_grad_(True)
+    if train_speech_encoder:
+        model.speech_encoder.requires_grad_(True)
+        model.speech_encoder.embed_positions.requires_grad_(False)
+
+
+def add_lora(model: BlspForConditionalGeneration, model_args):
+    """Wrap the LLM in a peft LoRA model; the teacher of the KL objective runs with LoRA disabled."""
+    config = LoraConfig(
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=model_args.lora_target_modules[0]
+        if model_args.lora_target_modules == ["all-linear"]
+        else model_args.lora_target_modules,
+        task_type="CAUSAL_LM",
+    )
+    model.language_model = get_peft_model(model.language_model, config)
+
+
+def keep_trainable_in_float32(model: nn.Module):
+    """Trainable parameters in float32 (the master weights of mixed precision); frozen ones keep their dtype."""
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            parameter.data = parameter.data.float()
+
+
+def uses_lora(model: BlspForConditionalGeneration) -> bool:
+    return hasattr(model.language_model, "peft_config")
+
+
+def finalize_lora(model: BlspForConditionalGeneration, mode: str, output_dir: str, is_main_process: bool = True):
+    """Turn the peft-wrapped LLM back into a plain one: LoRA merged in, or saved aside (by the main process) and
+    removed."""
+    if mode == "adapter":
+        path = os.path.join(output_dir, LORA_ADAPTER_DIR)
+        model.language_model.save_pretrained(path, is_main_process=is_main_process)
+        model.language_model = model.language_model.unload()
+    else:
+        model.language_model = model.language_model.merge_and_unload()
+
+
+# ----------------------------------------------------------------------------------------------------- trainer
+
+
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """Batches of similar length in an order drawn from (seed, epoch) alone.
+
+    The stock sampler draws from the global RNG, so a run resumed mid-epoch would replay another order.
+    """
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
+class BlspTrainer(Trainer):
+    """A `Trainer` with the BLSP objectives, logits only on response positions, and skipped-row counting."""
+
+    def __init__(self, *args, model_card_builder=None, trained_rows_log: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model_card_builder = model_card_builder
+        self.skipped_audio_rows = 0
+        self.trained_rows = JsonlLog(trained_rows_log) if trained_rows_log else None
+        # The loss is normalized by `num_items_in_batch` (the whole accumulated batch's response tokens).
+        self.loss_is_scaled_for_ga = True
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if (
+            self.args.train_sampling_strategy != "group_by_length"
+            or self.args.length_column_name not in dataset.column_names
+        ):
+            return super()._get_train_sampler(train_dataset)
+        return EpochSeededLengthGroupedSampler(
+            self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            lengths=list(dataset[self.args.length_column_name]),
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+        )
+
+    def model_outputs(self, model, inputs: dict, labels: torch.Tensor, num_items_in_batch=None):
+        """Forward with labels, computing logits only on the trailing window that holds the response positions."""
+        window = response_window(labels)
+        loss_kwargs = {} if num_items_in_batch is None else {"num_items_in_batch": num_items_in_batch}
+        return model(**inputs, labels=labels[:, -window:], logits_to_keep=window, **loss_kwargs), labels[:, -window:]
+
+    def teacher_logits(self, model, teacher_inputs: dict) -> torch.Tensor:
+        """The frozen LLM (no adapter: the prompt holds no speech; LoRA disabled) on the transcript prompt."""
+        labels = teacher_inputs.pop("labels")
+        blsp = self.accelerator.unwrap_model(model)
+        lora_off = blsp.language_model.disable_adapter() if uses_lora(blsp) else nullcontext()
+        with torch.no_grad(), lora_off:
+            outputs, labels = self.model_outputs(model, teacher_inputs, labels)
+        return response_logits(outputs.logits, labels)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        self.skipped_audio_rows += int(inputs.pop(SKIPPED_ROWS_KEY, 0))
+        row_ids = inputs.pop(ROW_IDS_KEY, None)
+        if self.trained_rows is not None and row_ids is not None and model.training:
+            self.trained_rows.append([{"step": self.state.global_step + 1, "rows": row_ids.tolist()}])
+        if "input_ids" not in inputs:  # every row of the batch was unreadable
+            loss = sum(parameter.sum() for parameter in model.parameters() if parameter.requires_grad) * 0.0
+            return (loss, None) if return_outputs else loss
+        teacher_inputs = {
+            key[len(TEACHER_PREFIX) :]: inputs.pop(key) for key in list(inputs) if key.startswith(TEACHER_PREFIX)
+        }
+        terms = [OBJECTIVES[name] for name in OBJECTIVES if name in self.args.loss_terms]
+        teacher = self.teacher_logits(model, teacher_inputs) if any(term.needs_teacher for term in terms) else None
+        outputs, labels = self.model_outputs(model, inputs, inputs.pop("labels"), num_items_in_batch)
+        loss = sum(
+            getattr(self.args, term.weight) * term.loss(self.args, outputs, labels, teacher, num_items_in_batch)
+            for term in terms
+        )
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # the token count was summed over processes
+        return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs.pop(ROW_IDS_KEY, None)
+        if "input_ids" not in inputs:  # every row of the batch was unreadable
+            self.skipped_audio_rows += int(inputs[SKIPPED_ROWS_KEY])
+            return None, None, None
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None):
+        if self.skipped_audio_rows:
+            logs["skipped_audio_rows"] = self.skipped_audio_rows
+        super().log(logs, start_time)
+
+    def create_model_card(self, **kwargs):
+        """Write BLSP's own model card (Trainer.push_to_hub calls this before uploading)."""
+        if self.is_world_process_zero() and self.model_card_builder is not None:
+            self.model_card_builder(self).save(os.path.join(self.args.output_dir, "README.md"))
