@@ -118,6 +118,13 @@ class ModelArguments:
         },
     )
 
+    match_embedding_scale: bool = field(
+        default=False,
+        metadata={
+            "help": "Before training, scale the adapter's output LayerNorm so that speech embeddings have the norm "
+            "of the LLM's token embeddings (see BlspForConditionalGeneration.match_speech_scale_to_embeddings)."
+        },
+    )
     save_adapter_only: bool = field(
         default=False,
         metadata={
@@ -439,6 +446,9 @@ def main(args: list[str] | None = None):
     set_seed(training_args.seed)
     model, processor = load_model_and_processor(model_args, prompt_layout, system_prompt)
     bases = adapter_only_bases(model_args, model.config) if model_args.save_adapter_only else None
+    if model_args.match_embedding_scale:
+        factor = model.match_speech_scale_to_embeddings()
+        logger.info("Adapter output scaled by %.4f to the LLM's embedding norm.", factor)
     select_trainable_parameters(model, model_args.train_speech_encoder)
     if model_args.lora_r:
         add_lora(model, model_args)
