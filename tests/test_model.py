@@ -194,3 +194,21 @@ def test_pretrained_weights_are_kept_exactly(tiny_checkpoints):
         assert torch.equal(model.language_model.state_dict()[name], tensor), name
     for name, tensor in encoder.state_dict().items():
         assert torch.equal(model.speech_encoder.state_dict()[name], tensor), name
+
+
+def test_speech_scale_matched_to_the_token_embeddings(saved_blsp, clips):
+    model = BlspForConditionalGeneration.from_pretrained(saved_blsp["qwen2"]).eval()
+    processor = BlspProcessor.from_pretrained(saved_blsp["qwen2"])
+    inputs = processor(text=[processor.render_prompt("Repeat.")], audio=clips[:1])
+    features = {key: inputs[key] for key in ("input_features", "input_features_mask")}
+    token_norm = float(model.get_input_embeddings().weight.detach().norm(dim=-1).mean())
+    norm = model.adapter.layer_norm
+    with torch.no_grad():
+        before = model.get_speech_features(**features)
+        factor = model.match_speech_scale_to_embeddings()
+        after = model.get_speech_features(**features)
+        # A LayerNorm's output rows have a mean square norm of |gain|^2 + |bias|^2: now the token embeddings' norm.
+        expected_norm = float(torch.cat([norm.weight, norm.bias]).norm())
+    torch.testing.assert_close(after, before * factor)
+    assert expected_norm == pytest.approx(token_norm, rel=1e-5)
+    assert factor == pytest.approx(token_norm / model.config.text_config.hidden_size**0.5, rel=1e-2)
