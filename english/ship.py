@@ -4,8 +4,9 @@
         --output_dir english/models/blsp-whisper-tiny.en-smollm2-135m \
         --speech_model_name_or_path converted/whisper-tiny.en --text_model_name_or_path converted/smollm2-135m-instruct
 
-`--checkpoint` is what `train_adapter.py configs/english/step2.yaml` saved (adapter-only, naming the Hub ids of its
-bases); the two `--*_name_or_path` flags point at local copies of those bases for loading here. The adapter's weights
+`--checkpoint` is what `train_adapter.py configs/english/step2*.yaml` saved (adapter-only, naming the Hub ids of its
+bases) or one of its full `checkpoint-N` folders (then named `--speech_hub_id` and `--text_hub_id`); the two
+`--*_name_or_path` flags point at local copies of the bases for loading here. The adapter's weights
 are stored in bfloat16 (half the size; the model computes in float32), next to the processor (tokenizer with the
 speech token, feature extractor, chat template), the model card and a few held-out clips for the demo and the tests.
 """
@@ -48,6 +49,8 @@ def main():
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--speech_model_name_or_path", default=None)
     parser.add_argument("--text_model_name_or_path", default=None)
+    parser.add_argument("--speech_hub_id", default="openai/whisper-tiny.en")
+    parser.add_argument("--text_hub_id", default="HuggingFaceTB/SmolLM2-135M-Instruct")
     parser.add_argument("--data_dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data"))
     parser.add_argument("--card", default=None, help="A model card (README.md) to ship instead of the checkpoint's.")
     args = parser.parse_args()
@@ -55,12 +58,13 @@ def main():
     model = BlspForConditionalGeneration.from_pretrained(
         args.checkpoint, **{key: value for key, value in bases.items() if value}
     )
-    if not model.config.adapter_only:
-        raise SystemExit(f"{args.checkpoint} is a full checkpoint: train with --save_adapter_only (step2.yaml does).")
     with open(os.path.join(args.checkpoint, "config.json"), encoding="utf-8") as file:
         saved = json.load(file)
-    model.config.speech_model_name_or_path = saved["speech_model_name_or_path"]
-    model.config.text_model_name_or_path = saved["text_model_name_or_path"]
+    names = (args.speech_hub_id, args.text_hub_id)  # a full checkpoint-N names the local copies it was built from
+    if saved.get("adapter_only"):
+        names = (saved["speech_model_name_or_path"], saved["text_model_name_or_path"])
+    model.config.adapter_only = True
+    model.config.speech_model_name_or_path, model.config.text_model_name_or_path = names
     model.adapter.to(torch.bfloat16)
     shutil.rmtree(args.output_dir, ignore_errors=True)
     model.save_pretrained(args.output_dir)
