@@ -120,17 +120,17 @@ def systems_to_score(args) -> dict[str, dict]:
         systems["untrained"] = {"path": path, "input": "speech", "title": "untrained adapter"}
     systems["text_input"] = {"path": args.llm, "input": "text", "title": "text input (upper bound)"}
     systems["cascade"] = {"path": args.llm, "input": "cascade", "title": "cascade (whisper-tiny.en -> LLM)"}
-    return systems
+    return {name: system for name, system in systems.items() if name in args.systems}
 
 
-def task_scores(task: str, outputs: dict[str, list[dict]]) -> tuple[str, list[float]]:
-    """The task's metric name and each system's score."""
+def task_scores(task: str, outputs: dict[str, list[dict]], text_input: list[dict] | None) -> tuple[str, list[float]]:
+    """The task's metric name and each system's score (continuations against the `text_input` system's)."""
     if task == "transcribe":
         pairs = [([r["prediction"] for r in out], [r["reference"] for r in out]) for out in outputs.values()]
         return "WER", [scoring.score(predictions, references)["wer"] for predictions, references in pairs]
     if task == "question":
         return f"answer in first {ANSWER_WORDS} words, %", [answer_accuracy(out)[0] for out in outputs.values()]
-    return "BLEU vs text input", [continuation_agreement(out, outputs["text_input"]) for out in outputs.values()]
+    return "BLEU vs text input", [continuation_agreement(out, text_input) for out in outputs.values()]
 
 
 def main():
@@ -149,6 +149,9 @@ def main():
     parser.add_argument("--output_dir", default="runs/english/eval")
     parser.add_argument("--splits", nargs="*", default=list(TEST_SPLITS))
     parser.add_argument("--tasks", nargs="*", default=["transcribe", "question", "continue"])
+    parser.add_argument(
+        "--systems", nargs="*", default=["blsp", "untrained", "text_input", "cascade"], help="Score only these."
+    )
     parser.add_argument("--max_samples", type=int, default=None)
     parser.add_argument("--batch_size", type=int, default=20)
     args = parser.parse_args()
@@ -164,7 +167,13 @@ def main():
                 name: run_task(system, evaluation_set, task, os.path.join(args.output_dir, split, task, name), args)
                 for name, system in systems.items()
             }
-            metric, cells = task_scores(task, outputs)
+            text_input = None
+            if task == "continue":
+                reference = {"path": args.llm, "input": "text"}
+                text_input = run_task(
+                    reference, evaluation_set, task, os.path.join(args.output_dir, split, task, "text_input"), args
+                )
+            metric, cells = task_scores(task, outputs, text_input)
             lines.append(f"| {split} | {task} ({metric}) | " + " | ".join(f"{cell:.1f}" for cell in cells) + " |")
             print(lines[-1], flush=True)
     table = "\n".join(lines)
