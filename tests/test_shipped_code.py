@@ -36,3 +36,11 @@ def test_refresh_code_copies_the_files_and_records_them(tmp_path, monkeypatch):
     recorded = json.loads(manifest.read_text())
     assert recorded["layout"] == "speech_first"
     assert recorded["files"] == build_demo.build_world.file_records(str(demo_dir))
+
+
+def test_english_adapter_ships_the_top_level_code_files():
+    directory = os.path.join(ROOT, "english", "models", "blsp-whisper-tiny.en-smollm2-135m")
+    shipped = sorted(name for name in os.listdir(directory) if name.endswith(".py"))
+    assert shipped == sorted(build_demo.HUB_CODE_FILES)
+    stale = [name for name in shipped if read(os.path.join(directory, name)) != read(os.path.join(ROOT, name))]
+    assert not stale, f"{stale} differ from the top-level files: copy them into {directory}."

@@ -282,6 +282,23 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
             model.generation_config = language_model.generation_config
         return model.eval()
 
+    @torch.no_grad()
+    def match_speech_scale_to_embeddings(self) -> float:
+        """Scale the adapter's final LayerNorm so that speech embeddings have the norm of the LLM's token embeddings.
+
+        A LayerNorm with unit gain gives rows of norm about sqrt(hidden size) (24 for a 576-wide LLM), often many
+        times the LLM's own embeddings (3.2 for SmolLM2-135M): such speech positions dominate the residual stream,
+        which the LLM's layers then barely transform. Returns the factor applied.
+        """
+        embeddings = self.get_input_embeddings().weight
+        target = embeddings.float().norm(dim=-1).mean()
+        norm = self.adapter.layer_norm
+        current = torch.cat([norm.weight, norm.bias]).float().norm()
+        factor = float(target / current)
+        norm.weight.mul_(factor)
+        norm.bias.mul_(factor)
+        return factor
+
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
 

@@ -1,0 +1,105 @@
+"""Configuration of BLSP: a frozen Whisper encoder and a frozen LLM joined by a small modality adapter."""
+
+from typing import Literal
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+WHISPER_ENCODER_DOWNSAMPLING = ((3, 2, 1),)
+"""(kernel, stride, padding) of the Whisper encoder convolutions that change the frame rate (conv2)."""
+
+
+def conv_output_length(length: int, convolutions) -> int:
+    """Length after a stack of `(kernel, stride, padding)` convolutions."""
+    for kernel, stride, padding in convolutions:
+        length = (length + 2 * padding - kernel) // stride + 1
+    return length
+
+
+class BlspConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`BlspForConditionalGeneration`].
+
+    Args:
+        speech_config (`dict` or `PreTrainedConfig`, *optional*):
+            Config of the speech encoder (a Whisper config; only its encoder is used).
+        text_config (`dict` or `PreTrainedConfig`, *optional*):
+            Config of the causal language model (anything `AutoModelForCausalLM` builds).
+        adapter_num_conv_layers (`int`, defaults to 3):
+            Number of strided `Conv1d` + GLU layers of the adapter's subsampler.
+        adapter_conv_kernel_size (`int`, defaults to 5), adapter_conv_stride (`int`, defaults to 2):
+            Kernel and stride of each subsampler convolution (padding is `kernel // 2`).
+        adapter_bottleneck_dim (`int`, defaults to 512):
+            Width of the adapter's residual bottleneck.
+        adapter_layer_norm_eps (`float`, defaults to 1e-5):
+            Epsilon of the adapter's final LayerNorm.
+        speech_token (`str`, defaults to `"<speech>"`), speech_token_id (`int`, *optional*):
+            The placeholder that the processor expands into one token per adapter frame.
+        encoder_padding (`"longest"` or `"max_length"`, defaults to `"longest"`):
+            `"longest"` runs the encoder on the batch's longest clip with padded frames masked;
+            `"max_length"` runs it on full 30 s windows, as the original BLSP did (same outputs, more compute).
+        speech_model_name_or_path (`str`, *optional*), text_model_name_or_path (`str`, *optional*):
+            The pretrained Whisper and LLM this model was built from (Hub ids or paths), as
+            `from_speech_text_pretrained` records them.
+        adapter_only (`bool`, defaults to `False`):
+            The checkpoint's weights hold only what BLSP trained (the adapter); `from_pretrained` loads the frozen
+            bases from `speech_model_name_or_path` and `text_model_name_or_path`, which a load can point elsewhere
+            (e.g. at local copies): `from_pretrained(path, speech_model_name_or_path=..., text_model_name_or_path=...)`.
+
+    Example:
+
+    ```python
+    >>> from transformers import AutoConfig
+    >>> config = BlspConfig(
+    ...     speech_config=AutoConfig.from_pretrained("openai/whisper-small"),
+    ...     text_config=AutoConfig.from_pretrained("Qwen/Qwen2.5-7B-Instruct"),
+    ... )
+    ```
+    """
+
+    model_type = "blsp"
+    sub_configs_defaults = {
+        "speech_config": SubConfigSpec(config_class=AutoConfig, model_type="whisper"),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
+    }
+
+    speech_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    adapter_num_conv_layers: int = 3
+    adapter_conv_kernel_size: int = 5
+    adapter_conv_stride: int = 2
+    adapter_bottleneck_dim: int = 512
+    adapter_layer_norm_eps: float = 1e-5
+    speech_token: str = "<speech>"
+    speech_token_id: int | None = None
+    encoder_padding: Literal["longest", "max_length"] = "longest"
+    tie_word_embeddings: bool = False
+    speech_model_name_or_path: str | None = None
+    text_model_name_or_path: str | None = None
+    adapter_only: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.encoder_padding not in ("longest", "max_length"):
+            raise ValueError(f"encoder_padding must be 'longest' or 'max_length', got {self.encoder_padding!r}.")
+        if self.adapter_only and not (self.speech_model_name_or_path and self.text_model_name_or_path):
+            raise ValueError(
+                "An adapter-only BLSP config must name its frozen bases: set speech_model_name_or_path and "
+                "text_model_name_or_path (Hub ids or local paths)."
+            )
+        if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
+            self.tie_word_embeddings = True
+
+    @property
+    def adapter_downsampling(self) -> tuple[tuple[int, int, int], ...]:
+        """(kernel, stride, padding) of each adapter convolution."""
+        kernel = self.adapter_conv_kernel_size
+        return ((kernel, self.adapter_conv_stride, kernel // 2),) * self.adapter_num_conv_layers
+
+    @property
+    def speech_downsampling(self) -> tuple[tuple[int, int, int], ...]:
+        """Every convolution between log-mel frames and speech tokens: encoder then adapter."""
+        return WHISPER_ENCODER_DOWNSAMPLING + self.adapter_downsampling
+
+
+__all__ = ["BlspConfig", "conv_output_length"]

@@ -1,0 +1,462 @@
+"""BLSP model: Whisper encoder -> modality adapter -> speech embeddings spliced into a causal LLM's input."""
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    GenerationMixin,
+    PreTrainedModel,
+)
+from transformers import initialization as init
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+from transformers.utils import SAFE_WEIGHTS_NAME, cached_file
+
+try:
+    from .configuration_blsp import BlspConfig
+    from .pipeline_blsp import BlspPipeline
+    from .processing_blsp import HUB_KWARGS, IGNORE_INDEX, add_speech_token
+except ImportError:  # imported as a top-level module by this repository's scripts
+    from configuration_blsp import BlspConfig
+    from pipeline_blsp import BlspPipeline
+    from processing_blsp import HUB_KWARGS, IGNORE_INDEX, add_speech_token
+
+PIPELINE_TASK = "blsp-speech-to-text"
+BASE_MODULES = ("speech_encoder.", "language_model.")
+"""Parameter prefixes of the frozen bases, which an adapter-only checkpoint does not store."""
+BASE_SHAPE_FIELDS = {
+    "speech_config": ("model_type", "d_model", "encoder_layers", "num_mel_bins"),
+    "text_config": ("model_type", "hidden_size", "num_hidden_layers", "vocab_size"),
+}
+"""Config fields that a base loaded for an adapter-only checkpoint must share with the config saved beside it."""
+
+
+def load_bases(
+    speech_name_or_path: str, text_name_or_path: str, dtype=None, speech_kwargs=None, text_kwargs=None
+) -> tuple[WhisperEncoder, PreTrainedModel]:
+    """The encoder of a pretrained Whisper and a pretrained causal LM (no remote code: both are transformers')."""
+    speech_model = AutoModel.from_pretrained(speech_name_or_path, dtype=dtype, **(speech_kwargs or {}))
+    language_model = AutoModelForCausalLM.from_pretrained(text_name_or_path, dtype=dtype, **(text_kwargs or {}))
+    return speech_model.get_encoder(), language_model
+
+
+def check_base_shapes(config: BlspConfig, speech_encoder: WhisperEncoder, language_model: PreTrainedModel):
+    """Fail, naming the base, when a loaded base is not the model the adapter-only checkpoint was trained on."""
+    bases = {"speech_config": speech_encoder.config, "text_config": language_model.config}
+    names = {"speech_config": config.speech_model_name_or_path, "text_config": config.text_model_name_or_path}
+    for key, fields in BASE_SHAPE_FIELDS.items():
+        expected, loaded = getattr(config, key), bases[key]
+        differ = [f"{name} {getattr(loaded, name)} != {getattr(expected, name)}" for name in fields
+                  if getattr(loaded, name) != getattr(expected, name)]  # fmt: skip
+        if differ:
+            raise ValueError(
+                f"{names[key]!r} is not the base this adapter was trained on ({', '.join(differ)}): point "
+                f"{key.replace('_config', '')}_model_name_or_path at the checkpoint its config names."
+            )
+
+
+def lengths_after_conv(lengths: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """Valid output lengths of a 1-D convolution for valid input `lengths`."""
+    kernel, stride, padding = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+    return (lengths + 2 * padding - kernel) // stride + 1
+
+
+def length_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
+    """Boolean (batch, max_length) mask, True on the first `lengths[i]` positions of row i."""
+    return torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class BlspModalityAdapter(nn.Module):
+    """The published BLSP adapter: strided Conv1d + GLU layers (8x shorter), a residual bottleneck, LayerNorm.
+
+    Padded frames are zeroed before every convolution, so a clip's output never depends on its batch.
+    """
+
+    def __init__(self, config: BlspConfig):
+        super().__init__()
+        speech_dim, text_dim = config.speech_config.d_model, config.text_config.hidden_size
+        kernel, stride = config.adapter_conv_kernel_size, config.adapter_conv_stride
+        layers = config.adapter_num_conv_layers
+        self.convs = nn.ModuleList(
+            nn.Conv1d(speech_dim, 2 * (text_dim if index == layers - 1 else speech_dim), kernel, stride, kernel // 2)
+            for index in range(layers)
+        )
+        self.bottleneck_down = nn.Linear(text_dim, config.adapter_bottleneck_dim, bias=False)
+        self.bottleneck_up = nn.Linear(config.adapter_bottleneck_dim, text_dim, bias=False)
+        self.layer_norm = nn.LayerNorm(text_dim, eps=config.adapter_layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(batch, frames, speech_dim) encoder states with valid `lengths` -> (batch, tokens, text_dim), lengths."""
+        hidden_states = hidden_states.transpose(1, 2)
+        for conv in self.convs:
+            hidden_states = hidden_states * length_mask(lengths, hidden_states.shape[-1])[:, None, :]
+            hidden_states = nn.functional.glu(conv(hidden_states), dim=1)
+            lengths = lengths_after_conv(lengths, conv)
+        hidden_states = hidden_states.transpose(1, 2)
+        hidden_states = hidden_states + self.bottleneck_up(nn.functional.gelu(self.bottleneck_down(hidden_states)))
+        return self.layer_norm(hidden_states), lengths
+
+
+def encode_variable_length(
+    encoder: WhisperEncoder, input_features: torch.Tensor, frame_lengths: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run a Whisper encoder on features of any length up to 30 s, masking padded frames.
+
+    `WhisperEncoder.forward` insists on 3000 frames; this runs the same layers on the given length, slicing the
+    positional table, so that a 5 s clip costs 5 s of compute.
+    """
+    features = input_features * length_mask(frame_lengths, input_features.shape[-1])[:, None, :]
+    hidden_states = nn.functional.gelu(encoder.conv1(features))
+    hidden_states = hidden_states * length_mask(frame_lengths, hidden_states.shape[-1])[:, None, :]
+    hidden_states = nn.functional.gelu(encoder.conv2(hidden_states)).permute(0, 2, 1)
+    lengths = lengths_after_conv(frame_lengths, encoder.conv2)
+    positions = encoder.embed_positions.weight[: hidden_states.shape[1]]
+    hidden_states = hidden_states + positions.to(hidden_states.dtype)
+    hidden_states = nn.functional.dropout(hidden_states, p=encoder.dropout, training=encoder.training)
+    attention_mask = create_bidirectional_mask(
+        config=encoder.config,
+        inputs_embeds=hidden_states,
+        attention_mask=length_mask(lengths, hidden_states.shape[1]),
+    )
+    for layer in encoder.layers:
+        hidden_states = layer(hidden_states, attention_mask)
+    return encoder.layer_norm(hidden_states), lengths
+
+
+class BlspPreTrainedModel(PreTrainedModel):
+    config_class = BlspConfig
+    base_model_prefix = "model"
+    input_modalities = ("audio", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Conv1d)):
+            init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+
+
+class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
+    r"""
+    BLSP: a Whisper encoder and a causal LLM joined by [`BlspModalityAdapter`].
+
+    The processor expands each speech placeholder into one token per adapter frame; `forward` encodes the speech
+    (`input_features`, `input_features_mask`, one row per 30 s window), checks the counts and scatters the speech
+    embeddings into the LLM's `inputs_embeds`. In `generate`, speech is encoded once, at prefill.
+
+    Example:
+
+    ```python
+    >>> speech, text = "openai/whisper-small", "Qwen/Qwen2.5-7B-Instruct"
+    >>> model = BlspForConditionalGeneration.from_speech_text_pretrained(speech, text)
+    >>> processor = BlspProcessor.from_speech_text_pretrained(speech, text)
+    >>> inputs = processor(text=processor.render_prompt("Transcribe the audio."), audio="speech.flac")
+    >>> processor.batch_decode(model.generate(**inputs, max_new_tokens=64), skip_special_tokens=True)
+    ```
+    """
+
+    def __init__(
+        self,
+        config: BlspConfig,
+        speech_encoder: WhisperEncoder | None = None,
+        language_model: PreTrainedModel | None = None,
+    ):
+        super().__init__(config)
+        if config.speech_config.model_type != "whisper":
+            raise ValueError(f"BLSP needs a Whisper speech_config, got model_type {config.speech_config.model_type!r}.")
+        self.speech_encoder = speech_encoder if speech_encoder is not None else WhisperEncoder(config.speech_config)
+        self.adapter = BlspModalityAdapter(config)
+        self.language_model = (
+            language_model if language_model is not None else AutoModelForCausalLM.from_config(config.text_config)
+        )
+        self.post_init()
+
+    @classmethod
+    def from_speech_text_pretrained(
+        cls,
+        speech_pretrained_model_name_or_path: str,
+        text_pretrained_model_name_or_path: str,
+        *,
+        freeze_speech_encoder: bool = True,
+        freeze_language_model: bool = True,
+        speech_kwargs: dict | None = None,
+        text_kwargs: dict | None = None,
+        dtype: torch.dtype | str | None = None,
+        **config_kwargs,
+    ) -> "BlspForConditionalGeneration":
+        """A new BLSP model from a pretrained Whisper checkpoint (only its encoder is kept) and a pretrained causal LM.
+
+        Both are frozen by default and the adapter is new. `speech_kwargs`/`text_kwargs` go to the two
+        `from_pretrained` calls, `dtype` to both; other kwargs set [`BlspConfig`] fields.
+
+        Example: `from_speech_text_pretrained("openai/whisper-small", "Qwen/Qwen2.5-7B-Instruct")`.
+        """
+        speech_encoder, language_model = load_bases(
+            speech_pretrained_model_name_or_path, text_pretrained_model_name_or_path, dtype, speech_kwargs, text_kwargs
+        )
+        tokenizer = AutoTokenizer.from_pretrained(text_pretrained_model_name_or_path)
+        config = BlspConfig(
+            speech_config=speech_encoder.config,
+            text_config=language_model.config,
+            speech_model_name_or_path=speech_pretrained_model_name_or_path,
+            text_model_name_or_path=text_pretrained_model_name_or_path,
+            **config_kwargs,
+        )
+        config.speech_token_id = add_speech_token(tokenizer, config.speech_token)
+        model = cls.around_bases(config, speech_encoder, language_model)
+        model.generation_config = language_model.generation_config
+        model.speech_encoder.requires_grad_(not freeze_speech_encoder)
+        model.language_model.requires_grad_(not freeze_language_model)
+        return model
+
+    @classmethod
+    def around_bases(
+        cls, config: BlspConfig, speech_encoder: WhisperEncoder, language_model: PreTrainedModel
+    ) -> "BlspForConditionalGeneration":
+        """The model around loaded bases (a new adapter), keeping each base's attention implementation."""
+        attn_implementation = {
+            "speech_config": speech_encoder.config._attn_implementation,
+            "text_config": language_model.config._attn_implementation,
+        }
+        model = cls(config, speech_encoder=speech_encoder, language_model=language_model)
+        model.set_attn_implementation(attn_implementation)
+        return model
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
+        """Load a checkpoint; an adapter-only one (`config.adapter_only`) loads its frozen bases by name first.
+
+        Config fields given as kwargs override the saved ones, so `speech_model_name_or_path=` and
+        `text_model_name_or_path=` point an adapter-only checkpoint's bases at other copies (e.g. local ones).
+        """
+        hub_kwargs = {key: kwargs[key] for key in (*HUB_KWARGS, "subfolder") if key in kwargs}
+        if config is None:
+            config, kwargs = cls.config_class.from_pretrained(
+                pretrained_model_name_or_path, return_unused_kwargs=True, **kwargs
+            )
+        if not config.adapter_only:
+            return super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, config=config, **{**kwargs, **hub_kwargs}
+            )
+        return cls.from_adapter_only(pretrained_model_name_or_path, config, hub_kwargs, kwargs.get("dtype"))
+
+    @classmethod
+    def from_adapter_only(cls, path: str, config: BlspConfig, hub_kwargs: dict, dtype=None):
+        """The bases loaded from the ids the config names, the trained weights from the checkpoint at `path`."""
+        try:
+            speech_encoder, language_model = load_bases(
+                config.speech_model_name_or_path, config.text_model_name_or_path, dtype
+            )
+        except OSError as error:
+            raise OSError(
+                f"{path!r} holds only BLSP's trained weights; its frozen bases {config.speech_model_name_or_path!r} "
+                f"and {config.text_model_name_or_path!r} could not be loaded ({error}). Point "
+                "from_pretrained(..., speech_model_name_or_path=..., text_model_name_or_path=...) at copies of them."
+            ) from error
+        check_base_shapes(config, speech_encoder, language_model)
+        model = cls.around_bases(config, speech_encoder, language_model)
+        state = load_file(cached_file(path, SAFE_WEIGHTS_NAME, **hub_kwargs))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [key for key in missing if not key.startswith(BASE_MODULES)]
+        if missing or unexpected:
+            raise ValueError(
+                f"{path!r} is not an adapter-only BLSP checkpoint of this model: missing {missing}, unexpected "
+                f"{unexpected}."
+            )
+        try:
+            model.generation_config = GenerationConfig.from_pretrained(path, **hub_kwargs)
+        except OSError:
+            model.generation_config = language_model.generation_config
+        return model.eval()
+
+    @torch.no_grad()
+    def match_speech_scale_to_embeddings(self) -> float:
+        """Scale the adapter's final LayerNorm so that speech embeddings have the norm of the LLM's token embeddings.
+
+        A LayerNorm with unit gain gives rows of norm about sqrt(hidden size) (24 for a 576-wide LLM), often many
+        times the LLM's own embeddings (3.2 for SmolLM2-135M): such speech positions dominate the residual stream,
+        which the LLM's layers then barely transform. Returns the factor applied.
+        """
+        embeddings = self.get_input_embeddings().weight
+        target = embeddings.float().norm(dim=-1).mean()
+        norm = self.adapter.layer_norm
+        current = torch.cat([norm.weight, norm.bias]).float().norm()
+        factor = float(target / current)
+        norm.weight.mul_(factor)
+        norm.bias.mul_(factor)
+        return factor
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def get_encoder(self, modality: str | None = None) -> nn.Module:
+        return self.speech_encoder
+
+    def get_decoder(self) -> nn.Module:
+        return self.language_model
+
+    def speech_frame_count(self, frame_lengths: torch.Tensor) -> torch.Tensor:
+        """Adapter frames (speech tokens) produced by windows of `frame_lengths` log-mel frames."""
+        lengths = lengths_after_conv(frame_lengths, self.speech_encoder.conv2)
+        for conv in self.adapter.convs:
+            lengths = lengths_after_conv(lengths, conv)
+        return lengths
+
+    def get_speech_features(self, input_features: torch.Tensor, input_features_mask: torch.Tensor) -> torch.Tensor:
+        """Speech embeddings of every window, valid frames only, concatenated in order: (num_speech_tokens, hidden).
+
+        Args:
+            input_features: (windows, mel bins, frames) log-mel features, zero-padded.
+            input_features_mask: (windows, frames) 1 on real frames.
+        """
+        frame_lengths = input_features_mask.sum(-1)
+        if self.config.encoder_padding == "max_length":
+            frames = self.speech_encoder.max_source_positions * self.speech_encoder.conv2.stride[0]
+        else:
+            frames = int(frame_lengths.max())
+        input_features = nn.functional.pad(
+            input_features[..., :frames], (0, frames - min(frames, input_features.shape[-1]))
+        )
+        encoder_dtype = self.speech_encoder.conv1.weight.dtype
+        hidden_states, lengths = encode_variable_length(
+            self.speech_encoder, input_features.to(encoder_dtype), frame_lengths
+        )
+        adapter_dtype = self.adapter.layer_norm.weight.dtype
+        speech_embeds, lengths = self.adapter(hidden_states.to(adapter_dtype), lengths)
+        return speech_embeds[length_mask(lengths, speech_embeds.shape[1])]
+
+    def get_placeholder_mask(self, input_ids: torch.Tensor, speech_embeds: torch.Tensor) -> torch.Tensor:
+        """Positions of the speech placeholder tokens; checks that there is one per speech embedding."""
+        speech_mask = input_ids == self.config.speech_token_id
+        num_tokens, num_embeds = int(speech_mask.sum()), speech_embeds.shape[0]
+        if num_tokens != num_embeds:
+            raise ValueError(
+                f"Speech tokens and speech features do not match: the input has {num_tokens} speech tokens but the "
+                f"audio gives {num_embeds} adapter frames. Build inputs with BlspProcessor, whose speech_downsampling "
+                "must match this model's config."
+            )
+        return speech_mask
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        input_features_mask: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        r"""
+        input_features (`torch.FloatTensor` of shape `(windows, mel_bins, frames)`, *optional*):
+            Log-mel features of every 30 s window of every clip, from [`BlspProcessor`].
+        input_features_mask (`torch.LongTensor` of shape `(windows, frames)`, *optional*):
+            1 on real frames, 0 on padding.
+        labels (`torch.LongTensor`, *optional*):
+            Next-token labels, -100 where no loss is taken (prompt, padding). Speech placeholder positions are
+            always ignored, so `labels = input_ids` with padding set to -100 works as with LLaVA-style models. Labels
+            shorter than the input cover its last positions (with `logits_to_keep`).
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Give exactly one of input_ids or inputs_embeds.")
+        if inputs_embeds is None:
+            speech_mask = input_ids == self.config.speech_token_id
+            inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(speech_mask, 0))
+            if input_features is not None:
+                speech_embeds = self.get_speech_features(input_features, input_features_mask)
+                speech_mask = self.get_placeholder_mask(input_ids, speech_embeds)
+                inputs_embeds = inputs_embeds.masked_scatter(
+                    speech_mask.unsqueeze(-1).to(inputs_embeds.device), speech_embeds.to(inputs_embeds)
+                )
+        if labels is not None and input_ids is not None:
+            speech_positions = input_ids[:, -labels.shape[1] :] == self.config.speech_token_id
+            labels = labels.masked_fill(speech_positions, IGNORE_INDEX)
+        if position_ids is None and attention_mask is not None and attention_mask.ndim == 2:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -inputs_embeds.shape[1] :]
+        return self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            labels=labels,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+
+    def prepare_inputs_for_generation(
+        self, *args, input_features=None, input_features_mask=None, is_first_iteration=False, **kwargs
+    ):
+        """Speech is encoded only at prefill: later steps read it from the cache, so they get no `input_features`
+        (as Voxtral and AudioFlamingo3 do; without a cache every step reads the whole prompt, speech included)."""
+        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        if input_features is not None and (is_first_iteration or not kwargs.get("use_cache", True)):
+            model_inputs.update(input_features=input_features, input_features_mask=input_features_mask)
+        return model_inputs
+
+    def window_order_by_row(self, input_ids: torch.Tensor, input_features_mask: torch.Tensor) -> list[list[int]]:
+        """Indices of the speech windows that belong to each row of `input_ids`, in order."""
+        window_tokens = self.speech_frame_count(input_features_mask.sum(-1)).cumsum(0)
+        row_tokens = (input_ids == self.config.speech_token_id).sum(-1).cumsum(0)
+        row_of_window = torch.searchsorted(row_tokens, window_tokens).tolist()
+        return [[window for window, row in enumerate(row_of_window) if row == index] for index in range(len(input_ids))]
+
+    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
+        """Repeat each row's speech windows along with the row (beam search, several return sequences).
+
+        The base class repeats tensors item by item along dim 0, which is wrong for speech windows: a row may own
+        several windows (audio over 30 s) or none.
+        """
+        features = model_kwargs.pop("input_features", None)
+        features_mask = model_kwargs.pop("input_features_mask", None)
+        if features is not None and expand_size > 1:
+            rows = self.window_order_by_row(input_ids, features_mask)
+            order = [window for windows in rows for _ in range(expand_size) for window in windows]
+            features, features_mask = features[order], features_mask[order]
+        expanded_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size, is_encoder_decoder, input_ids, **model_kwargs
+        )
+        if features is not None:
+            model_kwargs.update(input_features=features, input_features_mask=features_mask)
+        return expanded_ids, model_kwargs
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save weights and config, plus the pipeline code that `pipeline(model=path, trust_remote_code=True)` finds.
+
+        With `config.adapter_only`, only the weights that are not the frozen bases' are written (the config names
+        the bases): the adapter of a 7B model is megabytes, not gigabytes.
+        """
+        pipeline_impl = f"{BlspPipeline.__module__.rsplit('.', 1)[-1]}.{BlspPipeline.__name__}"
+        self.config.custom_pipelines = {
+            PIPELINE_TASK: {"impl": pipeline_impl, "pt": ["AutoModel"], "tf": [], "type": "multimodal"}
+        }
+        if self.config.adapter_only and kwargs.get("state_dict") is None:
+            kwargs["state_dict"] = {
+                name: tensor for name, tensor in self.state_dict().items() if not name.startswith(BASE_MODULES)
+            }
+        super().save_pretrained(save_directory, *args, **kwargs)
+
+
+BlspConfig.register_for_auto_class()
+BlspForConditionalGeneration.register_for_auto_class("AutoModel")
+
+__all__ = ["BlspForConditionalGeneration", "BlspModalityAdapter", "BlspPreTrainedModel", "encode_variable_length"]

@@ -1,0 +1,446 @@
+"""BLSP processor: audio in, prompts rendered, speech placeholders expanded, training labels built.
+
+This module is the one place where prompt templates and layouts live: step 1 (continuations from
+transcripts), step 2 (training on speech) and inference all render their prompts here.
+"""
+
+import io
+import itertools
+import os
+import urllib.request
+
+import numpy as np
+import soundfile
+import soxr
+import torch
+from transformers import AutoFeatureExtractor, AutoTokenizer, BatchFeature
+from transformers.processing_utils import ProcessorMixin
+
+try:
+    from .configuration_blsp import BlspConfig, conv_output_length
+except ImportError:  # imported as a top-level module by this repository's scripts
+    from configuration_blsp import BlspConfig, conv_output_length
+
+CONTINUATION_INSTRUCTION = "Continue the following text in a coherent and engaging style with less than 40 words."
+TASK_INSTRUCTIONS = {  # the tasks of BLSP's paper: the default instruction of each (evaluation, the demo)
+    "transcribe": "Please transcribe the following audio.",
+    "translate": "Please translate the following audio into German text.",
+    "answer": "Please answer the question about the following audio.",
+    "continue": CONTINUATION_INSTRUCTION,
+}
+BASE_TEMPLATE_TURN = "###[{role}]:{content}\n\n\n"
+BASE_TEMPLATE_ROLES = {"user": "Human", "assistant": "Assistant", "system": "System"}
+PROMPT_LAYOUTS = ("instruction_first", "speech_first")
+IGNORE_INDEX = -100
+HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "revision", "token")
+
+
+class AudioInputError(ValueError):
+    """An audio input that cannot be used: the message names the input and says what to do."""
+
+
+def describe_source(source) -> str:
+    """A short name of an audio input for error messages."""
+    if isinstance(source, (str, os.PathLike)):
+        return f"audio file {os.fspath(source)!r}"
+    if isinstance(source, dict) and source.get("path"):
+        return f"audio {source['path']!r}"
+    return "audio array"
+
+
+def read_audio_file(source) -> tuple[np.ndarray, int]:
+    """Decode a file path, URL or bytes with soundfile; returns (samples[, channels], sampling rate)."""
+    if isinstance(source, (bytes, bytearray)):
+        source = io.BytesIO(source)
+    elif isinstance(source, str) and source.startswith(("http://", "https://")):
+        with urllib.request.urlopen(source) as response:
+            source = io.BytesIO(response.read())
+    elif isinstance(source, str) and not os.path.exists(source):
+        raise AudioInputError("the file does not exist; check the path")
+    try:
+        samples, sampling_rate = soundfile.read(source, dtype="float32", always_2d=False)
+    except Exception as error:  # soundfile raises several types for unreadable input
+        raise AudioInputError(f"could not decode it as audio ({error}); give a WAV/FLAC/OGG/MP3 file") from error
+    return samples, sampling_rate
+
+
+def audio_array_and_rate(source, sampling_rate: int | None) -> tuple[np.ndarray, int | None]:
+    """Unpack an input: path, URL, bytes, array, `{"array"|"raw", "sampling_rate"}` or `{"path"|"bytes"}`."""
+    if isinstance(source, (str, os.PathLike, bytes, bytearray)):
+        return read_audio_file(os.fspath(source) if isinstance(source, os.PathLike) else source)
+    if isinstance(source, dict):
+        for key in ("array", "raw"):
+            if source.get(key) is not None:
+                return np.asarray(source[key]), source.get("sampling_rate", sampling_rate)
+        if source.get("bytes") is not None:
+            return read_audio_file(source["bytes"])
+        if source.get("path") is not None:
+            return read_audio_file(source["path"])
+        raise AudioInputError(f"an audio dict needs 'array', 'raw', 'bytes' or 'path'; got keys {sorted(source)}")
+    if isinstance(source, torch.Tensor):
+        source = source.detach().float().cpu().numpy()
+    return np.asarray(source), sampling_rate
+
+
+def to_mono(samples: np.ndarray) -> np.ndarray:
+    """Mix (samples, channels) or (channels, samples) down to one channel."""
+    if samples.ndim == 1:
+        return samples
+    if samples.ndim != 2:
+        raise AudioInputError(f"expected a 1-D (mono) or 2-D (multi-channel) array, got {samples.ndim} dimensions")
+    channel_axis = 0 if samples.shape[0] < samples.shape[1] else 1
+    return samples.mean(axis=channel_axis)
+
+
+def load_audio(source, target_sampling_rate: int, sampling_rate: int | None = None) -> np.ndarray:
+    """Any accepted audio input as float32 mono at `target_sampling_rate`; clear errors for unusable input.
+
+    Raw arrays without a sampling rate are taken to be at `target_sampling_rate` already.
+    """
+    try:
+        samples, rate = audio_array_and_rate(source, sampling_rate)
+        if samples.dtype == object or not np.issubdtype(samples.dtype, np.number):
+            raise AudioInputError(f"expected numbers, got an array of {samples.dtype}")
+        samples = to_mono(samples.astype(np.float32, copy=False))
+        if samples.size == 0:
+            raise AudioInputError("it is empty (0 samples)")
+        if not np.isfinite(samples).all():
+            raise AudioInputError("it contains NaN or infinite values")
+        rate = rate or target_sampling_rate
+        if rate != target_sampling_rate:
+            samples = soxr.resample(samples, rate, target_sampling_rate).astype(np.float32, copy=False)
+    except AudioInputError as error:
+        raise AudioInputError(f"Bad {describe_source(source)}: {error}.") from None
+    return samples
+
+
+def window_lengths(num_samples: int, window_samples: int) -> list[int]:
+    """Split a clip into the fewest windows of at most `window_samples`, of near-equal length (no tiny tail)."""
+    num_windows = max(1, -(-num_samples // window_samples))
+    base, extra = divmod(num_samples, num_windows)
+    return [base + 1] * extra + [base] * (num_windows - extra)
+
+
+def log_mel(feature_extractor, samples: np.ndarray) -> np.ndarray:
+    """Whisper log-mel of one clip of at most 30 s, featurised alone (no padding), one frame per hop."""
+    features = feature_extractor(
+        samples, sampling_rate=feature_extractor.sampling_rate, padding="longest", return_tensors="np"
+    )["input_features"][0]
+    return features[:, : len(samples) // feature_extractor.hop_length]
+
+
+def pad_log_mels(features: list[np.ndarray]) -> dict[str, torch.Tensor]:
+    """Zero-pad (mel, frames) features to the longest: `input_features` and the real-frame `input_features_mask`."""
+    num_frames = max(feature.shape[-1] for feature in features)
+    padded = np.zeros((len(features), features[0].shape[0], num_frames), dtype=np.float32)
+    mask = np.zeros((len(features), num_frames), dtype=np.int64)
+    for index, feature in enumerate(features):
+        padded[index, :, : feature.shape[-1]] = feature
+        mask[index, : feature.shape[-1]] = 1
+    return {"input_features": torch.from_numpy(padded), "input_features_mask": torch.from_numpy(mask)}
+
+
+def build_messages(instruction: str | None, content: str, layout: str, system_prompt: str | None) -> list[dict]:
+    """One user turn holding the instruction and the content (a transcript or the speech placeholder)."""
+    if layout not in PROMPT_LAYOUTS:
+        raise ValueError(f"prompt layout must be one of {PROMPT_LAYOUTS}, got {layout!r}")
+    parts = [instruction, content] if layout == "instruction_first" else [content, instruction]
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return messages + [{"role": "user", "content": " ".join(part for part in parts if part)}]
+
+
+def render_conversation(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    """Render text-only messages with the LLM's chat template, or BLSP's `###[Human]:` template for base LLMs.
+
+    The result is complete (BOS included where the LLM wants one): tokenize it with `add_special_tokens=False`.
+    """
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    turns = [
+        BASE_TEMPLATE_TURN.format(role=BASE_TEMPLATE_ROLES[message["role"]], content=message["content"])
+        for message in messages
+    ]
+    text = (tokenizer.bos_token or "") + "".join(turns)
+    if add_generation_prompt:
+        return text + "###[Assistant]:"
+    return text
+
+
+def render_prompt(
+    tokenizer,
+    instruction: str | None,
+    content: str,
+    layout: str = "instruction_first",
+    system_prompt: str | None = None,
+) -> str:
+    """The generation prompt for an instruction about `content` (a transcript, or the speech placeholder)."""
+    return render_conversation(tokenizer, build_messages(instruction, content, layout, system_prompt))
+
+
+def add_speech_token(tokenizer, speech_token: str) -> int:
+    """Register the speech placeholder as a special token of `tokenizer` (once) and return its id."""
+    if speech_token not in tokenizer.get_vocab():
+        tokenizer.add_tokens([speech_token], special_tokens=True)
+    return tokenizer.convert_tokens_to_ids(speech_token)
+
+
+def flatten_content(content) -> tuple[str, list]:
+    """Chat content (a string or a list of `{"type": "text"|"audio", ...}` items) as text plus its audio sources."""
+    if isinstance(content, str):
+        return content, []
+    texts, audios = [], []
+    for item in content:
+        if item.get("type") == "audio":
+            source = next((item[key] for key in ("audio", "path", "url", "array") if item.get(key) is not None), None)
+            if source is None:
+                raise ValueError(f"an audio content item needs 'audio', 'path', 'url' or 'array'; got {item}")
+            audios.append(source)
+            texts.append(None)
+        elif item.get("type") == "text":
+            texts.append(item["text"])
+        else:
+            raise ValueError(f"content items must have type 'text' or 'audio', got {item}")
+    return texts, audios
+
+
+class BlspProcessor(ProcessorMixin):
+    r"""
+    Wraps a Whisper feature extractor and an LLM tokenizer into one processor for [`BlspForConditionalGeneration`].
+
+    `processor(text=..., audio=...)` turns each speech placeholder of the text into exactly as many speech tokens as
+    the adapter produces for its clip; `text_target=` appends responses and builds training `labels`.
+
+    Args:
+        feature_extractor ([`WhisperFeatureExtractor`]): Log-mel features of the speech encoder.
+        tokenizer ([`PreTrainedTokenizerBase`]): The LLM's tokenizer, holding the speech placeholder token.
+        chat_template (`str`, *optional*): Not used for rendering; prompts use the tokenizer's chat template.
+        speech_token (`str`, defaults to `"<speech>"`): The speech placeholder.
+        speech_downsampling (`list`, *optional*): `(kernel, stride, padding)` of every convolution from log-mel frames
+            to speech tokens; defaults to [`BlspConfig`]'s.
+        prompt_layout (`"instruction_first"` or `"speech_first"`): Order of instruction and speech in a prompt.
+        system_prompt (`str`, *optional*): System message for chat LLMs.
+    """
+
+    def __init__(
+        self,
+        feature_extractor=None,
+        tokenizer=None,
+        chat_template=None,
+        speech_token: str = "<speech>",
+        speech_downsampling=None,
+        prompt_layout: str = "instruction_first",
+        system_prompt: str | None = None,
+    ):
+        if prompt_layout not in PROMPT_LAYOUTS:
+            raise ValueError(f"prompt_layout must be one of {PROMPT_LAYOUTS}, got {prompt_layout!r}")
+        self.speech_token = speech_token
+        self.speech_token_id = add_speech_token(tokenizer, speech_token)
+        self.speech_downsampling = [list(conv) for conv in speech_downsampling or BlspConfig().speech_downsampling]
+        self.prompt_layout = prompt_layout
+        self.system_prompt = system_prompt
+        super().__init__(feature_extractor, tokenizer, chat_template=chat_template)
+
+    @classmethod
+    def _load_tokenizer_from_pretrained(cls, sub_processor_type, pretrained_model_name_or_path, subfolder="", **kwargs):
+        """Look the LLM tokenizer up with the checkpoint's text config (read by the local `BlspConfig`).
+
+        `AutoTokenizer` otherwise loads the folder's config through `AutoConfig`, which asks whether to run the
+        folder's BLSP code even when this class is already imported.
+        """
+        if kwargs.get("config") is None:
+            try:
+                hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
+                config = BlspConfig.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **hub_kwargs)
+                kwargs["config"] = config.text_config
+            except (OSError, ValueError):  # no BLSP config next to the processor: let AutoTokenizer decide
+                pass
+        return super()._load_tokenizer_from_pretrained(
+            sub_processor_type, pretrained_model_name_or_path, subfolder=subfolder, **kwargs
+        )
+
+    @classmethod
+    def from_speech_text_pretrained(
+        cls, speech_pretrained_model_name_or_path, text_pretrained_model_name_or_path, config=None, **kwargs
+    ):
+        """Build a processor from a Whisper checkpoint (its feature extractor) and an LLM checkpoint (its tokenizer).
+
+        `config` (a [`BlspConfig`]) sets the speech placeholder and downsampling; other kwargs go to `__init__`.
+        """
+        feature_extractor = AutoFeatureExtractor.from_pretrained(speech_pretrained_model_name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(text_pretrained_model_name_or_path)
+        if config is not None:
+            kwargs.setdefault("speech_token", config.speech_token)
+            kwargs.setdefault("speech_downsampling", config.speech_downsampling)
+        return cls(feature_extractor=feature_extractor, tokenizer=tokenizer, **kwargs)
+
+    @property
+    def sampling_rate(self) -> int:
+        return self.feature_extractor.sampling_rate
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "input_features", "input_features_mask"]
+
+    def load_audio(self, source, sampling_rate: int | None = None) -> np.ndarray:
+        """One clip as float32 mono at the feature extractor's rate (decoded, mixed down, resampled)."""
+        return load_audio(source, self.sampling_rate, sampling_rate)
+
+    def num_speech_tokens(self, num_samples: int) -> int:
+        """Speech tokens the model produces for a clip of `num_samples` at the feature extractor's rate."""
+        hop = self.feature_extractor.hop_length
+        windows = window_lengths(num_samples, self.feature_extractor.n_samples)
+        return sum(conv_output_length(length // hop, self.speech_downsampling) for length in windows)
+
+    def render_prompt(self, instruction: str | None, content: str | None = None) -> str:
+        """The generation prompt for `instruction` about `content`; `content=None` means the speech itself."""
+        return render_prompt(
+            self.tokenizer,
+            instruction,
+            self.speech_token if content is None else content,
+            layout=self.prompt_layout,
+            system_prompt=self.system_prompt,
+        )
+
+    def extract_features(self, clips: list[np.ndarray]) -> tuple[dict, list[int]]:
+        """Log-mel features of every 30 s window of every clip, zero-padded to the longest, with a frame mask.
+
+        Each window is featurised alone, so a clip's features never depend on the other clips of its batch.
+        """
+        hop = self.feature_extractor.hop_length
+        windows, tokens_per_clip = [], []
+        for clip in clips:
+            if len(clip) < hop:
+                raise AudioInputError(
+                    f"Bad audio array: it is too short ({len(clip)} samples; at least {hop}, i.e. "
+                    f"{1000 * hop // self.sampling_rate} ms, are needed)."
+                )
+            tokens_per_clip.append(self.num_speech_tokens(len(clip)))
+            bounds = np.cumsum([0] + window_lengths(len(clip), self.feature_extractor.n_samples))
+            windows.extend(clip[start:end] for start, end in itertools.pairwise(bounds))
+        return pad_log_mels([log_mel(self.feature_extractor, window) for window in windows]), tokens_per_clip
+
+    def expand_speech_tokens(self, ids: list[int], counts) -> list[int]:
+        """Replace each speech placeholder id in `ids` by the next clip's count of speech tokens."""
+        expanded = []
+        for token in ids:
+            if token == self.speech_token_id:
+                expanded.extend([token] * next(counts))
+            else:
+                expanded.append(token)
+        return expanded
+
+    def __call__(
+        self,
+        text: str | list[str] | None = None,
+        audio=None,
+        sampling_rate: int | None = None,
+        text_target: str | list[str] | None = None,
+        return_tensors: str = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        """Tokenize rendered prompts and featurise their audio.
+
+        Args:
+            text: Prompt(s), each with one speech placeholder per clip (see [`~BlspProcessor.render_prompt`]).
+                Prompts are complete strings: no special tokens are added.
+            audio: One clip, or a list with one clip per placeholder in reading order: paths, arrays,
+                `{"array"|"raw": ..., "sampling_rate": ...}` or `{"path"|"bytes": ...}` dicts.
+            sampling_rate: Rate of raw arrays given without one (default: the feature extractor's, 16 kHz).
+            text_target: Response(s) to train on; adds `labels` (-100 on prompt, speech and padding; the
+                response and EOS are learned).
+        """
+        if text is None:
+            raise ValueError("BlspProcessor needs `text`: render prompts with `processor.render_prompt(...)`.")
+        texts = [text] if isinstance(text, str) else list(text)
+        clips = [] if audio is None else (list(audio) if isinstance(audio, (list, tuple)) else [audio])
+        placeholders = [sample.count(self.speech_token) for sample in texts]
+        if sum(placeholders) != len(clips):
+            raise ValueError(
+                f"The text has {sum(placeholders)} speech placeholder(s) {self.speech_token!r} but {len(clips)} "
+                "audio clip(s) were given: give one clip per placeholder, in order."
+            )
+        clips = [self.load_audio(clip, sampling_rate) for clip in clips]
+        speech_inputs, tokens_per_clip = self.extract_features(clips) if clips else ({}, [])
+        rows = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        counts = iter(tokens_per_clip)
+        rows = [self.expand_speech_tokens(ids, counts) for ids in rows]
+        labels = None
+        if text_target is not None:
+            rows, labels = self.append_targets(rows, [text_target] if isinstance(text_target, str) else text_target)
+        batch = self.pad(rows, labels)
+        batch.update(speech_inputs)
+        return BatchFeature(batch, tensor_type=return_tensors)
+
+    def append_targets(self, rows: list[list[int]], targets: list[str]) -> tuple[list[list[int]], list[list[int]]]:
+        """Append each response and EOS to its prompt; labels learn only those tokens."""
+        if len(targets) != len(rows):
+            raise ValueError(f"Got {len(rows)} prompts but {len(targets)} text_target values.")
+        if self.tokenizer.eos_token_id is None:
+            raise ValueError("The tokenizer has no EOS token; set `tokenizer.eos_token` to train on responses.")
+        target_rows = self.tokenizer(list(targets), add_special_tokens=False)["input_ids"]
+        eos = [self.tokenizer.eos_token_id]
+        full = [prompt + target + eos for prompt, target in zip(rows, target_rows)]
+        labels = [[IGNORE_INDEX] * len(prompt) + target + eos for prompt, target in zip(rows, target_rows)]
+        return full, labels
+
+    def pad(self, rows: list[list[int]], labels: list[list[int]] | None) -> dict:
+        """Left-pad token rows (and labels with -100) to the longest row."""
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        length = max(len(row) for row in rows)
+        batch = {
+            "input_ids": [[pad_id] * (length - len(row)) + row for row in rows],
+            "attention_mask": [[0] * (length - len(row)) + [1] * len(row) for row in rows],
+        }
+        if labels is not None:
+            batch["labels"] = [[IGNORE_INDEX] * (length - len(row)) + row for row in labels]
+        return batch
+
+    def apply_chat_template(
+        self,
+        conversation: list[dict] | list[list[dict]],
+        add_generation_prompt: bool = True,
+        tokenize: bool = True,
+        sampling_rate: int | None = None,
+        **kwargs,
+    ):
+        """Render chat conversations whose content may hold `{"type": "audio", "path"|"audio"|"url": ...}` items.
+
+        Chat LLMs use their own chat template; base LLMs BLSP's `###[Human]:...###[Assistant]:` template.
+        Returns the prompt string(s) with `tokenize=False`, else the model inputs of `self(text=..., audio=...)`.
+        """
+        conversations = [conversation] if isinstance(conversation[0], dict) else conversation
+        prompts, audios = [], []
+        for messages in conversations:
+            flat = []
+            for message in messages:
+                texts, clips = flatten_content(message["content"])
+                if not isinstance(texts, str):
+                    texts = " ".join(self.speech_token if part is None else part for part in texts)
+                flat.append({"role": message["role"], "content": texts})
+                audios.extend(clips)
+            prompts.append(render_conversation(self.tokenizer, flat, add_generation_prompt))
+        if not tokenize:
+            return prompts[0] if isinstance(conversation[0], dict) else prompts
+        return self(text=prompts, audio=audios or None, sampling_rate=sampling_rate, **kwargs)
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        return self.tokenizer.decode(*args, **kwargs)
+
+
+__all__ = [
+    "BlspProcessor",
+    "CONTINUATION_INSTRUCTION",
+    "AudioInputError",
+    "add_speech_token",
+    "load_audio",
+    "log_mel",
+    "pad_log_mels",
+    "render_prompt",
+    "render_conversation",
+    "window_lengths",
+]
+
+BlspProcessor.register_for_auto_class()
