@@ -17,13 +17,16 @@ import os
 import shutil
 
 import torch
-from transformers import AutoProcessor
+from transformers import AutoProcessor, pipeline
 
 from modeling_blsp import BlspForConditionalGeneration
 
 EXAMPLES_DIR = "examples"
 EXAMPLE_SPLITS = {"test_piper": 6, "test_heldout_voice": 3, "test_heldout_festival_voice": 3}
 """Held-out clips shipped per split (Piper's neural voice first: the closest to a person here)."""
+REPEAT_INSTRUCTION = "Repeat the following text."
+ANSWER_TOKENS = 24
+"""Greedy tokens of each example clip's recorded answer (`examples/answers.json`, checked by the tests)."""
 
 
 def copy_examples(data_dir: str, output_dir: str) -> list[dict]:
@@ -41,6 +44,19 @@ def copy_examples(data_dir: str, output_dir: str) -> list[dict]:
     with open(os.path.join(destination, "metadata.jsonl"), "w", encoding="utf-8") as file:
         file.writelines(json.dumps(row) + "\n" for row in rows)
     return rows
+
+
+def record_answers(output_dir: str, rows: list[dict], bases: dict) -> dict[str, str]:
+    """The shipped model's greedy answers to "Repeat the following text." for every example clip, saved."""
+    speech_llm = pipeline(model=output_dir, trust_remote_code=True, model_kwargs=bases)
+    clips = [os.path.join(output_dir, EXAMPLES_DIR, row["file_name"]) for row in rows]
+    answers = speech_llm(clips, instruction=REPEAT_INSTRUCTION, max_new_tokens=ANSWER_TOKENS, batch_size=4)
+    recorded = {row["file_name"]: answer["generated_text"] for row, answer in zip(rows, answers)}
+    with open(os.path.join(output_dir, EXAMPLES_DIR, "answers.json"), "w", encoding="utf-8") as file:
+        json.dump(
+            {"instruction": REPEAT_INSTRUCTION, "max_new_tokens": ANSWER_TOKENS, "answers": recorded}, file, indent=1
+        )
+    return recorded
 
 
 def main():
@@ -73,6 +89,7 @@ def main():
     if os.path.exists(card):
         shutil.copyfile(card, os.path.join(args.output_dir, "README.md"))
     rows = copy_examples(args.data_dir, args.output_dir)
+    record_answers(args.output_dir, rows, {key: value for key, value in bases.items() if value})
     files = [os.path.join(root, name) for root, _, names in os.walk(args.output_dir) for name in names]
     size = sum(os.path.getsize(path) for path in files)
     print(f"{args.output_dir}: {size / 1e6:.1f} MB, {len(rows)} example clips")
