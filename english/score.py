@@ -115,7 +115,7 @@ def save_untrained(whisper: str, llm: str, output_dir: str) -> str:
 def systems_to_score(args) -> dict[str, dict]:
     """Short name -> path, input kind and the table's column title."""
     systems = {"blsp": {"path": args.blsp, "input": "speech", "title": "BLSP (speech)"}} if args.blsp else {}
-    if args.untrained:
+    if args.untrained and "untrained" in args.systems:
         path = save_untrained(args.asr, args.llm, args.output_dir)
         systems["untrained"] = {"path": path, "input": "speech", "title": "untrained adapter"}
     systems["text_input"] = {"path": args.llm, "input": "text", "title": "text input (upper bound)"}
