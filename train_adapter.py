@@ -101,6 +101,13 @@ class ModelArguments:
             "choices": ["auto", "bfloat16", "float16", "float32"],
         },
     )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "Run code the checkpoints ship (e.g. a tokenizer class file in their folder). Off by default: "
+            "BLSP checkpoints load without it."
+        },
+    )
     train_speech_encoder: bool = field(default=False, metadata={"help": "Also train the Whisper encoder."})
     lora_r: int = field(default=0, metadata={"help": "Rank of LoRA on the LLM; 0 leaves the LLM frozen."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha."})

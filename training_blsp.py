@@ -244,8 +244,8 @@ def load_model_and_processor(model_args, prompt_layout, system_prompt):
             path, "blsp", "Pass --speech_encoder_name_or_path and --llm_name_or_path to build a new BLSP model."
         )
         model = BlspForConditionalGeneration.from_pretrained(path, dtype=model_args.dtype)
-        # The checkpoint's processor config names this repository's own class: no remote code runs.
-        processor = BlspProcessor.from_pretrained(path, trust_remote_code=True)
+        # Our own classes load the checkpoint; code it ships (a tokenizer class file) runs only with consent.
+        processor = BlspProcessor.from_pretrained(path, trust_remote_code=model_args.trust_remote_code)
         if model_args.encoder_padding is not None:
             model.config.encoder_padding = model_args.encoder_padding
     else:

@@ -1,0 +1,68 @@
+"""Issue 21: bad and changed input never gives a silent wrong answer, and no checkpoint code runs without consent."""
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from test_train_adapter import run_flags, write_dataset
+
+import train_adapter
+from processing_blsp import BlspProcessor
+
+EVIL_TOKENIZER = """
+import os
+from transformers import PreTrainedTokenizerFast
+
+open(os.environ["BLSP_MARKER"], "w").close()
+
+
+class EvilTokenizer(PreTrainedTokenizerFast):
+    pass
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def continuation_dataset(speech_corpus, tmp_path_factory) -> str:
+    """8 clips with continuations, plus one row whose audio cannot be decoded."""
+    return write_dataset(str(tmp_path_factory.mktemp("continuations")), speech_corpus, True, unreadable_rows=1)
+
+
+@pytest.fixture
+def checkpoint_with_code(initial_blsp, tmp_path, monkeypatch) -> tuple[str, str]:
+    """A copy of a BLSP checkpoint whose tokenizer config names its own tokenizer class file; the file, when run,
+    writes a marker file."""
+    directory = str(tmp_path / "with_code")
+    shutil.copytree(initial_blsp, directory)
+    with open(os.path.join(directory, "evil_tokenizer.py"), "w") as file:
+        file.write(EVIL_TOKENIZER)
+    config_path = os.path.join(directory, "tokenizer_config.json")
+    with open(config_path) as file:
+        config = json.load(file)
+    config["auto_map"] = {"AutoTokenizer": [None, "evil_tokenizer.EvilTokenizer"]}
+    with open(config_path, "w") as file:
+        json.dump(config, file)
+    marker = str(tmp_path / "code_ran")
+    monkeypatch.setenv("BLSP_MARKER", marker)
+    return directory, marker
+
+
+def test_step2_runs_no_checkpoint_code_without_consent(checkpoint_with_code, continuation_dataset, tmp_path):
+    """Without --trust_remote_code our own classes load the checkpoint and its code file never runs; with it, it
+    does (the user's consent)."""
+    checkpoint, marker = checkpoint_with_code
+    output_dir = str(tmp_path / "out")
+    train_adapter.main(["--model_name_or_path", checkpoint, *run_flags(continuation_dataset, output_dir, 1)])
+    assert os.path.exists(os.path.join(output_dir, "model.safetensors"))
+    assert not os.path.exists(marker)
+    BlspProcessor.from_pretrained(checkpoint, trust_remote_code=True)
+    assert os.path.exists(marker)
