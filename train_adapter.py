@@ -38,6 +38,7 @@ from transformers import TrainingArguments, set_seed
 from data_blsp import (
     AUDIO,
     CONTINUATION,
+    ROW_ID,
     TEXT,
     CorpusArguments,
     agreed_setting,
@@ -60,6 +61,7 @@ from training_blsp import (
     add_lora,
     audio_rejects_path,
     check_columns,
+    check_usable_rows,
     finalize_lora,
     keep_trainable_in_float32,
     load_model_and_processor,
@@ -278,6 +280,14 @@ class BlspTrainingArguments(TrainingArguments):
         default=False, metadata={"help": "Must stay False: the collator decodes the raw audio column."}
     )
     prediction_loss_only: bool = field(default=True, metadata={"help": "Evaluation computes the loss only."})
+    max_skipped_fraction: float = field(
+        default=0.2,
+        metadata={
+            "help": "Stop with an error when more than this fraction of the rows seen has unusable audio. Real "
+            "corpora lose well under 1% of their clips; beyond 20% the cause is systematic (wrong audio column, "
+            "missing folder, unsupported codec) and the run would train on another corpus than the one asked for."
+        },
+    )
     ddp_find_unused_parameters: bool | None = field(
         default=False, metadata={"help": "Every trainable parameter is used at every step: no search needed."}
     )
@@ -286,6 +296,8 @@ class BlspTrainingArguments(TrainingArguments):
         super().__post_init__()
         if not torch.accelerator.is_available():
             self.dataloader_pin_memory = False  # pinning needs an accelerator: the DataLoader would only warn
+        if not 0.0 <= self.max_skipped_fraction <= 1.0:
+            raise ValueError(f"--max_skipped_fraction must be in [0, 1], got {self.max_skipped_fraction}.")
         if self.remove_unused_columns:
             raise ValueError("train_adapter.py decodes audio in its collator: --remove_unused_columns must be False.")
 
@@ -324,7 +336,9 @@ def prepare_dataset(
             dataset = join_audio(dataset, metadata["source"])
         check_columns(dataset.column_names, name, loss_terms)
         instruction = dataset_instruction(data_args, metadata)
-        wanted = (AUDIO, TEXT, CONTINUATION, data_args.duration_column_name)
+        if ROW_ID not in dataset.column_names:  # rejects and logs name rows by their position then
+            dataset = dataset.add_column(ROW_ID, list(range(len(dataset))))
+        wanted = (ROW_ID, AUDIO, TEXT, CONTINUATION, data_args.duration_column_name)
         keep = [column for column in wanted if column in dataset.column_names]
         dataset = dataset.select_columns(keep).cast_column("audio", Audio(decode=False))
         parts.append(dataset.add_column("instruction", [instruction] * len(dataset)))
@@ -480,10 +494,13 @@ def main(args: list[str] | None = None):
     check_requested_engine(trainer)
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = train_result.metrics
-    skipped = torch.tensor(trainer.skipped_audio_rows, device=training_args.device)
-    metrics["skipped_audio_rows"] = int(trainer.accelerator.reduce(skipped, reduction="sum"))
+    counts = torch.tensor([trainer.trained_rows_count, trainer.skipped_audio_rows], device=training_args.device)
+    metrics["train_rows"], metrics["skipped_audio_rows"] = trainer.accelerator.reduce(counts, reduction="sum").tolist()
+    trainer.trained_rows_count = metrics["train_rows"]  # the model card's count: every process's rows
+    check_usable_rows(metrics["train_rows"], metrics["skipped_audio_rows"], training_args, final=True)
     if metrics["skipped_audio_rows"] and trainer.is_world_process_zero():
         logger.warning("Skipped %d rows whose audio could not be decoded.", metrics["skipped_audio_rows"])
+    logger.info("Trained on %d rows (rows seen more than once count each time).", metrics["train_rows"])
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     trainer.save_state()

@@ -66,3 +66,23 @@ def test_step2_runs_no_checkpoint_code_without_consent(checkpoint_with_code, con
     assert not os.path.exists(marker)
     BlspProcessor.from_pretrained(checkpoint, trust_remote_code=True)
     assert os.path.exists(marker)
+
+
+def test_rows_trained_and_rejects_are_reported_by_row(initial_blsp, continuation_dataset, tmp_path):
+    """8 readable rows and row 8 unreadable: the metrics and the card say 8 rows, the reject names row 8."""
+    train_adapter.main(["--model_name_or_path", initial_blsp, *run_flags(continuation_dataset, str(tmp_path), 1)])
+    with open(tmp_path / "train_results.json") as file:
+        results = json.load(file)
+    assert (results["train_rows"], results["skipped_audio_rows"]) == (8, 1)
+    assert "\n8 training rows" in (tmp_path / "README.md").read_text()
+    with open(tmp_path / "audio_rejects-00000.jsonl") as file:
+        assert [json.loads(line)["row_id"] for line in file] == [8]
+
+
+def test_step2_with_no_usable_audio_stops_and_saves_nothing(initial_blsp, speech_corpus, tmp_path):
+    dataset = str(tmp_path / "broken")
+    write_dataset(dataset, (speech_corpus[0], []), True, unreadable_rows=3)
+    output_dir = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"Only 0 of 3 rows had usable audio .*--max_skipped_fraction"):
+        train_adapter.main(["--model_name_or_path", initial_blsp, *run_flags(dataset, str(output_dir), 1)])
+    assert not (output_dir / "model.safetensors").exists()
