@@ -66,6 +66,7 @@ from training_blsp import (
     keep_trainable_in_float32,
     load_model_and_processor,
     needs_teacher,
+    prepare_output_dir,
     select_trainable_parameters,
     trained_rows_path,
     uses_lora,
@@ -280,6 +281,13 @@ class BlspTrainingArguments(TrainingArguments):
         default=False, metadata={"help": "Must stay False: the collator decodes the raw audio column."}
     )
     prediction_loss_only: bool = field(default=True, metadata={"help": "Evaluation computes the loss only."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start afresh in an --output_dir that holds a previous run (its checkpoints and rejects are "
+            "deleted). Without it such a folder is refused, unless it holds a checkpoint: the run resumes from it."
+        },
+    )
     max_skipped_fraction: float = field(
         default=0.2,
         metadata={
@@ -455,6 +463,8 @@ def main(args: list[str] | None = None):
     model_args, data_args, training_args = parse_arguments(args)
     check_one_training(training_args)
     setup_logging(training_args)
+    with training_args.main_process_first(desc="checking the output folder"):
+        training_args.resume_from_checkpoint = prepare_output_dir(training_args)
 
     with training_args.main_process_first(desc="preparing datasets"):
         train_dataset, eval_dataset, metadatas = load_datasets(data_args, training_args)

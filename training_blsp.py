@@ -9,6 +9,7 @@ inputs, `BlspTrainer.compute_loss` and the model card read the table.
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import PreTrainedConfig, Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from data_blsp import AUDIO, CONTINUATION, ROW_ID, TEXT, JsonlLog, audio_source, reject_record
 from modeling_blsp import BlspForConditionalGeneration
@@ -214,6 +216,31 @@ class SpeechPromptCollator:
             )
             batch.update({TEACHER_PREFIX + key: value for key, value in teacher.items()})
         return batch
+
+
+def prepare_output_dir(args) -> str | None:
+    """The checkpoint to resume from: `--resume_from_checkpoint`, else the folder's last one (as transformers'
+    examples do). A folder holding another run is refused unless `--overwrite_output_dir`, which clears it first."""
+    directory = args.output_dir
+    if args.resume_from_checkpoint is not None or not os.path.isdir(directory) or not os.listdir(directory):
+        return args.resume_from_checkpoint
+    if args.overwrite_output_dir:
+        if args.should_save:  # the previous run's checkpoints and appended logs would sit beside the new ones
+            for name in os.listdir(directory):
+                path = os.path.join(directory, name)
+                if name.startswith(PREFIX_CHECKPOINT_DIR) and os.path.isdir(path):
+                    shutil.rmtree(path)
+                elif name.endswith(".jsonl") and name.startswith(("audio_rejects-", "trained_rows-")):
+                    os.remove(path)
+        return None
+    last_checkpoint = get_last_checkpoint(directory)
+    if last_checkpoint is None:
+        raise ValueError(
+            f"--output_dir {directory!r} already holds files and no checkpoint to resume from: pass "
+            "--overwrite_output_dir to replace that run, or choose another folder."
+        )
+    logger.info("Resuming from %s (pass --overwrite_output_dir to start afresh).", last_checkpoint)
+    return last_checkpoint
 
 
 def check_usable_rows(trained: int, skipped: int, args, final: bool = False):
