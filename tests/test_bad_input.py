@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from test_train_adapter import run_flags, write_dataset
@@ -86,3 +87,43 @@ def test_step2_with_no_usable_audio_stops_and_saves_nothing(initial_blsp, speech
     with pytest.raises(ValueError, match=r"Only 0 of 3 rows had usable audio .*--max_skipped_fraction"):
         train_adapter.main(["--model_name_or_path", initial_blsp, *run_flags(dataset, str(output_dir), 1)])
     assert not (output_dir / "model.safetensors").exists()
+
+
+def test_output_dir_of_a_previous_run_is_refused_overwritten_or_resumed(initial_blsp, continuation_dataset, tmp_path):
+    output_dir = str(tmp_path)
+    flags = ["--model_name_or_path", initial_blsp, *run_flags(continuation_dataset, output_dir, 1)]
+    train_adapter.main(flags)
+    with pytest.raises(ValueError, match="already holds files.*--overwrite_output_dir"):
+        train_adapter.main(flags)
+    train_adapter.main([*flags, "--overwrite_output_dir", "true"])
+    with open(tmp_path / "audio_rejects-00000.jsonl") as file:  # the new run's rejects only
+        assert len(file.readlines()) == 1
+    # A run that saved a checkpoint is resumed from it, as transformers' examples do.
+    checkpointed = [*flags, "--overwrite_output_dir", "true", "--save_strategy", "steps", "--save_steps", "1"]
+    train_adapter.main(checkpointed)
+    state_path = tmp_path / "checkpoint-1" / "trainer_state.json"
+    state = json.loads(state_path.read_text())
+    state["log_history"][0]["loss"] = 123.0  # a mark that only a resumed run carries on
+    state_path.write_text(json.dumps(state))
+    more_steps = ["--model_name_or_path", initial_blsp, *run_flags(continuation_dataset, output_dir, 2)]
+    train_adapter.main([*more_steps, "--save_strategy", "steps", "--save_steps", "1"])
+    with open(tmp_path / "trainer_state.json") as file:
+        state = json.load(file)
+    assert state["global_step"] == 2
+    assert [(entry["step"], entry["loss"] == 123.0) for entry in state["log_history"] if "loss" in entry] == [
+        (1, True),
+        (2, False),
+    ]
+
+
+def test_audio_beyond_the_llm_context_is_refused_with_its_length(saved_blsp):
+    from transformers import pipeline
+
+    speech_llm = pipeline(model=saved_blsp["llama"], trust_remote_code=True)
+    limit = speech_llm.model.config.text_config.max_position_embeddings
+    seconds = 30
+    while speech_llm.processor.num_speech_tokens(seconds * 16000) < limit:
+        seconds += 30
+    clip = {"array": np.zeros(seconds * 16000, dtype=np.float32), "sampling_rate": 16000, "path": "long.flac"}
+    with pytest.raises(ValueError, match=rf"audio 'long.flac' is too long .*speech tokens.* beyond the LLM's {limit}"):
+        speech_llm(clip, generate_kwargs={"max_new_tokens": 4})
