@@ -2,15 +2,18 @@
 
 import json
 import os
+import re
 import shutil
+import socket
 
 import numpy as np
 import pytest
 import torch
 from test_train_adapter import run_flags, write_dataset
 
+import processing_blsp
 import train_adapter
-from processing_blsp import BlspProcessor
+from processing_blsp import AudioInputError, BlspProcessor
 
 EVIL_TOKENIZER = """
 import os
@@ -127,3 +130,39 @@ def test_audio_beyond_the_llm_context_is_refused_with_its_length(saved_blsp):
     clip = {"array": np.zeros(seconds * 16000, dtype=np.float32), "sampling_rate": 16000, "path": "long.flac"}
     with pytest.raises(ValueError, match=rf"audio 'long.flac' is too long .*speech tokens.* beyond the LLM's {limit}"):
         speech_llm(clip, generate_kwargs={"max_new_tokens": 4})
+
+
+def test_integer_arrays_are_rescaled_by_their_dtype():
+    wave = 0.5 * np.sin(np.linspace(0, 200, 16000)).astype(np.float32)
+    expected = processing_blsp.load_audio(wave, 16000)
+    int16 = np.round(wave * 32768).astype(np.int16)
+    np.testing.assert_allclose(processing_blsp.load_audio(int16, 16000), expected, atol=1e-4)
+    int32 = np.round(wave * 2**31).astype(np.int32)
+    np.testing.assert_allclose(processing_blsp.load_audio({"array": int32}, 16000), expected, atol=1e-4)
+    uint8 = np.round(wave * 128 + 128).astype(np.uint8)
+    np.testing.assert_allclose(processing_blsp.load_audio(uint8, 16000), expected, atol=1e-2)
+
+
+@pytest.mark.parametrize("rate", [0, -8000, float("nan")])
+def test_invalid_sampling_rates_are_refused(rate):
+    with pytest.raises(AudioInputError, match=r"Bad audio array: its sampling rate .* is not a positive"):
+        processing_blsp.load_audio({"array": np.zeros(1600, dtype=np.float32), "sampling_rate": rate}, 16000)
+
+
+@pytest.fixture
+def silent_server():
+    """A local server that accepts connections and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}/clip.wav"
+    server.close()
+
+
+def test_failing_urls_raise_audio_input_error_naming_them(silent_server, monkeypatch):
+    monkeypatch.setattr(processing_blsp, "URL_TIMEOUT_SECONDS", 0.5)
+    with pytest.raises(AudioInputError, match=re.escape(silent_server) + ".*could not be fetched"):
+        processing_blsp.load_audio(silent_server, 16000)
+    missing = "http://127.0.0.1:1/missing.wav"  # nothing listens on port 1
+    with pytest.raises(AudioInputError, match=re.escape(missing) + ".*could not be fetched"):
+        processing_blsp.load_audio(missing, 16000)
