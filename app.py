@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 
 import gradio as gr
 import torch
-from transformers import AutoModel, AutoProcessor, HfArgumentParser, TextIteratorStreamer
+from transformers import HfArgumentParser, TextIteratorStreamer
 
-from processing_blsp import TASK_INSTRUCTIONS
+from modeling_blsp import BlspForConditionalGeneration
+from processing_blsp import TASK_INSTRUCTIONS, BlspProcessor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORLD_MODEL = os.path.join(HERE, "world", "models", "blsp")
@@ -53,6 +54,13 @@ class DemoArguments:
     )
     server_port: int = field(default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     share: bool = field(default=False, metadata={"help": "Also serve through a public gradio.live link."})
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "Run code the checkpoint ships (its own model or tokenizer class files). Off by default: "
+            "BLSP checkpoints load without it."
+        },
+    )
     threads: int = field(default=0, metadata={"help": "Torch CPU threads (0: torch's default)."})
 
 
@@ -98,10 +106,11 @@ def shown_turn(message: dict) -> dict:
 class SpeechChat:
     """A BLSP model and processor answering conversations, streaming the answer."""
 
-    def __init__(self, model: str, **bases):
-        """`bases`: `speech_model_name_or_path`/`text_model_name_or_path` for an adapter-only checkpoint's bases."""
-        self.model = AutoModel.from_pretrained(model, trust_remote_code=True, **bases).eval()
-        self.processor = AutoProcessor.from_pretrained(model, trust_remote_code=True)
+    def __init__(self, model: str, trust_remote_code: bool = False, **bases):
+        """`bases`: `speech_model_name_or_path`/`text_model_name_or_path` for an adapter-only checkpoint's bases;
+        `trust_remote_code`: also run code the checkpoint ships beside our classes (a tokenizer class file)."""
+        self.model = BlspForConditionalGeneration.from_pretrained(model, **bases).eval()
+        self.processor = BlspProcessor.from_pretrained(model, trust_remote_code=trust_remote_code)
 
     def stream(self, conversation: list[dict], max_new_tokens: int, temperature: float):
         """Yield the answer to `conversation` as it grows, token by token (greedy at temperature 0)."""
@@ -179,7 +188,8 @@ def main():
         raise SystemExit(f"{WORLD_MODEL} is missing (python -m world.build_demo makes it): pass --model or BLSP_MODEL.")
     bases = {"speech_model_name_or_path": args.speech_model_name_or_path}
     bases["text_model_name_or_path"] = args.text_model_name_or_path
-    chat = SpeechChat(args.model, **{key: value for key, value in bases.items() if value})
+    bases = {key: value for key, value in bases.items() if value}
+    chat = SpeechChat(args.model, trust_remote_code=args.trust_remote_code, **bases)
     clips = example_clips(args.examples_dir, args.num_examples)
     demo = build_demo(chat, task_instructions(args.model), clips, f"BLSP speech chat ({os.path.basename(args.model)})")
     demo.queue().launch(

@@ -17,18 +17,12 @@ import sacrebleu
 import torch
 from datasets import Audio
 from tqdm.auto import tqdm
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoProcessor,
-    AutoTokenizer,
-    pipeline,
-)
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig, pipeline
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
 from data_blsp import ROW_ID, SAMPLING_RATE, CorpusArguments, audio_source, load_source, parse_script_arguments
-from processing_blsp import TASK_INSTRUCTIONS, AudioInputError, load_audio, render_prompt
+from modeling_blsp import BlspForConditionalGeneration
+from processing_blsp import TASK_INSTRUCTIONS, AudioInputError, BlspProcessor, load_audio, render_prompt
 
 INPUT_KINDS = ("speech", "text", "cascade")
 
@@ -67,6 +61,13 @@ class EvaluationArguments:
     )
     text_model_name_or_path: str | None = field(
         default=None, metadata={"help": "An adapter-only checkpoint's LLM base, when not the one it names."}
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "Run code the checkpoint ships (its own model or tokenizer class files). Off by default: "
+            "BLSP checkpoints load without it."
+        },
     )
     batch_size: int = field(default=8)
     max_new_tokens: int = field(default=128)
@@ -108,20 +109,22 @@ class Generator:
         self.args = args
         dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        is_blsp = AutoConfig.from_pretrained(args.model_name_or_path, trust_remote_code=True).model_type == "blsp"
+        trust = args.trust_remote_code
+        is_blsp = PreTrainedConfig.get_config_dict(args.model_name_or_path)[0].get("model_type") == "blsp"
         if is_blsp:
             bases = {"speech_model_name_or_path": args.speech_model_name_or_path}
             bases["text_model_name_or_path"] = args.text_model_name_or_path
             bases = {key: value for key, value in bases.items() if value}
-            model = AutoModel.from_pretrained(args.model_name_or_path, trust_remote_code=True, dtype=dtype, **bases)
-            self.processor = AutoProcessor.from_pretrained(args.model_name_or_path, trust_remote_code=True)
+            model = BlspForConditionalGeneration.from_pretrained(args.model_name_or_path, dtype=dtype, **bases)
+            self.processor = BlspProcessor.from_pretrained(args.model_name_or_path, trust_remote_code=trust)
             self.tokenizer = self.processor.tokenizer
             self.model = (model if args.input == "speech" else model.language_model).to(device).eval()
         elif args.input == "speech":
             raise ValueError(f"{args.model_name_or_path!r} is not a BLSP checkpoint: --input speech needs one.")
         else:
-            self.model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=dtype).to(device).eval()
-            self.tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
+            llm = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=dtype, trust_remote_code=trust)
+            self.model = llm.to(device).eval()
+            self.tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path, trust_remote_code=trust)
         self.layout = args.prompt_layout or getattr(getattr(self, "processor", None), "prompt_layout", None)
         self.layout = self.layout or "instruction_first"
         self.system_prompt = args.system_prompt or getattr(getattr(self, "processor", None), "system_prompt", None)

@@ -96,6 +96,9 @@ class ContinuationArguments:
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(
         default="auto", metadata={"help": "LLM weights' dtype; `auto` is bfloat16 on GPU, float32 on CPU."}
     )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run code the LLM checkpoint ships (its own model or tokenizer classes)."}
+    )
     length_grouping_rows: int = field(
         default=4096,
         metadata={
@@ -142,9 +145,9 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[CorpusArguments, Con
     return parse_script_arguments((CorpusArguments, ContinuationArguments), argv)
 
 
-def load_tokenizer(name_or_path: str):
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     """The LLM's tokenizer, padding on the left (for generation); EOS pads when it has no pad token."""
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, padding_side="left")
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, padding_side="left", trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -439,7 +442,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     # PartialState only goes multi-process on CPU when told so (e.g. `accelerate launch --multi_gpu` without GPUs)
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.accelerator.is_available())
-    tokenizer = load_tokenizer(args.llm_name_or_path)
+    tokenizer = load_tokenizer(args.llm_name_or_path, args.trust_remote_code)
     metadata = run_metadata(corpus_args, args, tokenizer)
     corpus_args.dataset_revision = metadata["source"]["dataset_revision"]  # read the Hub revision recorded
     prepare_output_dir(args, metadata, state)

@@ -28,7 +28,10 @@ class TransformersGenerator:
 
     def __init__(self, args, tokenizer, device: torch.device):
         dtype = resolve_dtype(args.dtype, device)
-        self.model = AutoModelForCausalLM.from_pretrained(args.llm_name_or_path, dtype=dtype).to(device).eval()
+        model = AutoModelForCausalLM.from_pretrained(
+            args.llm_name_or_path, dtype=dtype, trust_remote_code=args.trust_remote_code
+        )
+        self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         sampling = {"temperature": args.temperature, "top_p": args.top_p} if args.do_sample else {}
         self.generate_kwargs = {
@@ -59,7 +62,9 @@ class VllmGenerator:
         from vllm import LLM, SamplingParams
 
         dtype = str(resolve_dtype(args.dtype, device)).removeprefix("torch.")
-        self.llm = LLM(model=args.llm_name_or_path, dtype=dtype, seed=args.seed)
+        self.llm = LLM(
+            model=args.llm_name_or_path, dtype=dtype, seed=args.seed, trust_remote_code=args.trust_remote_code
+        )
         self.sampling_params = SamplingParams(
             max_tokens=args.max_new_tokens,
             temperature=args.temperature if args.do_sample else 0.0,

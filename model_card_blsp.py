@@ -112,7 +112,7 @@ def build_model_card(
         f"## Base models\n{base_text}\n"
         "## Training data\n"
         + "".join(f"- `{name}`\n" for name in data_args.dataset_name)
-        + ("\nStreamed training rows" if data_args.streaming else f"\n{len(trainer.train_dataset)} training rows")
+        + f"\n{trainer.trained_rows_count} training rows (rows seen more than once count each time)"
         + "; instruction(s) "
         + ", ".join(f"`{instruction}`" for instruction in instructions)
         + f"; prompt layout `{processor.prompt_layout}`"

@@ -243,15 +243,16 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
         `text_model_name_or_path=` point an adapter-only checkpoint's bases at other copies (e.g. local ones).
         """
         hub_kwargs = {key: kwargs[key] for key in (*HUB_KWARGS, "subfolder") if key in kwargs}
+        dtype = {"dtype": kwargs.pop("dtype")} if kwargs.get("dtype") is not None else {}  # not a config field
         if config is None:
             config, kwargs = cls.config_class.from_pretrained(
                 pretrained_model_name_or_path, return_unused_kwargs=True, **kwargs
             )
         if not config.adapter_only:
             return super().from_pretrained(
-                pretrained_model_name_or_path, *model_args, config=config, **{**kwargs, **hub_kwargs}
+                pretrained_model_name_or_path, *model_args, config=config, **{**kwargs, **hub_kwargs, **dtype}
             )
-        return cls.from_adapter_only(pretrained_model_name_or_path, config, hub_kwargs, kwargs.get("dtype"))
+        return cls.from_adapter_only(pretrained_model_name_or_path, config, hub_kwargs, dtype.get("dtype"))
 
     @classmethod
     def from_adapter_only(cls, path: str, config: BlspConfig, hub_kwargs: dict, dtype=None):

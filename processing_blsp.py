@@ -48,13 +48,30 @@ def describe_source(source) -> str:
     return "audio array"
 
 
+URL_TIMEOUT_SECONDS = 30
+"""How long an audio URL may take to answer (each network operation), so that a dead server cannot hang a job."""
+
+
+def to_float(samples: np.ndarray) -> np.ndarray:
+    """Samples as float32 in [-1, 1]: integer PCM is scaled by its dtype's range (int16 by 32768, uint8 about 128)."""
+    if np.issubdtype(samples.dtype, np.signedinteger):
+        return (samples / -float(np.iinfo(samples.dtype).min)).astype(np.float32)
+    if np.issubdtype(samples.dtype, np.unsignedinteger):
+        middle = (float(np.iinfo(samples.dtype).max) + 1) / 2
+        return ((samples - middle) / middle).astype(np.float32)
+    return samples.astype(np.float32, copy=False)
+
+
 def read_audio_file(source) -> tuple[np.ndarray, int]:
     """Decode a file path, URL or bytes with soundfile; returns (samples[, channels], sampling rate)."""
     if isinstance(source, (bytes, bytearray)):
         source = io.BytesIO(source)
     elif isinstance(source, str) and source.startswith(("http://", "https://")):
-        with urllib.request.urlopen(source) as response:
-            source = io.BytesIO(response.read())
+        try:
+            with urllib.request.urlopen(source, timeout=URL_TIMEOUT_SECONDS) as response:
+                source = io.BytesIO(response.read())
+        except (OSError, ValueError) as error:  # HTTPError, URLError and timeouts are OSErrors
+            raise AudioInputError(f"could not be fetched ({error}); check the URL or download the file") from error
     elif isinstance(source, str) and not os.path.exists(source):
         raise AudioInputError("the file does not exist; check the path")
     try:
@@ -101,12 +118,14 @@ def load_audio(source, target_sampling_rate: int, sampling_rate: int | None = No
         samples, rate = audio_array_and_rate(source, sampling_rate)
         if samples.dtype == object or not np.issubdtype(samples.dtype, np.number):
             raise AudioInputError(f"expected numbers, got an array of {samples.dtype}")
-        samples = to_mono(samples.astype(np.float32, copy=False))
+        samples = to_mono(to_float(samples))
         if samples.size == 0:
             raise AudioInputError("it is empty (0 samples)")
         if not np.isfinite(samples).all():
             raise AudioInputError("it contains NaN or infinite values")
-        rate = rate or target_sampling_rate
+        rate = target_sampling_rate if rate is None else rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float, np.number)) or not 0 < rate < float("inf"):
+            raise AudioInputError(f"its sampling rate {rate!r} is not a positive number of samples per second")
         if rate != target_sampling_rate:
             samples = soxr.resample(samples, rate, target_sampling_rate).astype(np.float32, copy=False)
     except AudioInputError as error:

@@ -38,6 +38,7 @@ from transformers import TrainingArguments, set_seed
 from data_blsp import (
     AUDIO,
     CONTINUATION,
+    ROW_ID,
     TEXT,
     CorpusArguments,
     agreed_setting,
@@ -60,10 +61,12 @@ from training_blsp import (
     add_lora,
     audio_rejects_path,
     check_columns,
+    check_usable_rows,
     finalize_lora,
     keep_trainable_in_float32,
     load_model_and_processor,
     needs_teacher,
+    prepare_output_dir,
     select_trainable_parameters,
     trained_rows_path,
     uses_lora,
@@ -99,6 +102,13 @@ class ModelArguments:
             "help": "Dtype of the loaded weights (default: each checkpoint's own); trainable parameters are kept "
             "in float32.",
             "choices": ["auto", "bfloat16", "float16", "float32"],
+        },
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "Run code the checkpoints ship (e.g. a tokenizer class file in their folder). Off by default: "
+            "BLSP checkpoints load without it."
         },
     )
     train_speech_encoder: bool = field(default=False, metadata={"help": "Also train the Whisper encoder."})
@@ -271,6 +281,21 @@ class BlspTrainingArguments(TrainingArguments):
         default=False, metadata={"help": "Must stay False: the collator decodes the raw audio column."}
     )
     prediction_loss_only: bool = field(default=True, metadata={"help": "Evaluation computes the loss only."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start afresh in an --output_dir that holds a previous run (its checkpoints and rejects are "
+            "deleted). Without it such a folder is refused, unless it holds a checkpoint: the run resumes from it."
+        },
+    )
+    max_skipped_fraction: float = field(
+        default=0.2,
+        metadata={
+            "help": "Stop with an error when more than this fraction of the rows seen has unusable audio. Real "
+            "corpora lose well under 1% of their clips; beyond 20% the cause is systematic (wrong audio column, "
+            "missing folder, unsupported codec) and the run would train on another corpus than the one asked for."
+        },
+    )
     ddp_find_unused_parameters: bool | None = field(
         default=False, metadata={"help": "Every trainable parameter is used at every step: no search needed."}
     )
@@ -279,6 +304,8 @@ class BlspTrainingArguments(TrainingArguments):
         super().__post_init__()
         if not torch.accelerator.is_available():
             self.dataloader_pin_memory = False  # pinning needs an accelerator: the DataLoader would only warn
+        if not 0.0 <= self.max_skipped_fraction <= 1.0:
+            raise ValueError(f"--max_skipped_fraction must be in [0, 1], got {self.max_skipped_fraction}.")
         if self.remove_unused_columns:
             raise ValueError("train_adapter.py decodes audio in its collator: --remove_unused_columns must be False.")
 
@@ -317,7 +344,9 @@ def prepare_dataset(
             dataset = join_audio(dataset, metadata["source"])
         check_columns(dataset.column_names, name, loss_terms)
         instruction = dataset_instruction(data_args, metadata)
-        wanted = (AUDIO, TEXT, CONTINUATION, data_args.duration_column_name)
+        if ROW_ID not in dataset.column_names:  # rejects and logs name rows by their position then
+            dataset = dataset.add_column(ROW_ID, list(range(len(dataset))))
+        wanted = (ROW_ID, AUDIO, TEXT, CONTINUATION, data_args.duration_column_name)
         keep = [column for column in wanted if column in dataset.column_names]
         dataset = dataset.select_columns(keep).cast_column("audio", Audio(decode=False))
         parts.append(dataset.add_column("instruction", [instruction] * len(dataset)))
@@ -434,6 +463,8 @@ def main(args: list[str] | None = None):
     model_args, data_args, training_args = parse_arguments(args)
     check_one_training(training_args)
     setup_logging(training_args)
+    with training_args.main_process_first(desc="checking the output folder"):
+        training_args.resume_from_checkpoint = prepare_output_dir(training_args)
 
     with training_args.main_process_first(desc="preparing datasets"):
         train_dataset, eval_dataset, metadatas = load_datasets(data_args, training_args)
@@ -473,10 +504,13 @@ def main(args: list[str] | None = None):
     check_requested_engine(trainer)
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = train_result.metrics
-    skipped = torch.tensor(trainer.skipped_audio_rows, device=training_args.device)
-    metrics["skipped_audio_rows"] = int(trainer.accelerator.reduce(skipped, reduction="sum"))
+    counts = torch.tensor([trainer.trained_rows_count, trainer.skipped_audio_rows], device=training_args.device)
+    metrics["train_rows"], metrics["skipped_audio_rows"] = trainer.accelerator.reduce(counts, reduction="sum").tolist()
+    trainer.trained_rows_count = metrics["train_rows"]  # the model card's count: every process's rows
+    check_usable_rows(metrics["train_rows"], metrics["skipped_audio_rows"], training_args, final=True)
     if metrics["skipped_audio_rows"] and trainer.is_world_process_zero():
         logger.warning("Skipped %d rows whose audio could not be decoded.", metrics["skipped_audio_rows"])
+    logger.info("Trained on %d rows (rows seen more than once count each time).", metrics["train_rows"])
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     trainer.save_state()

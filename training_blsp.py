@@ -9,6 +9,7 @@ inputs, `BlspTrainer.compute_loss` and the model card read the table.
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import PreTrainedConfig, Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from data_blsp import AUDIO, CONTINUATION, ROW_ID, TEXT, JsonlLog, audio_source, reject_record
 from modeling_blsp import BlspForConditionalGeneration
@@ -28,6 +30,8 @@ logger = logging.getLogger(__name__)
 TEACHER_PREFIX = "teacher_"
 SKIPPED_ROWS_KEY = "num_skipped_rows"
 ROW_IDS_KEY = "row_ids"
+MIN_ROWS_BEFORE_CHECK = 200
+"""Rows a process sees before `--max_skipped_fraction` is checked during training (a fraction of fewer is noise)."""
 LORA_ADAPTER_DIR = "llm_lora"
 LORA_SAVE_MODES = ("merged", "adapter")
 
@@ -196,7 +200,7 @@ class SpeechPromptCollator:
         batch = {SKIPPED_ROWS_KEY: torch.tensor(len(rows) - len(kept))}
         if not kept:
             return batch
-        if ROW_ID in kept[0]:  # streamed rows: (corpus, row id) of each, for --log_trained_rows
+        if "corpus" in kept[0]:  # streamed rows: (corpus, row id) of each, for --log_trained_rows
             batch[ROW_IDS_KEY] = torch.tensor([[row["corpus"], row["row_id"]] for row in kept])
         responses = [row.get("continuation") or row["text"] for row in kept]
         student = self.processor(
@@ -212,6 +216,46 @@ class SpeechPromptCollator:
             )
             batch.update({TEACHER_PREFIX + key: value for key, value in teacher.items()})
         return batch
+
+
+def prepare_output_dir(args) -> str | None:
+    """The checkpoint to resume from: `--resume_from_checkpoint`, else the folder's last one (as transformers'
+    examples do). A folder holding another run is refused unless `--overwrite_output_dir`, which clears it first."""
+    directory = args.output_dir
+    if args.resume_from_checkpoint is not None or not os.path.isdir(directory) or not os.listdir(directory):
+        return args.resume_from_checkpoint
+    if args.overwrite_output_dir:
+        if args.should_save:  # the previous run's checkpoints and appended logs would sit beside the new ones
+            for name in os.listdir(directory):
+                path = os.path.join(directory, name)
+                if name.startswith(PREFIX_CHECKPOINT_DIR) and os.path.isdir(path):
+                    shutil.rmtree(path)
+                elif name.endswith(".jsonl") and name.startswith(("audio_rejects-", "trained_rows-")):
+                    os.remove(path)
+        return None
+    last_checkpoint = get_last_checkpoint(directory)
+    if last_checkpoint is None:
+        raise ValueError(
+            f"--output_dir {directory!r} already holds files and no checkpoint to resume from: pass "
+            "--overwrite_output_dir to replace that run, or choose another folder."
+        )
+    logger.info("Resuming from %s (pass --overwrite_output_dir to start afresh).", last_checkpoint)
+    return last_checkpoint
+
+
+def check_usable_rows(trained: int, skipped: int, args, final: bool = False):
+    """Stop when more than `args.max_skipped_fraction` of the rows seen had unusable audio.
+
+    During training the check waits for `MIN_ROWS_BEFORE_CHECK` rows on this process; at the end (`final`, counts of
+    every process) it always applies, so a run on no usable row never saves a model.
+    """
+    seen = trained + skipped
+    if (seen >= MIN_ROWS_BEFORE_CHECK or final) and (trained == 0 or skipped > args.max_skipped_fraction * seen):
+        raise ValueError(
+            f"Only {trained} of {seen} rows had usable audio ({skipped} skipped, more than --max_skipped_fraction "
+            f"{args.max_skipped_fraction}). The reasons are in {args.output_dir}/audio_rejects-*.jsonl: fix the "
+            "audio column, paths or codec, or raise --max_skipped_fraction."
+        )
 
 
 def audio_rejects_path(training_args) -> str:
@@ -244,8 +288,8 @@ def load_model_and_processor(model_args, prompt_layout, system_prompt):
             path, "blsp", "Pass --speech_encoder_name_or_path and --llm_name_or_path to build a new BLSP model."
         )
         model = BlspForConditionalGeneration.from_pretrained(path, dtype=model_args.dtype)
-        # The checkpoint's processor config names this repository's own class: no remote code runs.
-        processor = BlspProcessor.from_pretrained(path, trust_remote_code=True)
+        # Our own classes load the checkpoint; code it ships (a tokenizer class file) runs only with consent.
+        processor = BlspProcessor.from_pretrained(path, trust_remote_code=model_args.trust_remote_code)
         if model_args.encoder_padding is not None:
             model.config.encoder_padding = model_args.encoder_padding
     else:
@@ -346,6 +390,7 @@ class BlspTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.model_card_builder = model_card_builder
         self.skipped_audio_rows = 0
+        self.trained_rows_count = 0
         self.trained_rows = JsonlLog(trained_rows_log) if trained_rows_log else None
         # The loss is normalized by `num_items_in_batch` (the whole accumulated batch's response tokens).
         self.loss_is_scaled_for_ga = True
@@ -380,7 +425,11 @@ class BlspTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
-        self.skipped_audio_rows += int(inputs.pop(SKIPPED_ROWS_KEY, 0))
+        skipped = int(inputs.pop(SKIPPED_ROWS_KEY, 0))
+        if model.training:
+            self.skipped_audio_rows += skipped
+            self.trained_rows_count += len(inputs["input_ids"]) if "input_ids" in inputs else 0
+            check_usable_rows(self.trained_rows_count, self.skipped_audio_rows, self.args)
         row_ids = inputs.pop(ROW_IDS_KEY, None)
         if self.trained_rows is not None and row_ids is not None and model.training:
             self.trained_rows.append([{"step": self.state.global_step + 1, "rows": row_ids.tolist()}])
@@ -403,8 +452,7 @@ class BlspTrainer(Trainer):
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs.pop(ROW_IDS_KEY, None)
-        if "input_ids" not in inputs:  # every row of the batch was unreadable
-            self.skipped_audio_rows += int(inputs[SKIPPED_ROWS_KEY])
+        if "input_ids" not in inputs:  # every row of the batch was unreadable (logged and recorded by the collator)
             return None, None, None
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
 

@@ -1,0 +1,168 @@
+"""Issue 21: bad and changed input never gives a silent wrong answer, and no checkpoint code runs without consent."""
+
+import json
+import os
+import re
+import shutil
+import socket
+
+import numpy as np
+import pytest
+import torch
+from test_train_adapter import run_flags, write_dataset
+
+import processing_blsp
+import train_adapter
+from processing_blsp import AudioInputError, BlspProcessor
+
+EVIL_TOKENIZER = """
+import os
+from transformers import PreTrainedTokenizerFast
+
+open(os.environ["BLSP_MARKER"], "w").close()
+
+
+class EvilTokenizer(PreTrainedTokenizerFast):
+    pass
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def continuation_dataset(speech_corpus, tmp_path_factory) -> str:
+    """8 clips with continuations, plus one row whose audio cannot be decoded."""
+    return write_dataset(str(tmp_path_factory.mktemp("continuations")), speech_corpus, True, unreadable_rows=1)
+
+
+@pytest.fixture
+def checkpoint_with_code(initial_blsp, tmp_path, monkeypatch) -> tuple[str, str]:
+    """A copy of a BLSP checkpoint whose tokenizer config names its own tokenizer class file; the file, when run,
+    writes a marker file."""
+    directory = str(tmp_path / "with_code")
+    shutil.copytree(initial_blsp, directory)
+    with open(os.path.join(directory, "evil_tokenizer.py"), "w") as file:
+        file.write(EVIL_TOKENIZER)
+    config_path = os.path.join(directory, "tokenizer_config.json")
+    with open(config_path) as file:
+        config = json.load(file)
+    config["auto_map"] = {"AutoTokenizer": [None, "evil_tokenizer.EvilTokenizer"]}
+    with open(config_path, "w") as file:
+        json.dump(config, file)
+    marker = str(tmp_path / "code_ran")
+    monkeypatch.setenv("BLSP_MARKER", marker)
+    return directory, marker
+
+
+def test_step2_runs_no_checkpoint_code_without_consent(checkpoint_with_code, continuation_dataset, tmp_path):
+    """Without --trust_remote_code our own classes load the checkpoint and its code file never runs; with it, it
+    does (the user's consent)."""
+    checkpoint, marker = checkpoint_with_code
+    output_dir = str(tmp_path / "out")
+    train_adapter.main(["--model_name_or_path", checkpoint, *run_flags(continuation_dataset, output_dir, 1)])
+    assert os.path.exists(os.path.join(output_dir, "model.safetensors"))
+    assert not os.path.exists(marker)
+    BlspProcessor.from_pretrained(checkpoint, trust_remote_code=True)
+    assert os.path.exists(marker)
+
+
+def test_rows_trained_and_rejects_are_reported_by_row(initial_blsp, continuation_dataset, tmp_path):
+    """8 readable rows and row 8 unreadable: the metrics and the card say 8 rows, the reject names row 8."""
+    train_adapter.main(["--model_name_or_path", initial_blsp, *run_flags(continuation_dataset, str(tmp_path), 1)])
+    with open(tmp_path / "train_results.json") as file:
+        results = json.load(file)
+    assert (results["train_rows"], results["skipped_audio_rows"]) == (8, 1)
+    assert "\n8 training rows" in (tmp_path / "README.md").read_text()
+    with open(tmp_path / "audio_rejects-00000.jsonl") as file:
+        assert [json.loads(line)["row_id"] for line in file] == [8]
+
+
+def test_step2_with_no_usable_audio_stops_and_saves_nothing(initial_blsp, speech_corpus, tmp_path):
+    dataset = str(tmp_path / "broken")
+    write_dataset(dataset, (speech_corpus[0], []), True, unreadable_rows=3)
+    output_dir = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"Only 0 of 3 rows had usable audio .*--max_skipped_fraction"):
+        train_adapter.main(["--model_name_or_path", initial_blsp, *run_flags(dataset, str(output_dir), 1)])
+    assert not (output_dir / "model.safetensors").exists()
+
+
+def test_output_dir_of_a_previous_run_is_refused_overwritten_or_resumed(initial_blsp, continuation_dataset, tmp_path):
+    output_dir = str(tmp_path)
+    flags = ["--model_name_or_path", initial_blsp, *run_flags(continuation_dataset, output_dir, 1)]
+    train_adapter.main(flags)
+    with pytest.raises(ValueError, match="already holds files.*--overwrite_output_dir"):
+        train_adapter.main(flags)
+    train_adapter.main([*flags, "--overwrite_output_dir", "true"])
+    with open(tmp_path / "audio_rejects-00000.jsonl") as file:  # the new run's rejects only
+        assert len(file.readlines()) == 1
+    # A run that saved a checkpoint is resumed from it, as transformers' examples do.
+    checkpointed = [*flags, "--overwrite_output_dir", "true", "--save_strategy", "steps", "--save_steps", "1"]
+    train_adapter.main(checkpointed)
+    state_path = tmp_path / "checkpoint-1" / "trainer_state.json"
+    state = json.loads(state_path.read_text())
+    state["log_history"][0]["loss"] = 123.0  # a mark that only a resumed run carries on
+    state_path.write_text(json.dumps(state))
+    more_steps = ["--model_name_or_path", initial_blsp, *run_flags(continuation_dataset, output_dir, 2)]
+    train_adapter.main([*more_steps, "--save_strategy", "steps", "--save_steps", "1"])
+    with open(tmp_path / "trainer_state.json") as file:
+        state = json.load(file)
+    assert state["global_step"] == 2
+    assert [(entry["step"], entry["loss"] == 123.0) for entry in state["log_history"] if "loss" in entry] == [
+        (1, True),
+        (2, False),
+    ]
+
+
+def test_audio_beyond_the_llm_context_is_refused_with_its_length(saved_blsp):
+    from transformers import pipeline
+
+    speech_llm = pipeline(model=saved_blsp["llama"], trust_remote_code=True)
+    limit = speech_llm.model.config.text_config.max_position_embeddings
+    seconds = 30
+    while speech_llm.processor.num_speech_tokens(seconds * 16000) < limit:
+        seconds += 30
+    clip = {"array": np.zeros(seconds * 16000, dtype=np.float32), "sampling_rate": 16000, "path": "long.flac"}
+    with pytest.raises(ValueError, match=rf"audio 'long.flac' is too long .*speech tokens.* beyond the LLM's {limit}"):
+        speech_llm(clip, generate_kwargs={"max_new_tokens": 4})
+
+
+def test_integer_arrays_are_rescaled_by_their_dtype():
+    wave = 0.5 * np.sin(np.linspace(0, 200, 16000)).astype(np.float32)
+    expected = processing_blsp.load_audio(wave, 16000)
+    int16 = np.round(wave * 32768).astype(np.int16)
+    np.testing.assert_allclose(processing_blsp.load_audio(int16, 16000), expected, atol=1e-4)
+    int32 = np.round(wave * 2**31).astype(np.int32)
+    np.testing.assert_allclose(processing_blsp.load_audio({"array": int32}, 16000), expected, atol=1e-4)
+    uint8 = np.round(wave * 128 + 128).astype(np.uint8)
+    np.testing.assert_allclose(processing_blsp.load_audio(uint8, 16000), expected, atol=1e-2)
+
+
+@pytest.mark.parametrize("rate", [0, -8000, float("nan")])
+def test_invalid_sampling_rates_are_refused(rate):
+    with pytest.raises(AudioInputError, match=r"Bad audio array: its sampling rate .* is not a positive"):
+        processing_blsp.load_audio({"array": np.zeros(1600, dtype=np.float32), "sampling_rate": rate}, 16000)
+
+
+@pytest.fixture
+def silent_server():
+    """A local server that accepts connections and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}/clip.wav"
+    server.close()
+
+
+def test_failing_urls_raise_audio_input_error_naming_them(silent_server, monkeypatch):
+    monkeypatch.setattr(processing_blsp, "URL_TIMEOUT_SECONDS", 0.5)
+    with pytest.raises(AudioInputError, match=re.escape(silent_server) + ".*could not be fetched"):
+        processing_blsp.load_audio(silent_server, 16000)
+    missing = "http://127.0.0.1:1/missing.wav"  # nothing listens on port 1
+    with pytest.raises(AudioInputError, match=re.escape(missing) + ".*could not be fetched"):
+        processing_blsp.load_audio(missing, 16000)
