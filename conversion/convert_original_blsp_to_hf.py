@@ -21,6 +21,7 @@ import sys
 
 import torch
 from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, WhisperConfig, WhisperFeatureExtractor
+from transformers.utils import is_sentencepiece_available
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository's model code
 
@@ -128,6 +129,8 @@ def convert(checkpoint_dir: str, output_dir: str, dtype: str = "float32") -> str
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     config = convert_config(read_original_config(checkpoint_dir))
+    if not os.path.isfile(os.path.join(checkpoint_dir, "tokenizer.json")) and not is_sentencepiece_available():
+        raise ImportError("reading the release's Llama tokenizer (tokenizer.model) needs: pip install sentencepiece")
     tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir)
     config.speech_token_id = add_speech_token(tokenizer, config.speech_token)
     state = rename_weights(read_original_weights(checkpoint_dir), config)
