@@ -187,6 +187,14 @@ def test_the_comparison_is_sensitive_to_speech_and_to_the_original_settings(conv
     assert (masked - reference.logits(INSTRUCTION, clips[0])).abs().max() > 1e-2
 
 
+def test_unmasked_encoder_asks_for_30_second_features(converted, clip_paths):
+    model = BlspForConditionalGeneration.from_pretrained(converted).eval()
+    processor = BlspProcessor.from_pretrained(converted, feature_padding="longest")
+    inputs = processor(text=processor.render_prompt(INSTRUCTION), audio=read_clips(clip_paths)[0])
+    with pytest.raises(ValueError, match="feature_padding='max_length'"), torch.no_grad():
+        model(**inputs)
+
+
 def test_converted_model_batched_equals_alone(converted_outputs):
     batch = converted_outputs["batch"]
     for row, alone in enumerate(converted_outputs["alone"]):
