@@ -5,6 +5,15 @@ from transformers import Pipeline
 DEFAULT_GENERATE_KWARGS = {"do_sample": False, "max_new_tokens": 128}
 
 
+def describe_input(item, index: int) -> str:
+    """A name for input `index` of a batch in error messages: its file name when it has one."""
+    if isinstance(item, str):
+        return f"audio file {item!r}"
+    if isinstance(item, dict) and item.get("path"):
+        return f"audio {item['path']!r}"
+    return f"audio input {index}"
+
+
 def is_conversation(inputs) -> bool:
     """Whether `inputs` is one chat conversation: a non-empty list of `{"role": ..., "content": ...}` messages."""
     return isinstance(inputs, list) and bool(inputs) and all(isinstance(m, dict) and "role" in m for m in inputs)
@@ -51,6 +60,7 @@ class BlspPipeline(Pipeline):
         results = []
         for start in range(0, len(items), batch_size):
             model_inputs = self.preprocess(items[start : start + batch_size], **preprocess_params)
+            self.check_context(model_inputs, items[start : start + batch_size], forward_params)
             results.extend(self.postprocess(self.forward(model_inputs, **forward_params)))
         return results[0] if single else results
 
@@ -65,6 +75,24 @@ class BlspPipeline(Pipeline):
             raise ValueError("Give a list of conversations or a list of audio inputs, not a mix of both.")
         prompts = [self.processor.render_prompt(instruction)] * len(items)
         return self.processor(text=prompts, audio=items)
+
+    def check_context(self, model_inputs, items: list, generate_kwargs: dict):
+        """Refuse inputs whose speech tokens, prompt and `max_new_tokens` exceed the LLM's positions (the LLM would
+        otherwise answer nothing, silently)."""
+        limit = getattr(self.model.config.text_config, "max_position_embeddings", None)
+        new_tokens = generate_kwargs.get("max_new_tokens") or 0
+        if limit is None:
+            return
+        lengths = model_inputs["attention_mask"].sum(dim=1).tolist()
+        speech = (model_inputs["input_ids"] == self.processor.speech_token_id).sum(dim=1).tolist()
+        for index, (item, length, speech_tokens) in enumerate(zip(items, lengths, speech)):
+            if length + new_tokens > limit:
+                name = f"conversation {index}" if is_conversation(item) else describe_input(item, index)
+                raise ValueError(
+                    f"{name} is too long for this model: {speech_tokens} speech tokens + {length - speech_tokens} "
+                    f"prompt tokens + max_new_tokens {new_tokens} = {length + new_tokens} positions, beyond the "
+                    f"LLM's {limit}. Split the audio into shorter clips or lower max_new_tokens."
+                )
 
     def _forward(self, model_inputs, **generate_kwargs):
         prompt_length = model_inputs["input_ids"].shape[1]

@@ -7,6 +7,7 @@ from transformers.configuration_utils import SubConfigSpec
 
 WHISPER_ENCODER_DOWNSAMPLING = ((3, 2, 1),)
 """(kernel, stride, padding) of the Whisper encoder convolutions that change the frame rate (conv2)."""
+ENCODER_PADDINGS = ("longest", "max_length", "unmasked")
 
 
 def conv_output_length(length: int, convolutions) -> int:
@@ -35,9 +36,12 @@ class BlspConfig(PreTrainedConfig):
             Epsilon of the adapter's final LayerNorm.
         speech_token (`str`, defaults to `"<speech>"`), speech_token_id (`int`, *optional*):
             The placeholder that the processor expands into one token per adapter frame.
-        encoder_padding (`"longest"` or `"max_length"`, defaults to `"longest"`):
+        encoder_padding (`"longest"`, `"max_length"` or `"unmasked"`, defaults to `"longest"`):
             `"longest"` runs the encoder on the batch's longest clip with padded frames masked;
-            `"max_length"` runs it on full 30 s windows, as the original BLSP did (same outputs, more compute).
+            `"max_length"` runs it on full 30 s windows with padded frames masked (same outputs, more compute);
+            `"unmasked"` runs transformers' `WhisperEncoder` on the feature extractor's 30 s windows with the padding
+            attended and cuts each clip's output at its length, as the original BLSP release did (needs a processor
+            with `feature_padding="max_length"`; see `docs/original_blsp.md`).
         speech_model_name_or_path (`str`, *optional*), text_model_name_or_path (`str`, *optional*):
             The pretrained Whisper and LLM this model was built from (Hub ids or paths), as
             `from_speech_text_pretrained` records them.
@@ -72,7 +76,7 @@ class BlspConfig(PreTrainedConfig):
     adapter_layer_norm_eps: float = 1e-5
     speech_token: str = "<speech>"
     speech_token_id: int | None = None
-    encoder_padding: Literal["longest", "max_length"] = "longest"
+    encoder_padding: Literal["longest", "max_length", "unmasked"] = "longest"
     tie_word_embeddings: bool = False
     speech_model_name_or_path: str | None = None
     text_model_name_or_path: str | None = None
@@ -80,8 +84,8 @@ class BlspConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        if self.encoder_padding not in ("longest", "max_length"):
-            raise ValueError(f"encoder_padding must be 'longest' or 'max_length', got {self.encoder_padding!r}.")
+        if self.encoder_padding not in ENCODER_PADDINGS:
+            raise ValueError(f"encoder_padding must be one of {ENCODER_PADDINGS}, got {self.encoder_padding!r}.")
         if self.adapter_only and not (self.speech_model_name_or_path and self.text_model_name_or_path):
             raise ValueError(
                 "An adapter-only BLSP config must name its frozen bases: set speech_model_name_or_path and "

@@ -128,6 +128,23 @@ def encode_variable_length(
     return encoder.layer_norm(hidden_states), lengths
 
 
+def encode_unmasked(
+    encoder: WhisperEncoder, input_features: torch.Tensor, frame_lengths: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whisper's own encoder on 30 s windows of padded features, the padding attended, as the original BLSP did.
+
+    The output is cut at the longest clip's length; the adapter then masks every clip past its own length.
+    """
+    window = encoder.max_source_positions * encoder.conv1.stride[0] * encoder.conv2.stride[0]
+    if input_features.shape[-1] != window:
+        raise ValueError(
+            f"encoder_padding='unmasked' needs features padded to 30 s ({window} frames) by the feature extractor, got "
+            f"{input_features.shape[-1]} frames: build inputs with a BlspProcessor whose feature_padding='max_length'."
+        )
+    lengths = lengths_after_conv(frame_lengths, encoder.conv2)
+    return encoder(input_features).last_hidden_state[:, : int(lengths.max())], lengths
+
+
 class BlspPreTrainedModel(PreTrainedModel):
     config_class = BlspConfig
     base_model_prefix = "model"
@@ -330,17 +347,22 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
             input_features_mask: (windows, frames) 1 on real frames.
         """
         frame_lengths = input_features_mask.sum(-1)
-        if self.config.encoder_padding == "max_length":
-            frames = self.speech_encoder.max_source_positions * self.speech_encoder.conv2.stride[0]
-        else:
-            frames = int(frame_lengths.max())
-        input_features = nn.functional.pad(
-            input_features[..., :frames], (0, frames - min(frames, input_features.shape[-1]))
-        )
         encoder_dtype = self.speech_encoder.conv1.weight.dtype
-        hidden_states, lengths = encode_variable_length(
-            self.speech_encoder, input_features.to(encoder_dtype), frame_lengths
-        )
+        if self.config.encoder_padding == "unmasked":
+            hidden_states, lengths = encode_unmasked(
+                self.speech_encoder, input_features.to(encoder_dtype), frame_lengths
+            )
+        else:
+            if self.config.encoder_padding == "max_length":
+                frames = self.speech_encoder.max_source_positions * self.speech_encoder.conv2.stride[0]
+            else:
+                frames = int(frame_lengths.max())
+            input_features = nn.functional.pad(
+                input_features[..., :frames], (0, frames - min(frames, input_features.shape[-1]))
+            )
+            hidden_states, lengths = encode_variable_length(
+                self.speech_encoder, input_features.to(encoder_dtype), frame_lengths
+            )
         adapter_dtype = self.adapter.layer_norm.weight.dtype
         speech_embeds, lengths = self.adapter(hidden_states.to(adapter_dtype), lengths)
         return speech_embeds[length_mask(lengths, speech_embeds.shape[1])]
@@ -460,4 +482,10 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
 BlspConfig.register_for_auto_class()
 BlspForConditionalGeneration.register_for_auto_class("AutoModel")
 
-__all__ = ["BlspForConditionalGeneration", "BlspModalityAdapter", "BlspPreTrainedModel", "encode_variable_length"]
+__all__ = [
+    "BlspForConditionalGeneration",
+    "BlspModalityAdapter",
+    "BlspPreTrainedModel",
+    "encode_unmasked",
+    "encode_variable_length",
+]

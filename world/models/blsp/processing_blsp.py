@@ -7,6 +7,7 @@ transcripts), step 2 (training on speech) and inference all render their prompts
 import io
 import itertools
 import os
+import re
 import urllib.request
 
 import numpy as np
@@ -31,6 +32,8 @@ TASK_INSTRUCTIONS = {  # the tasks of BLSP's paper: the default instruction of e
 BASE_TEMPLATE_TURN = "###[{role}]:{content}\n\n\n"
 BASE_TEMPLATE_ROLES = {"user": "Human", "assistant": "Assistant", "system": "System"}
 PROMPT_LAYOUTS = ("instruction_first", "speech_first")
+FEATURE_PADDINGS = ("longest", "max_length")
+PROMPT_TOKENIZATIONS = ("whole", "segments")
 IGNORE_INDEX = -100
 HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "revision", "token")
 
@@ -140,32 +143,41 @@ def window_lengths(num_samples: int, window_samples: int) -> list[int]:
     return [base + 1] * extra + [base] * (num_windows - extra)
 
 
-def log_mel(feature_extractor, samples: np.ndarray) -> np.ndarray:
-    """Whisper log-mel of one clip of at most 30 s, featurised alone (no padding), one frame per hop."""
+def log_mel(feature_extractor, samples: np.ndarray, padding: str = "longest") -> np.ndarray:
+    """Whisper log-mel of one clip of at most 30 s, featurised alone, one frame per hop.
+
+    `padding="longest"`: the clip's frames only; `"max_length"`: the feature extractor's 30 s window, padding included.
+    """
     features = feature_extractor(
-        samples, sampling_rate=feature_extractor.sampling_rate, padding="longest", return_tensors="np"
+        samples, sampling_rate=feature_extractor.sampling_rate, padding=padding, return_tensors="np"
     )["input_features"][0]
-    return features[:, : len(samples) // feature_extractor.hop_length]
+    return features if padding == "max_length" else features[:, : len(samples) // feature_extractor.hop_length]
 
 
-def pad_log_mels(features: list[np.ndarray]) -> dict[str, torch.Tensor]:
-    """Zero-pad (mel, frames) features to the longest: `input_features` and the real-frame `input_features_mask`."""
+def pad_log_mels(features: list[np.ndarray], frame_counts: list[int] | None = None) -> dict[str, torch.Tensor]:
+    """Zero-pad (mel, frames) features to the longest: `input_features` and `input_features_mask`, 1 on real frames.
+
+    Real frames are the first `frame_counts[i]` of feature i (default: all of its frames).
+    """
     num_frames = max(feature.shape[-1] for feature in features)
+    frame_counts = frame_counts or [feature.shape[-1] for feature in features]
     padded = np.zeros((len(features), features[0].shape[0], num_frames), dtype=np.float32)
     mask = np.zeros((len(features), num_frames), dtype=np.int64)
-    for index, feature in enumerate(features):
+    for index, (feature, frames) in enumerate(zip(features, frame_counts)):
         padded[index, :, : feature.shape[-1]] = feature
-        mask[index, : feature.shape[-1]] = 1
+        mask[index, :frames] = 1
     return {"input_features": torch.from_numpy(padded), "input_features_mask": torch.from_numpy(mask)}
 
 
-def build_messages(instruction: str | None, content: str, layout: str, system_prompt: str | None) -> list[dict]:
+def build_messages(
+    instruction: str | None, content: str, layout: str, system_prompt: str | None, separator: str = " "
+) -> list[dict]:
     """One user turn holding the instruction and the content (a transcript or the speech placeholder)."""
     if layout not in PROMPT_LAYOUTS:
         raise ValueError(f"prompt layout must be one of {PROMPT_LAYOUTS}, got {layout!r}")
     parts = [instruction, content] if layout == "instruction_first" else [content, instruction]
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return messages + [{"role": "user", "content": " ".join(part for part in parts if part)}]
+    return messages + [{"role": "user", "content": separator.join(part for part in parts if part)}]
 
 
 def render_conversation(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> str:
@@ -191,9 +203,26 @@ def render_prompt(
     content: str,
     layout: str = "instruction_first",
     system_prompt: str | None = None,
+    separator: str = " ",
 ) -> str:
     """The generation prompt for an instruction about `content` (a transcript, or the speech placeholder)."""
-    return render_conversation(tokenizer, build_messages(instruction, content, layout, system_prompt))
+    return render_conversation(tokenizer, build_messages(instruction, content, layout, system_prompt, separator))
+
+
+def tokenize_segments(tokenizer, text: str) -> list[int]:
+    """Ids of `text` with each piece between special tokens tokenized on its own, as the original BLSP release did.
+
+    A sentencepiece tokenizer (Llama's) then starts every piece with its word boundary `▁`, also after the speech.
+    """
+    specials = {token.content for token in tokenizer.added_tokens_decoder.values() if token.special}
+    pattern = "(" + "|".join(re.escape(token) for token in sorted(specials, key=len, reverse=True)) + ")"
+    ids = []
+    for piece in re.split(pattern, text) if specials else [text]:
+        if piece in specials:
+            ids.append(tokenizer.convert_tokens_to_ids(piece))
+        elif piece:
+            ids.extend(tokenizer(piece, add_special_tokens=False)["input_ids"])
+    return ids
 
 
 def add_speech_token(tokenizer, speech_token: str) -> int:
@@ -201,6 +230,16 @@ def add_speech_token(tokenizer, speech_token: str) -> int:
     if speech_token not in tokenizer.get_vocab():
         tokenizer.add_tokens([speech_token], special_tokens=True)
     return tokenizer.convert_tokens_to_ids(speech_token)
+
+
+def join_content(parts: list[str | None], speech_token: str, speech_separator: str) -> str:
+    """Text parts and speech placeholders (`None`) joined by spaces, with `speech_separator` next to the speech."""
+    text = ""
+    for index, part in enumerate(parts):
+        if index:
+            text += speech_separator if part is None or parts[index - 1] is None else " "
+        text += speech_token if part is None else part
+    return text
 
 
 def flatten_content(content) -> tuple[str, list]:
@@ -238,6 +277,12 @@ class BlspProcessor(ProcessorMixin):
             to speech tokens; defaults to [`BlspConfig`]'s.
         prompt_layout (`"instruction_first"` or `"speech_first"`): Order of instruction and speech in a prompt.
         system_prompt (`str`, *optional*): System message for chat LLMs.
+        feature_padding (`"longest"` or `"max_length"`): Each 30 s window's features: its own frames only, or the
+            feature extractor's full 30 s window with the extractor's frame count (what `encoder_padding="unmasked"`
+            models need).
+        speech_separator (`str`, defaults to `" "`): The text between the speech placeholder and the instruction.
+        prompt_tokenization (`"whole"` or `"segments"`): Tokenize a rendered prompt as one string, or each piece
+            between special tokens (BOS, speech, chat markers) on its own, as the original BLSP release did.
     """
 
     def __init__(
@@ -249,14 +294,25 @@ class BlspProcessor(ProcessorMixin):
         speech_downsampling=None,
         prompt_layout: str = "instruction_first",
         system_prompt: str | None = None,
+        feature_padding: str = "longest",
+        speech_separator: str = " ",
+        prompt_tokenization: str = "whole",
     ):
-        if prompt_layout not in PROMPT_LAYOUTS:
-            raise ValueError(f"prompt_layout must be one of {PROMPT_LAYOUTS}, got {prompt_layout!r}")
+        for name, value, choices in (
+            ("prompt_layout", prompt_layout, PROMPT_LAYOUTS),
+            ("feature_padding", feature_padding, FEATURE_PADDINGS),
+            ("prompt_tokenization", prompt_tokenization, PROMPT_TOKENIZATIONS),
+        ):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {value!r}")
         self.speech_token = speech_token
         self.speech_token_id = add_speech_token(tokenizer, speech_token)
         self.speech_downsampling = [list(conv) for conv in speech_downsampling or BlspConfig().speech_downsampling]
         self.prompt_layout = prompt_layout
         self.system_prompt = system_prompt
+        self.feature_padding = feature_padding
+        self.speech_separator = speech_separator
+        self.prompt_tokenization = prompt_tokenization
         super().__init__(feature_extractor, tokenizer, chat_template=chat_template)
 
     @classmethod
@@ -304,11 +360,15 @@ class BlspProcessor(ProcessorMixin):
         """One clip as float32 mono at the feature extractor's rate (decoded, mixed down, resampled)."""
         return load_audio(source, self.sampling_rate, sampling_rate)
 
+    def frame_count(self, num_samples: int) -> int:
+        """Real log-mel frames of a window: whole hops, or the feature extractor's count (hops rounded up)."""
+        hop = self.feature_extractor.hop_length
+        return -(-num_samples // hop) if self.feature_padding == "max_length" else num_samples // hop
+
     def num_speech_tokens(self, num_samples: int) -> int:
         """Speech tokens the model produces for a clip of `num_samples` at the feature extractor's rate."""
-        hop = self.feature_extractor.hop_length
         windows = window_lengths(num_samples, self.feature_extractor.n_samples)
-        return sum(conv_output_length(length // hop, self.speech_downsampling) for length in windows)
+        return sum(conv_output_length(self.frame_count(length), self.speech_downsampling) for length in windows)
 
     def render_prompt(self, instruction: str | None, content: str | None = None) -> str:
         """The generation prompt for `instruction` about `content`; `content=None` means the speech itself."""
@@ -318,6 +378,7 @@ class BlspProcessor(ProcessorMixin):
             self.speech_token if content is None else content,
             layout=self.prompt_layout,
             system_prompt=self.system_prompt,
+            separator=self.speech_separator if content is None else " ",
         )
 
     def extract_features(self, clips: list[np.ndarray]) -> tuple[dict, list[int]]:
@@ -336,7 +397,8 @@ class BlspProcessor(ProcessorMixin):
             tokens_per_clip.append(self.num_speech_tokens(len(clip)))
             bounds = np.cumsum([0] + window_lengths(len(clip), self.feature_extractor.n_samples))
             windows.extend(clip[start:end] for start, end in itertools.pairwise(bounds))
-        return pad_log_mels([log_mel(self.feature_extractor, window) for window in windows]), tokens_per_clip
+        features = [log_mel(self.feature_extractor, window, self.feature_padding) for window in windows]
+        return pad_log_mels(features, [self.frame_count(len(window)) for window in windows]), tokens_per_clip
 
     def expand_speech_tokens(self, ids: list[int], counts) -> list[int]:
         """Replace each speech placeholder id in `ids` by the next clip's count of speech tokens."""
@@ -380,7 +442,10 @@ class BlspProcessor(ProcessorMixin):
             )
         clips = [self.load_audio(clip, sampling_rate) for clip in clips]
         speech_inputs, tokens_per_clip = self.extract_features(clips) if clips else ({}, [])
-        rows = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        if self.prompt_tokenization == "segments":
+            rows = [tokenize_segments(self.tokenizer, sample) for sample in texts]
+        else:
+            rows = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         counts = iter(tokens_per_clip)
         rows = [self.expand_speech_tokens(ids, counts) for ids in rows]
         labels = None
@@ -434,7 +499,7 @@ class BlspProcessor(ProcessorMixin):
             for message in messages:
                 texts, clips = flatten_content(message["content"])
                 if not isinstance(texts, str):
-                    texts = " ".join(self.speech_token if part is None else part for part in texts)
+                    texts = join_content(texts, self.speech_token, self.speech_separator)
                 flat.append({"role": message["role"], "content": texts})
                 audios.extend(clips)
             prompts.append(render_conversation(self.tokenizer, flat, add_generation_prompt))
@@ -459,6 +524,7 @@ __all__ = [
     "pad_log_mels",
     "render_prompt",
     "render_conversation",
+    "tokenize_segments",
     "window_lengths",
 ]
 
