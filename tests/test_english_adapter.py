@@ -90,3 +90,14 @@ def test_shipped_adapter_gives_its_recorded_answers_in_a_fresh_process(shipped_a
     expected = [recorded["answers"][name] for name in shipped_answers["files"]]
     assert shipped_answers["answers"] == expected
     assert shipped_answers["first_generate"] == expected[0]
+
+
+def test_app_serves_the_shipped_adapter_on_local_bases(real_whisper, real_llm, recorded):
+    import app
+
+    chat = app.SpeechChat(ADAPTER_DIR, speech_model_name_or_path=real_whisper, text_model_name_or_path=real_llm)
+    with open(os.path.join(EXAMPLES, "metadata.jsonl")) as file:
+        first = json.loads(file.readline())["file_name"]
+    turn = app.user_turn(recorded["instruction"], os.path.join(EXAMPLES, first), chat.processor.prompt_layout)
+    *_, answer = chat.stream([turn], recorded["max_new_tokens"], temperature=0.0)
+    assert answer == recorded["answers"][first]
