@@ -292,7 +292,7 @@ class BlspTrainingArguments(TrainingArguments):
         default=0.2,
         metadata={
             "help": "Stop with an error when more than this fraction of the rows seen has unusable audio. Real "
-            "corpora lose well under 1% of their clips; beyond 20% the cause is systematic (wrong audio column, "
+            "corpora lose well under 1%% of their clips; beyond 20%% the cause is systematic (wrong audio column, "
             "missing folder, unsupported codec) and the run would train on another corpus than the one asked for."
         },
     )

@@ -55,3 +55,19 @@ def test_the_step2_example_recipe_parses():
         "outputs/continuations-librispeech-clean-100"
     ]
     assert (training_args.loss, training_args.learning_rate, training_args.warmup_steps) == ("ce", 5e-5, 1000)
+
+
+@pytest.mark.parametrize(
+    "dataclass_types",
+    [
+        (CorpusArguments, evaluate_blsp.EvaluationArguments),
+        generate_continuations.parse_arguments.__annotations__["return"].__args__,
+        (train_adapter.ModelArguments, train_adapter.DataArguments, train_adapter.BlspTrainingArguments),
+    ],
+    ids=["evaluate_blsp", "generate_continuations", "train_adapter"],
+)
+def test_every_script_prints_its_help(dataclass_types, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_script_arguments(tuple(dataclass_types), ["--help"])
+    assert exit_info.value.code == 0
+    assert "--output_dir" in capsys.readouterr().out
