@@ -36,7 +36,7 @@ def test_placeholder_expands_to_adapter_frames(processors):
     # 2 s = 200 mel frames -> 100 encoder frames -> 50 -> 25 -> 13 adapter frames (one per 160 ms)
     assert speech_token_count(processor, inputs, 0) == 13
     assert speech_token_count(processor, inputs, 1) == processor.num_speech_tokens(len(tone(7.3)))
-    assert inputs["input_features"].shape == (2, 80, 730)
+    assert inputs["input_features"].shape == (2, 80, 3000)  # 30 s windows, as Whisper's feature extractor pads
     assert inputs["input_features_mask"].sum(-1).tolist() == [200, 730]
 
 
