@@ -39,6 +39,7 @@ except ImportError:
     pass
 
 path, conversations, greedy = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+instruction = conversations[0][0]["content"][1]["text"]
 ours = pipeline(model=path, trust_remote_code=True)
 any_to_any = pipeline("any-to-any", model=path, trust_remote_code=True)
 print(json.dumps({
@@ -50,6 +51,12 @@ print(json.dumps({
     "each": any_to_any(text=conversations, generate_kwargs=greedy, return_full_text=False),
     "batched": any_to_any(
         text=conversations, generate_kwargs=greedy, return_full_text=False, batch_size=len(conversations)
+    ),
+    "rendered": any_to_any(
+        text=any_to_any.processor.render_prompt(instruction),
+        audio=conversations[0][0]["content"][0]["path"],
+        generate_kwargs=greedy,
+        return_full_text=False,
     ),
 }))
 """
@@ -121,6 +128,8 @@ def test_any_to_any_gives_our_pipelines_greedy_answers(answers):
     for key in ("each", "batched"):
         assert [result["input_text"] for (result,) in answers[key]] == conversations
         assert [result["generated_text"].strip() for (result,) in answers[key]] == ours
+    # The non-chat form: the prompt as the processor renders it, and the audio.
+    assert [result["generated_text"].strip() for result in answers["rendered"]] == ours[:1]
 
 
 def wait_until_healthy(url: str, process: subprocess.Popen, log_path, timeout: float = 300) -> None:
