@@ -10,6 +10,7 @@ import yaml
 from conftest import save_untrained_blsp
 from conftest_hub import hub_env, local_hub  # noqa: F401 - fixtures
 from datasets import Audio, Dataset
+from huggingface_hub import ModelCard
 from launching import two_process_launch
 from safetensors.torch import load_file
 
@@ -362,6 +363,8 @@ def test_save_adapter_only_names_the_bases_and_loads_on_local_copies(
     )
     with open(os.path.join(output_dir, "config.json")) as file:
         assert json.load(file)["text_model_name_or_path"] == "org/chat-llm"
+    card = ModelCard.load(os.path.join(output_dir, "README.md")).data  # the bases the trained weights apply to
+    assert (card.base_model, card.base_model_relation) == (["openai/whisper-tiny.en", "org/chat-llm"], "adapter")
     assert all(torch.equal(loaded.state_dict()[key], value) for key, value in saved.items())
     assert_bit_identical(weights_under(loaded.state_dict(), "language_model."), saved_weights(responsive_llm))
 
