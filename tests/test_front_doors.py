@@ -38,7 +38,7 @@ try:
 except ImportError:
     pass
 
-path, conversations, greedy = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+path, adapter_only, conversations, greedy = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
 instruction = conversations[0][0]["content"][1]["text"]
 ours = pipeline(model=path, trust_remote_code=True)
 any_to_any = pipeline("any-to-any", model=path, trust_remote_code=True)
@@ -51,6 +51,9 @@ print(json.dumps({
     "each": any_to_any(text=conversations, generate_kwargs=greedy, return_full_text=False),
     "batched": any_to_any(
         text=conversations, generate_kwargs=greedy, return_full_text=False, batch_size=len(conversations)
+    ),
+    "adapter_only": pipeline("any-to-any", model=adapter_only, trust_remote_code=True)(
+        text=conversations, generate_kwargs=greedy, return_full_text=False
     ),
     "rendered": any_to_any(
         text=any_to_any.processor.render_prompt(instruction),
@@ -85,6 +88,19 @@ def checkpoint(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
+def adapter_only_checkpoint(checkpoint, tmp_path_factory) -> str:
+    """The same model saved adapter-only, its config naming the world's speech model and LLM as its bases."""
+    directory = str(tmp_path_factory.mktemp("demo_blsp_adapter_only"))
+    model = BlspForConditionalGeneration.from_pretrained(checkpoint)
+    model.config.adapter_only = True
+    model.config.speech_model_name_or_path = build_demo.build_world.SPEECH_MODEL_DIR
+    model.config.text_model_name_or_path = build_demo.build_world.LLM_DIR
+    model.save_pretrained(directory)
+    BlspProcessor.from_pretrained(checkpoint).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> list[str]:
     """A WAV and two FLAC clips of the world's speech, of three lengths."""
     with open(os.path.join(WORLD_CLIPS, "metadata.jsonl")) as file:
@@ -97,12 +113,20 @@ def clips(tmp_path_factory) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def answers(checkpoint, clips, tmp_path_factory) -> dict:
+def answers(checkpoint, adapter_only_checkpoint, clips, tmp_path_factory) -> dict:
     """Our pipeline's and `pipeline("any-to-any")`'s answers to one conversation per clip, from a fresh process."""
     workdir = tmp_path_factory.mktemp("elsewhere")
     conversations = [conversation(clip) for clip in clips]
     completed = subprocess.run(
-        [sys.executable, "-c", ANSWERS, checkpoint, json.dumps(conversations), json.dumps(GREEDY)],
+        [
+            sys.executable,
+            "-c",
+            ANSWERS,
+            checkpoint,
+            adapter_only_checkpoint,
+            json.dumps(conversations),
+            json.dumps(GREEDY),
+        ],
         cwd=workdir,
         env=fresh_env(workdir),
         capture_output=True,
@@ -128,6 +152,8 @@ def test_any_to_any_gives_our_pipelines_greedy_answers(answers):
     for key in ("each", "batched"):
         assert [result["input_text"] for (result,) in answers[key]] == conversations
         assert [result["generated_text"].strip() for (result,) in answers[key]] == ours
+    # An adapter-only checkpoint, its bases loaded by the names its config records.
+    assert [result["generated_text"].strip() for (result,) in answers["adapter_only"]] == ours
     # The non-chat form: the prompt as the processor renders it, and the audio.
     assert [result["generated_text"].strip() for result in answers["rendered"]] == ours[:1]
 
