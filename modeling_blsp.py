@@ -139,10 +139,12 @@ def encode_unmasked(
     The output is cut at the longest clip's length; the adapter then masks every clip past its own length.
     """
     window = encoder.max_source_positions * encoder.conv1.stride[0] * encoder.conv2.stride[0]
-    if input_features.shape[-1] != window:
+    longest = int(frame_lengths.max())
+    if input_features.shape[-1] != window or (longest < window and not input_features[..., longest:].any()):
         raise ValueError(
             f"encoder_padding='unmasked' needs features padded to 30 s ({window} frames) by the feature extractor, got "
-            f"{input_features.shape[-1]} frames: build inputs with a BlspProcessor whose feature_padding='max_length'."
+            f"{input_features.shape[-1]} frames, zero-padded past the clips: build inputs with a BlspProcessor whose "
+            "feature_padding='max_length'."
         )
     lengths = lengths_after_conv(frame_lengths, encoder.conv2)
     return encoder(input_features).last_hidden_state[:, : int(lengths.max())], lengths

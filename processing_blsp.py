@@ -166,12 +166,16 @@ def window_lengths(num_samples: int, window_samples: int) -> list[int]:
 def log_mel(feature_extractor, samples: np.ndarray, padding: str = "longest") -> np.ndarray:
     """Whisper log-mel of one clip of at most 30 s, featurised alone, one frame per hop.
 
-    `padding="longest"`: the clip's frames only; `"max_length"`: the feature extractor's 30 s window, padding included.
+    `padding="longest"`: the clip's frames only; `"max_length"`: the feature extractor's 30 s window, padding included
+    (the clip's silence padded on its right, as Whisper pads it, whatever side the extractor pads batches on).
     """
+    num_frames = len(samples) // feature_extractor.hop_length
+    if padding == "max_length":
+        samples = np.pad(samples, (0, feature_extractor.n_samples - len(samples)))
     features = feature_extractor(
-        samples, sampling_rate=feature_extractor.sampling_rate, padding=padding, return_tensors="np"
+        samples, sampling_rate=feature_extractor.sampling_rate, padding="longest", return_tensors="np"
     )["input_features"][0]
-    return features if padding == "max_length" else features[:, : len(samples) // feature_extractor.hop_length]
+    return features if padding == "max_length" else features[:, :num_frames]
 
 
 def pad_log_mels(
