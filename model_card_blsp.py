@@ -17,6 +17,16 @@ def hub_ids(names: list[str]) -> list[str]:
     return [name for name in names if not os.path.exists(name) and HUB_ID_PATTERN.match(name)]
 
 
+def base_model_ids(model_args, config) -> list[str]:
+    """The Hub ids the model is built on: the BLSP checkpoint it continues, else its speech encoder and LLM as its
+    config names them (also when it continues a local folder; older configs name them in the sub-configs only)."""
+    if model_args.model_name_or_path and hub_ids([model_args.model_name_or_path]) and not config.adapter_only:
+        return [model_args.model_name_or_path]
+    speech = config.speech_model_name_or_path or config.speech_config._name_or_path
+    text = config.text_model_name_or_path or config.text_config._name_or_path
+    return hub_ids([speech, text])
+
+
 def hyperparameters(trainer: Trainer, model_args, trainable_parameters: int) -> dict:
     args = trainer.args
     values = {
@@ -83,10 +93,8 @@ def build_model_card(
     args = trainer.args
     repo = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
     if model_args.model_name_or_path:
-        base_models = [model_args.model_name_or_path]
         base_text = f"- continued from the BLSP checkpoint `{model_args.model_name_or_path}`\n"
     else:
-        base_models = [model_args.speech_encoder_name_or_path, model_args.llm_name_or_path]
         base_text = (
             f"- speech encoder: `{model_args.speech_encoder_name_or_path}` (Whisper encoder)\n"
             f"- language model: `{model_args.llm_name_or_path}`\n"
@@ -98,9 +106,12 @@ def build_model_card(
         f"| {name} | {value} |" for name, value in hyperparameters(trainer, model_args, trainable_parameters).items()
     )
     processor = trainer.processing_class
+    config = trainer.model.config
     card_data = ModelCardData(
+        pipeline_tag="audio-text-to-text",
         library_name="transformers",
-        base_model=hub_ids(base_models) or None,
+        base_model=base_model_ids(model_args, config) or None,
+        base_model_relation="adapter" if config.adapter_only else None,  # its weights apply to the bases named
         datasets=hub_ids(datasets_used) or None,
         tags=["blsp", "speech", "audio-text-to-text"],
     )

@@ -27,6 +27,9 @@ except ImportError:  # imported as a top-level module by this repository's scrip
     from processing_blsp import HUB_KWARGS, IGNORE_INDEX, add_speech_token
 
 PIPELINE_TASK = "blsp-speech-to-text"
+AUTO_MODEL_CLASSES = ("AutoModel", "AutoModelForMultimodalLM")
+"""The auto classes a saved checkpoint maps to `BlspForConditionalGeneration`: `pipeline("any-to-any")` and
+`transformers serve` load multimodal LMs with `AutoModelForMultimodalLM`."""
 BASE_MODULES = ("speech_encoder.", "language_model.")
 """Parameter prefixes of the frozen bases, which an adapter-only checkpoint does not store."""
 BASE_SHAPE_FIELDS = {
@@ -136,10 +139,12 @@ def encode_unmasked(
     The output is cut at the longest clip's length; the adapter then masks every clip past its own length.
     """
     window = encoder.max_source_positions * encoder.conv1.stride[0] * encoder.conv2.stride[0]
-    if input_features.shape[-1] != window:
+    longest = int(frame_lengths.max())
+    if input_features.shape[-1] != window or (longest < window and not input_features[..., longest:].any()):
         raise ValueError(
             f"encoder_padding='unmasked' needs features padded to 30 s ({window} frames) by the feature extractor, got "
-            f"{input_features.shape[-1]} frames: build inputs with a BlspProcessor whose feature_padding='max_length'."
+            f"{input_features.shape[-1]} frames, zero-padded past the clips: build inputs with a BlspProcessor whose "
+            "feature_padding='max_length'."
         )
     lengths = lengths_after_conv(frame_lengths, encoder.conv2)
     return encoder(input_features).last_hidden_state[:, : int(lengths.max())], lengths
@@ -346,6 +351,12 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
             input_features: (windows, mel bins, frames) log-mel features, zero-padded.
             input_features_mask: (windows, frames) 1 on real frames.
         """
+        if input_features.shape[0] != input_features_mask.shape[0]:
+            raise ValueError(
+                f"input_features holds {input_features.shape[0]} windows but input_features_mask "
+                f"{input_features_mask.shape[0]}: a collator that keeps one 30 s window per clip batched them "
+                '(pipeline("any-to-any") with batch_size > 1 does). Give clips over 30 s with batch_size=1.'
+            )
         frame_lengths = input_features_mask.sum(-1)
         encoder_dtype = self.speech_encoder.conv1.weight.dtype
         if self.config.encoder_padding == "unmasked":
@@ -463,7 +474,8 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
         return expanded_ids, model_kwargs
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Save weights and config, plus the pipeline code that `pipeline(model=path, trust_remote_code=True)` finds.
+        """Save weights and config, the auto classes the model serves and the pipeline that
+        `pipeline(model=path, trust_remote_code=True)` finds.
 
         With `config.adapter_only`, only the weights that are not the frozen bases' are written (the config names
         the bases): the adapter of a 7B model is megabytes, not gigabytes.
@@ -472,6 +484,9 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
         self.config.custom_pipelines = {
             PIPELINE_TASK: {"impl": pipeline_impl, "pt": ["AutoModel"], "tf": [], "type": "multimodal"}
         }
+        model_class = f"{type(self).__module__.rsplit('.', 1)[-1]}.{type(self).__name__}"
+        auto_map = getattr(self.config, "auto_map", None) or {}
+        self.config.auto_map = {**auto_map, **dict.fromkeys(AUTO_MODEL_CLASSES, model_class)}
         if self.config.adapter_only and kwargs.get("state_dict") is None:
             kwargs["state_dict"] = {
                 name: tensor for name, tensor in self.state_dict().items() if not name.startswith(BASE_MODULES)

@@ -4,6 +4,8 @@ This module is the one place where prompt templates and layouts live: step 1 (co
 transcripts), step 2 (training on speech) and inference all render their prompts here.
 """
 
+import base64
+import binascii
 import io
 import itertools
 import os
@@ -44,6 +46,8 @@ class AudioInputError(ValueError):
 
 def describe_source(source) -> str:
     """A short name of an audio input for error messages."""
+    if isinstance(source, str) and (source.startswith("data:") or len(source) > 256):
+        return f"base64 audio ({len(source)} characters)"
     if isinstance(source, (str, os.PathLike)):
         return f"audio file {os.fspath(source)!r}"
     if isinstance(source, dict) and source.get("path"):
@@ -65,10 +69,22 @@ def to_float(samples: np.ndarray) -> np.ndarray:
     return samples.astype(np.float32, copy=False)
 
 
+def decode_base64(text: str) -> bytes | None:
+    """The bytes of a base64 string, or None if it is not one."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
 def read_audio_file(source) -> tuple[np.ndarray, int]:
-    """Decode a file path, URL or bytes with soundfile; returns (samples[, channels], sampling rate)."""
-    if isinstance(source, (bytes, bytearray)):
-        source = io.BytesIO(source)
+    """Decode a file path, URL, base64 string (bare or a `data:` URI, as OpenAI's `input_audio` carries it) or bytes
+    with soundfile; returns (samples[, channels], sampling rate)."""
+    if isinstance(source, str) and source.startswith("data:"):
+        header, _, payload = source.partition(",")
+        source = decode_base64(payload) if header.endswith(";base64") else None
+        if source is None:
+            raise AudioInputError("a data: URI must hold base64 audio (data:audio/wav;base64,...)")
     elif isinstance(source, str) and source.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(source, timeout=URL_TIMEOUT_SECONDS) as response:
@@ -76,7 +92,11 @@ def read_audio_file(source) -> tuple[np.ndarray, int]:
         except (OSError, ValueError) as error:  # HTTPError, URLError and timeouts are OSErrors
             raise AudioInputError(f"could not be fetched ({error}); check the URL or download the file") from error
     elif isinstance(source, str) and not os.path.exists(source):
-        raise AudioInputError("the file does not exist; check the path")
+        source = decode_base64(source)
+        if source is None:
+            raise AudioInputError("the file does not exist; check the path")
+    if isinstance(source, (bytes, bytearray)):
+        source = io.BytesIO(source)
     try:
         samples, sampling_rate = soundfile.read(source, dtype="float32", always_2d=False)
     except Exception as error:  # soundfile raises several types for unreadable input
@@ -146,20 +166,27 @@ def window_lengths(num_samples: int, window_samples: int) -> list[int]:
 def log_mel(feature_extractor, samples: np.ndarray, padding: str = "longest") -> np.ndarray:
     """Whisper log-mel of one clip of at most 30 s, featurised alone, one frame per hop.
 
-    `padding="longest"`: the clip's frames only; `"max_length"`: the feature extractor's 30 s window, padding included.
+    `padding="longest"`: the clip's frames only; `"max_length"`: the feature extractor's 30 s window, padding included
+    (the clip's silence padded on its right, as Whisper pads it, whatever side the extractor pads batches on).
     """
+    num_frames = len(samples) // feature_extractor.hop_length
+    if padding == "max_length":
+        samples = np.pad(samples, (0, feature_extractor.n_samples - len(samples)))
     features = feature_extractor(
-        samples, sampling_rate=feature_extractor.sampling_rate, padding=padding, return_tensors="np"
+        samples, sampling_rate=feature_extractor.sampling_rate, padding="longest", return_tensors="np"
     )["input_features"][0]
-    return features if padding == "max_length" else features[:, : len(samples) // feature_extractor.hop_length]
+    return features if padding == "max_length" else features[:, :num_frames]
 
 
-def pad_log_mels(features: list[np.ndarray], frame_counts: list[int] | None = None) -> dict[str, torch.Tensor]:
-    """Zero-pad (mel, frames) features to the longest: `input_features` and `input_features_mask`, 1 on real frames.
+def pad_log_mels(
+    features: list[np.ndarray], frame_counts: list[int] | None = None, num_frames: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Zero-pad (mel, frames) features to `num_frames` (default: the longest): `input_features` and
+    `input_features_mask`, 1 on real frames.
 
     Real frames are the first `frame_counts[i]` of feature i (default: all of its frames).
     """
-    num_frames = max(feature.shape[-1] for feature in features)
+    num_frames = num_frames or max(feature.shape[-1] for feature in features)
     frame_counts = frame_counts or [feature.shape[-1] for feature in features]
     padded = np.zeros((len(features), features[0].shape[0], num_frames), dtype=np.float32)
     mask = np.zeros((len(features), num_frames), dtype=np.int64)
@@ -307,6 +334,8 @@ class BlspProcessor(ProcessorMixin):
                 raise ValueError(f"{name} must be one of {choices}, got {value!r}")
         self.speech_token = speech_token
         self.speech_token_id = add_speech_token(tokenizer, speech_token)
+        # Prompts are left-padded (`pad`); pipelines that batch this processor's outputs pad on these sides.
+        tokenizer.padding_side = feature_extractor.padding_side = "left"
         self.speech_downsampling = [list(conv) for conv in speech_downsampling or BlspConfig().speech_downsampling]
         self.prompt_layout = prompt_layout
         self.system_prompt = system_prompt
@@ -382,9 +411,12 @@ class BlspProcessor(ProcessorMixin):
         )
 
     def extract_features(self, clips: list[np.ndarray]) -> tuple[dict, list[int]]:
-        """Log-mel features of every 30 s window of every clip, zero-padded to the longest, with a frame mask.
+        """Log-mel features of every 30 s window of every clip, zero-padded to 30 s, with a frame mask.
 
-        Each window is featurised alone, so a clip's features never depend on the other clips of its batch.
+        Each window is featurised alone, so a clip's features never depend on the other clips of its batch. Windows
+        are padded to 30 s as Whisper's feature extractor pads them, so that inputs made one conversation at a time
+        stack into a batch (as `pipeline("any-to-any", batch_size=...)` stacks them); the model encodes only the
+        longest real length of a batch (`encoder_padding="longest"`).
         """
         hop = self.feature_extractor.hop_length
         windows, tokens_per_clip = [], []
@@ -398,7 +430,8 @@ class BlspProcessor(ProcessorMixin):
             bounds = np.cumsum([0] + window_lengths(len(clip), self.feature_extractor.n_samples))
             windows.extend(clip[start:end] for start, end in itertools.pairwise(bounds))
         features = [log_mel(self.feature_extractor, window, self.feature_padding) for window in windows]
-        return pad_log_mels(features, [self.frame_count(len(window)) for window in windows]), tokens_per_clip
+        frame_counts = [self.frame_count(len(window)) for window in windows]
+        return pad_log_mels(features, frame_counts, self.feature_extractor.nb_max_frames), tokens_per_clip
 
     def expand_speech_tokens(self, ids: list[int], counts) -> list[int]:
         """Replace each speech placeholder id in `ids` by the next clip's count of speech tokens."""

@@ -1,13 +1,15 @@
 """A small local stand-in for the Hugging Face Hub HTTP API, for tests.
 
-Only the standard library is used. Point the Hugging Face libraries at it with::
+Only the standard library is used (and PyYAML, a dependency of huggingface_hub, to validate cards). Point the
+Hugging Face libraries at it with::
 
     HF_ENDPOINT=http://127.0.0.1:<port> HF_HUB_DISABLE_XET=1 HF_TOKEN=anything
 
 It serves enough of the Hub API for ``create_repo``, ``upload_file``/``upload_folder``/``create_commit``
 (regular files inline, large or binary files through the Git LFS batch API with the ``basic`` transfer),
 ``push_to_hub`` of transformers and datasets, ``hf_hub_download``/``snapshot_download``,
-``from_pretrained``, ``HfFileSystem`` (tree, paths-info, resolve with HEAD and Range) and ``load_dataset``.
+``from_pretrained``, ``HfFileSystem`` (tree, paths-info, resolve with HEAD and Range), ``load_dataset`` and
+``RepoCard.validate`` (the Hub's checks of a card's task, library, base models, datasets, tags and languages).
 
 Repos live in memory: each has branches and tags pointing at commits, and every commit holds a full
 snapshot of its files. Tokens are accepted but never checked. Xet storage is not supported.
@@ -46,6 +48,50 @@ LFS_GLOBS = (
     "*.ogg *.jpg *.jpeg *.png *.webp *.mp4"
 )
 DEFAULT_GITATTRIBUTES = "".join(f"{glob} filter=lfs diff=lfs merge=lfs -text\n" for glob in LFS_GLOBS.split())
+# The Hub's task ids, the values its card validation accepts for `pipeline_tag` (huggingface.js `PIPELINE_DATA`).
+PIPELINE_TAG_NAMES = """
+text-classification token-classification table-question-answering question-answering zero-shot-classification
+translation summarization feature-extraction text-generation fill-mask sentence-similarity text-to-speech
+text-to-audio automatic-speech-recognition audio-to-audio audio-classification audio-text-to-text
+voice-activity-detection depth-estimation image-classification object-detection image-segmentation text-to-image
+image-to-text image-to-image image-to-video unconditional-image-generation video-classification
+reinforcement-learning robotics tabular-classification tabular-regression tabular-to-text table-to-text
+multiple-choice text-ranking text-retrieval time-series-forecasting text-to-video image-text-to-text
+image-text-to-image image-text-to-video visual-question-answering document-question-answering
+zero-shot-image-classification graph-ml mask-generation zero-shot-object-detection text-to-3d image-to-3d
+image-feature-extraction video-text-to-text keypoint-detection visual-document-retrieval any-to-any video-to-video
+other
+"""
+PIPELINE_TAGS = frozenset(PIPELINE_TAG_NAMES.split())
+BASE_MODEL_RELATIONS = ("adapter", "merge", "quantized", "finetune")
+
+
+def card_metadata_errors(content: str) -> list[str]:
+    """What the Hub's card validation rejects in a card's YAML metadata, for the fields checked here: the task,
+    library, base models and their relation, datasets, tags and languages."""
+    import yaml  # PyYAML: a dependency of huggingface_hub, the client of this route
+
+    match = re.match(r"---\s*\n(.*?)\n---\s*(?:\n|$)", content, re.S)
+    metadata = yaml.safe_load(match.group(1)) if match else None
+    if metadata is None:
+        return []  # no metadata: the Hub accepts the card (and warns on its page)
+    if not isinstance(metadata, dict):
+        return ["the metadata must be a YAML mapping"]
+    errors = []
+    if "pipeline_tag" in metadata and metadata["pipeline_tag"] not in PIPELINE_TAGS:
+        errors.append(f'"pipeline_tag" must be one of the Hub\'s tasks, got {metadata["pipeline_tag"]!r}')
+    if "library_name" in metadata and not isinstance(metadata["library_name"], str):
+        errors.append('"library_name" must be a string')
+    for key in ("base_model", "datasets", "tags", "language"):
+        values = metadata.get(key, [])
+        values = [values] if isinstance(values, str) else values
+        if not isinstance(values, list) or not all(isinstance(value, str) and value for value in values):
+            errors.append(f'"{key}" must be a string or a list of strings')
+        elif key in ("base_model", "datasets") and not all(re.fullmatch(r"[\w.-]+(/[\w.-]+)?", v) for v in values):
+            errors.append(f'"{key}" must hold Hub repository ids, got {values}')
+    if metadata.get("base_model_relation", "finetune") not in BASE_MODEL_RELATIONS:
+        errors.append(f'"base_model_relation" must be one of {list(BASE_MODEL_RELATIONS)}')
+    return errors
 
 
 class HubError(Exception):
@@ -406,7 +452,7 @@ ROUTES = [
         ("GET", r"/api/whoami-v2", "whoami"),
         ("POST", r"/api/repos/create", "create_repo"),
         ("DELETE", r"/api/repos/delete", "delete_repo"),
-        ("POST", r"/api/validate-yaml", "ok"),
+        ("POST", r"/api/validate-yaml", "validate_yaml"),
         ("GET", r"/api/telemetry/.*", "ok"),
         ("POST", r"/api/telemetry/.*", "ok"),
         ("GET", _API + r"/revision/(?P<rev>[^/]+)", "repo_info"),
@@ -549,6 +595,14 @@ class HubHandler(BaseHTTPRequestHandler):
     # --- account & repos ------------------------------------------------------------------------------------
 
     def route_ok(self, **_) -> None:
+        self.send_json({})
+
+    def route_validate_yaml(self) -> None:
+        """The Hub's card validation (`RepoCard.validate`): 400 with the reasons, as text, when the metadata is
+        rejected."""
+        errors = card_metadata_errors(self.json_body().get("content", ""))
+        if errors:
+            return self.send_bytes(400, "; ".join(errors).encode(), {"Content-Type": "text/plain"})
         self.send_json({})
 
     def route_whoami(self) -> None:

@@ -289,6 +289,27 @@ print(json.dumps({"train": train.to_dict(), "splits": {k: v.to_dict() for k, v i
     assert result["streamed"] == [{"text": "z", "label": 1}]
 
 
+def test_card_validation(hub_env):  # noqa: F811
+    """``RepoCard.validate`` passes a card with valid metadata and reports what is wrong with another."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    data = ModelCardData(
+        pipeline_tag="audio-text-to-text",
+        library_name="transformers",
+        base_model=["openai/whisper-small", "Qwen/Qwen2.5-7B-Instruct"],
+        datasets=["alice/speech"],
+        tags=["speech"],
+    )
+    ModelCard(f"---\n{data.to_yaml()}\n---\n\n# A model\n").validate()
+    ModelCard("# No metadata\n").validate()
+    bad = ModelCardData(pipeline_tag="speech-magic", base_model=["not a repo id"], tags=[3], library_name=["x"])
+    with pytest.raises(ValueError) as err:
+        ModelCard(f"---\n{bad.to_yaml()}\n---\n\n# A model\n").validate()
+    for reason in ('"pipeline_tag" must be one of', '"base_model" must hold Hub repository ids', '"tags" must be a'):
+        assert reason in str(err.value)
+    assert '"library_name" must be a string' in str(err.value)
+
+
 def test_command_line_server():
     """``python tests/hub_server.py --port N`` serves until terminated."""
     with socket.socket() as sock:

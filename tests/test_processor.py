@@ -1,5 +1,7 @@
 """BlspProcessor: audio decoding and validation, placeholder expansion, prompts, labels."""
 
+import base64
+
 import numpy as np
 import pytest
 import soundfile
@@ -36,7 +38,7 @@ def test_placeholder_expands_to_adapter_frames(processors):
     # 2 s = 200 mel frames -> 100 encoder frames -> 50 -> 25 -> 13 adapter frames (one per 160 ms)
     assert speech_token_count(processor, inputs, 0) == 13
     assert speech_token_count(processor, inputs, 1) == processor.num_speech_tokens(len(tone(7.3)))
-    assert inputs["input_features"].shape == (2, 80, 730)
+    assert inputs["input_features"].shape == (2, 80, 3000)  # 30 s windows, as Whisper's feature extractor pads
     assert inputs["input_features_mask"].sum(-1).tolist() == [200, 730]
 
 
@@ -113,6 +115,25 @@ def test_resampling_and_stereo(processors, tmp_path):
     loaded = processor.load_audio(path)
     expected = soxr.resample(stereo44.mean(axis=1).astype(np.float32), 44100, RATE)
     np.testing.assert_allclose(loaded, expected, atol=1e-6)
+
+
+def test_base64_audio_as_openai_input_audio_carries_it(processors, tmp_path):
+    """A `data:` URI or a bare base64 string (what `transformers serve` passes on) decodes like the file."""
+    processor = processors["llama"]
+    path = str(tmp_path / "tone.flac")
+    soundfile.write(path, tone(2.0), RATE)
+    with open(path, "rb") as file:
+        encoded = base64.b64encode(file.read()).decode()
+    expected = processor.load_audio(path)
+    np.testing.assert_array_equal(processor.load_audio(f"data:audio/flac;base64,{encoded}"), expected)
+    np.testing.assert_array_equal(processor.load_audio(encoded), expected)
+    with pytest.raises(AudioInputError, match=r"base64 audio \(\d+ characters\).*data: URI must hold base64"):
+        processor.load_audio(f"data:audio/flac,{encoded}")
+    not_audio = base64.b64encode(b"not audio at all" * 20).decode()
+    with pytest.raises(AudioInputError, match=r"base64 audio \(\d+ characters\).*could not decode"):
+        processor.load_audio(not_audio)
+    with pytest.raises(AudioInputError, match="does not exist"):
+        processor.load_audio(str(tmp_path / "missing.wav"))
 
 
 @pytest.mark.parametrize(

@@ -58,6 +58,7 @@ def test_checkpoint_loads_in_a_fresh_process(saved_blsp, llm, tmp_path):
     assert config["auto_map"] == {
         "AutoConfig": "configuration_blsp.BlspConfig",
         "AutoModel": "modeling_blsp.BlspForConditionalGeneration",
+        "AutoModelForMultimodalLM": "modeling_blsp.BlspForConditionalGeneration",
     }
     assert list(config["custom_pipelines"]) == ["blsp-speech-to-text"]
     workdir = tmp_path / "elsewhere"

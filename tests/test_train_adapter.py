@@ -7,8 +7,10 @@ import subprocess
 import pytest
 import torch
 import yaml
+from conftest import save_untrained_blsp
 from conftest_hub import hub_env, local_hub  # noqa: F401 - fixtures
 from datasets import Audio, Dataset
+from huggingface_hub import ModelCard
 from launching import two_process_launch
 from safetensors.torch import load_file
 
@@ -272,16 +274,23 @@ def test_two_process_accelerate_launch(initial_blsp, continuation_dataset, tmp_p
 
 def test_hub_dataset_in_and_push_to_hub_then_load_in_fresh_process(
     hub_env,  # noqa: F811
-    initial_blsp,
+    tiny_checkpoints,
+    responsive_llm,
     speech_corpus,
     tmp_path,
     monkeypatch,
 ):
-    """Train on a Hub dataset pushed as generate_continuations.py pushes it; push the model; load it elsewhere."""
+    """Train on a Hub dataset pushed as generate_continuations.py pushes it, from a local checkpoint of two Hub
+    models; push the model; load it elsewhere; its card carries the Hub metadata and passes the Hub's validation."""
     from huggingface_hub import HfApi
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     dataset_id, repo_id = "user/continuations", "user/blsp-tiny"
+    bases = {"user/tiny-whisper": tiny_checkpoints["whisper"], "user/tiny-chat-llm": responsive_llm}
+    for base_id, folder in bases.items():
+        HfApi().create_repo(base_id)
+        HfApi().upload_folder(repo_id=base_id, folder_path=folder)
+    initial_blsp = save_untrained_blsp(*bases, str(tmp_path / "initial"))
     continuation_rows(speech_corpus, True).push_to_hub(dataset_id)
     HfApi().upload_file(
         path_or_fileobj=json.dumps(METADATA).encode(),
@@ -294,7 +303,8 @@ def test_hub_dataset_in_and_push_to_hub_then_load_in_fresh_process(
         + run_flags(dataset_id, str(tmp_path / "out"), 2, "--push_to_hub", "--hub_model_id", repo_id)
     )
     code = f"""
-from huggingface_hub import hf_hub_download
+import json
+from huggingface_hub import ModelCard, hf_hub_download
 from transformers import AutoModel, AutoProcessor
 import numpy as np
 model = AutoModel.from_pretrained({repo_id!r}, trust_remote_code=True)
@@ -303,9 +313,20 @@ inputs = processor(text=processor.render_prompt("Describe the audio."), audio=np
 generated = model.generate(**inputs, max_new_tokens=3, do_sample=False)
 print("NEW_TOKENS", generated.shape[1] - inputs["input_ids"].shape[1])
 print(open(hf_hub_download({repo_id!r}, "README.md")).read())
+card = ModelCard.load({repo_id!r})
+card.validate()  # huggingface_hub's card validation (the Hub's checks, served by the local Hub)
+print("METADATA", json.dumps(card.data.to_dict()))
 """
     output = hub_env.run_python(code, tmp_path / "consumer_home")
     assert "NEW_TOKENS 3" in output
+    metadata = json.loads(output.split("METADATA ", 1)[1].splitlines()[0])
+    assert metadata == {
+        "pipeline_tag": "audio-text-to-text",
+        "library_name": "transformers",
+        "base_model": list(bases),  # the bases the local checkpoint was built from
+        "datasets": [dataset_id],
+        "tags": ["blsp", "speech", "audio-text-to-text"],
+    }
     assert "## Objective" in output and "## Usage" in output and f'"{repo_id}"' in output
     assert f"`{INSTRUCTION}`" in output  # read from the Hub dataset's metadata file
 
@@ -342,6 +363,8 @@ def test_save_adapter_only_names_the_bases_and_loads_on_local_copies(
     )
     with open(os.path.join(output_dir, "config.json")) as file:
         assert json.load(file)["text_model_name_or_path"] == "org/chat-llm"
+    card = ModelCard.load(os.path.join(output_dir, "README.md")).data  # the bases the trained weights apply to
+    assert (card.base_model, card.base_model_relation) == (["openai/whisper-tiny.en", "org/chat-llm"], "adapter")
     assert all(torch.equal(loaded.state_dict()[key], value) for key, value in saved.items())
     assert_bit_identical(weights_under(loaded.state_dict(), "language_model."), saved_weights(responsive_llm))
 

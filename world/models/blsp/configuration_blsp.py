@@ -106,4 +106,18 @@ class BlspConfig(PreTrainedConfig):
         return WHISPER_ENCODER_DOWNSAMPLING + self.adapter_downsampling
 
 
+def list_among_multimodal_lms() -> None:
+    """List the `blsp` model type in transformers' table of multimodal LMs, where `transformers serve` looks.
+
+    `transformers serve` loads a model with `AutoModelForMultimodalLM` (and accepts audio parts for it) only when its
+    model type is in `MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES`, a table of transformers' own models; it reads no
+    checkpoint's `auto_map`. The model itself still loads from the checkpoint's code, through its `auto_map`.
+    """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES
+
+    MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES.setdefault(BlspConfig.model_type, "BlspForConditionalGeneration")
+
+
+list_among_multimodal_lms()
+
 __all__ = ["BlspConfig", "conv_output_length"]

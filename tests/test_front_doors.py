@@ -1,0 +1,237 @@
+"""transformers' own front doors on a saved checkpoint, each in a fresh process, from another folder, with the project
+not importable: `pipeline("any-to-any")` (through `AutoModelForMultimodalLM`) gives our pipeline's greedy answers, one
+conversation at a time and batched, and `transformers serve --trust-remote-code` gives them to chat completions with
+`input_audio` parts, streamed or not.
+
+The checkpoint is the demo's trained model (`world/models/blsp`) saved afresh by this repository's code, so that its
+answers are words (a random tiny LLM answers bytes that a stream cannot split into characters) and its code is ours.
+"""
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import soundfile
+from launching import free_port
+
+from modeling_blsp import BlspForConditionalGeneration
+from processing_blsp import BlspProcessor
+from world import build_demo, language
+
+INSTRUCTION = language.REPEAT_INSTRUCTION
+GREEDY = {"do_sample": False, "max_new_tokens": 16}
+WORLD_CLIPS = os.path.join(build_demo.build_world.WORLD_DIR, "data", "speech", "test_seen_voice")
+
+ANSWERS = r"""
+import json, sys
+from transformers import AutoModelForMultimodalLM, pipeline
+
+try:
+    import modeling_blsp  # noqa: F401
+    sys.exit("the project must not be importable here")
+except ImportError:
+    pass
+
+path, adapter_only, conversations, greedy = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
+instruction = conversations[0][0]["content"][1]["text"]
+ours = pipeline(model=path, trust_remote_code=True)
+any_to_any = pipeline("any-to-any", model=path, trust_remote_code=True)
+print(json.dumps({
+    "model": type(AutoModelForMultimodalLM.from_pretrained(path, trust_remote_code=True)).__name__,
+    "pipeline": type(any_to_any).__name__,
+    "ours": [ours(conversation, **greedy)["generated_text"] for conversation in conversations],
+    "ours_batched": [r["generated_text"] for r in ours(conversations, batch_size=len(conversations), **greedy)],
+    "one": any_to_any(text=conversations[0], generate_kwargs=greedy),
+    "each": any_to_any(text=conversations, generate_kwargs=greedy, return_full_text=False),
+    "batched": any_to_any(
+        text=conversations, generate_kwargs=greedy, return_full_text=False, batch_size=len(conversations)
+    ),
+    "adapter_only": pipeline("any-to-any", model=adapter_only, trust_remote_code=True)(
+        text=conversations, generate_kwargs=greedy, return_full_text=False
+    ),
+    "rendered": any_to_any(
+        text=any_to_any.processor.render_prompt(instruction),
+        audio=conversations[0][0]["content"][0]["path"],
+        generate_kwargs=greedy,
+        return_full_text=False,
+    ),
+}))
+"""
+
+
+def fresh_env(tmp_path) -> dict[str, str]:
+    """A user's environment: the project not importable, offline, caches of its own, no CLI update check."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(
+        HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), HF_HUB_DISABLE_UPDATE_CHECK="1", OMP_NUM_THREADS="1"
+    )
+    return env
+
+
+def conversation(clip: str) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "audio", "path": clip}, {"type": "text", "text": INSTRUCTION}]}]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    """The demo's trained model and processor, saved by this repository's code (config, auto_map, code files)."""
+    directory = str(tmp_path_factory.mktemp("demo_blsp"))
+    BlspForConditionalGeneration.from_pretrained(build_demo.DEMO_DIR).save_pretrained(directory)
+    BlspProcessor.from_pretrained(build_demo.DEMO_DIR).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def adapter_only_checkpoint(checkpoint, tmp_path_factory) -> str:
+    """The same model saved adapter-only, its config naming the world's speech model and LLM as its bases."""
+    directory = str(tmp_path_factory.mktemp("demo_blsp_adapter_only"))
+    model = BlspForConditionalGeneration.from_pretrained(checkpoint)
+    model.config.adapter_only = True
+    model.config.speech_model_name_or_path = build_demo.build_world.SPEECH_MODEL_DIR
+    model.config.text_model_name_or_path = build_demo.build_world.LLM_DIR
+    model.save_pretrained(directory)
+    BlspProcessor.from_pretrained(checkpoint).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> list[str]:
+    """A WAV and two FLAC clips of the world's speech, of three lengths."""
+    with open(os.path.join(WORLD_CLIPS, "metadata.jsonl")) as file:
+        names = [json.loads(line)["file_name"] for line in file][:3]
+    flacs = [os.path.join(WORLD_CLIPS, name) for name in names]
+    wav = str(tmp_path_factory.mktemp("wav") / "clip.wav")
+    samples, rate = soundfile.read(flacs[0])
+    soundfile.write(wav, samples, rate, subtype="PCM_16")
+    return [wav, *flacs[1:]]
+
+
+@pytest.fixture(scope="module")
+def answers(checkpoint, adapter_only_checkpoint, clips, tmp_path_factory) -> dict:
+    """Our pipeline's and `pipeline("any-to-any")`'s answers to one conversation per clip, from a fresh process."""
+    workdir = tmp_path_factory.mktemp("elsewhere")
+    conversations = [conversation(clip) for clip in clips]
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            ANSWERS,
+            checkpoint,
+            adapter_only_checkpoint,
+            json.dumps(conversations),
+            json.dumps(GREEDY),
+        ],
+        cwd=workdir,
+        env=fresh_env(workdir),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "is not supported for any-to-any" not in completed.stderr
+    return {**json.loads(completed.stdout.strip().splitlines()[-1]), "conversations": conversations}
+
+
+def test_any_to_any_gives_our_pipelines_greedy_answers(answers):
+    assert (answers["model"], answers["pipeline"]) == ("BlspForConditionalGeneration", "AnyToAnyPipeline")
+    ours, conversations = answers["ours"], answers["conversations"]
+    assert all(ours) and len(set(ours)) == len(ours)  # distinct, non-empty answers: the comparisons mean something
+    assert answers["ours_batched"] == ours
+    # One conversation: the conversation continued by the assistant's answer (return_full_text defaults to True).
+    (one,) = answers["one"]
+    assert one["input_text"] == conversations[0]
+    assert one["generated_text"][:-1] == conversations[0] and one["generated_text"][-1]["role"] == "assistant"
+    assert one["generated_text"][-1]["content"].strip() == ours[0]
+    # A list of conversations, run one at a time and in one padded batch: one list of results per conversation.
+    for key in ("each", "batched"):
+        assert [result["input_text"] for (result,) in answers[key]] == conversations
+        assert [result["generated_text"].strip() for (result,) in answers[key]] == ours
+    # An adapter-only checkpoint, its bases loaded by the names its config records.
+    assert [result["generated_text"].strip() for (result,) in answers["adapter_only"]] == ours
+    # The non-chat form: the prompt as the processor renders it, and the audio.
+    assert [result["generated_text"].strip() for result in answers["rendered"]] == ours[:1]
+
+
+def wait_until_healthy(url: str, process: subprocess.Popen, log_path, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            with open(log_path) as log:
+                pytest.fail(f"transformers serve exited with {process.returncode}:\n{log.read()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.5)
+    pytest.fail(f"transformers serve did not answer /health within {timeout} s")
+
+
+def chat_completion(url: str, model: str, clip: str, audio_format: str | None, stream: bool):
+    """POST an OpenAI chat completion whose user message holds the clip as base64 `input_audio` and the instruction."""
+    with open(clip, "rb") as file:
+        input_audio = {"data": base64.b64encode(file.read()).decode()}
+    if audio_format:
+        input_audio["format"] = audio_format
+    content = [{"type": "input_audio", "input_audio": input_audio}, {"type": "text", "text": INSTRUCTION}]
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": GREEDY["max_new_tokens"],
+        "temperature": 0,
+        "stream": stream,
+    }
+    request = urllib.request.Request(
+        f"{url}/v1/chat/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=300) as response:
+        text = response.read().decode()
+    if not stream:
+        return json.loads(text)
+    return [json.loads(line[len("data: ") :]) for line in text.splitlines() if line.startswith("data: ")]
+
+
+def test_transformers_serve_answers_chat_completions_with_audio(answers, checkpoint, clips, tmp_path):
+    """`transformers serve --trust-remote-code <checkpoint>` on 127.0.0.1: base64 WAV and FLAC parts (with and without
+    a format), non-streaming and streaming, answer what our pipeline answers."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "transformers.cli.transformers", "serve", "--trust-remote-code", checkpoint]
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            command + ["--host", "127.0.0.1", "--port", str(port)],
+            cwd=tmp_path,
+            env=fresh_env(tmp_path),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until_healthy(url, server, log_path)
+        ours = answers["ours"]
+        for clip, audio_format, expected in [
+            (clips[0], "wav", ours[0]),
+            (clips[1], "flac", ours[1]),
+            (clips[2], None, ours[2]),
+        ]:
+            completion = chat_completion(url, checkpoint, clip, audio_format, stream=False)
+            message = completion["choices"][0]["message"]
+            assert message["role"] == "assistant" and message["content"].strip() == expected
+            assert completion["usage"]["completion_tokens"] <= GREEDY["max_new_tokens"]
+
+        chunks = chat_completion(url, checkpoint, clips[0], "wav", stream=True)
+        deltas = [chunk["choices"][0]["delta"] for chunk in chunks]
+        assert deltas[0].get("role") == "assistant"
+        streamed = "".join(delta.get("content") or "" for delta in deltas)
+        assert len([delta for delta in deltas if delta.get("content")]) > 1  # token by token, not one piece
+        assert streamed.strip() == ours[0]
+        assert chunks[-1]["choices"][0]["finish_reason"] == "stop"  # the answer ended with EOS
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
