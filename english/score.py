@@ -17,14 +17,13 @@ import argparse
 import json
 import os
 
-import torch
 from transformers import pipeline
 
 import evaluate_blsp as scoring
 from data_blsp import CorpusArguments
 from english.build_corpus import TEST_SPLITS
-from modeling_blsp import BlspForConditionalGeneration
-from processing_blsp import CONTINUATION_INSTRUCTION, BlspProcessor, load_audio
+from processing_blsp import CONTINUATION_INSTRUCTION, load_audio
+from world.run import save_untrained_blsp
 
 ENGLISH_DIR = os.path.dirname(os.path.abspath(__file__))
 SAMPLING_RATE = 16000
@@ -99,16 +98,10 @@ def continuation_agreement(predictions: list[dict], references: list[dict]) -> f
 
 
 def save_untrained(whisper: str, llm: str, output_dir: str) -> str:
-    """BLSP around the two bases with a freshly initialised adapter (seed 0, as step 2 starts), prompts speech first."""
+    """The untrained baseline (`world.run.save_untrained_blsp`, prompts speech first), made once under `output_dir`."""
     destination = os.path.join(output_dir, "untrained")
     if not os.path.exists(os.path.join(destination, "config.json")):
-        torch.manual_seed(0)
-        model = BlspForConditionalGeneration.from_speech_text_pretrained(whisper, llm)
-        processor = BlspProcessor.from_speech_text_pretrained(
-            whisper, llm, config=model.config, prompt_layout="speech_first"
-        )
-        model.save_pretrained(destination)
-        processor.save_pretrained(destination)
+        save_untrained_blsp(whisper, llm, destination, "speech_first")
     return destination
 
 

@@ -106,17 +106,19 @@ def train_step2(output_dir: str, continuations: str, layout: str, loss: str, arg
     return destination
 
 
-def save_untrained(output_dir: str, layout: str) -> str:
-    """The same model with a freshly initialised adapter: what BLSP starts from."""
-    destination = os.path.join(output_dir, f"untrained-{layout}")
+def save_untrained_blsp(whisper: str, llm: str, destination: str, layout: str) -> str:
+    """BLSP around two bases with a freshly initialised adapter (seed 0, as step 2 starts): what BLSP starts from."""
     torch.manual_seed(0)
-    model = BlspForConditionalGeneration.from_speech_text_pretrained(SPEECH_MODEL_DIR, LLM_DIR)
-    processor = BlspProcessor.from_speech_text_pretrained(
-        SPEECH_MODEL_DIR, LLM_DIR, config=model.config, prompt_layout=layout
-    )
+    model = BlspForConditionalGeneration.from_speech_text_pretrained(whisper, llm)
+    processor = BlspProcessor.from_speech_text_pretrained(whisper, llm, config=model.config, prompt_layout=layout)
     model.save_pretrained(destination)
     processor.save_pretrained(destination)
     return destination
+
+
+def save_untrained(output_dir: str, layout: str) -> str:
+    """The world's model with a freshly initialised adapter."""
+    return save_untrained_blsp(SPEECH_MODEL_DIR, LLM_DIR, os.path.join(output_dir, f"untrained-{layout}"), layout)
 
 
 def score_system(system: dict, evaluation_set: str, task: str, output_dir: str) -> float:
