@@ -9,7 +9,10 @@ Objectives (`--loss`):
   the speech (student) and given the transcript (teacher: the same LLM without adapter or LoRA, no gradient), as in
   BLSP-KD and Ultravox; the response is the continuation when the dataset has one, else the transcript itself, so
   no continuation is needed;
-- `ce+kl`: `--ce_weight` * ce + `--kl_weight` * kl.
+- `ctc`: CTC between the adapter's outputs, read through the LLM's token embeddings, and the transcript's tokens;
+  no LLM forward, so a step costs a small fraction of the others: a warm-up that aligns the speech with the LLM's
+  embedding space before `ce` or `kl` (not in the BLSP paper; see docs/training.md);
+- sums such as `ce+kl`: `--ce_weight` * ce + `--kl_weight` * kl (+ `--ctc_weight` * ctc).
 
 Only the adapter trains by default; `--train_speech_encoder` adds the Whisper encoder, `--lora_r` LoRA on the LLM.
 This script holds the arguments, the datasets' preparation and `main`; the objectives, collator, sampler, trainer and
@@ -265,11 +268,16 @@ class BlspTrainingArguments(TrainingArguments):
 
     loss: str = field(
         default="ce",
-        metadata={"help": "Objective: 'ce' (continuation), 'kl' (distillation), 'ce+kl'.", "choices": list(LOSSES)},
+        metadata={
+            "help": "Objective: 'ce' (continuation), 'kl' (distillation), 'ctc' (alignment warm-up), or a sum such "
+            "as 'ce+kl'.",
+            "choices": list(LOSSES),
+        },
     )
     kl_temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of the KL objective."})
     ce_weight: float = field(default=1.0, metadata={"help": "Weight of the cross-entropy term."})
     kl_weight: float = field(default=1.0, metadata={"help": "Weight of the KL term."})
+    ctc_weight: float = field(default=1.0, metadata={"help": "Weight of the CTC term."})
     train_sampling_strategy: str = field(
         default="group_by_length",
         metadata={
@@ -311,7 +319,7 @@ class BlspTrainingArguments(TrainingArguments):
 
     @property
     def loss_terms(self) -> set[str]:
-        """The terms of the objective: a subset of {"ce", "kl"}."""
+        """The terms of the objective: a subset of {"ce", "kl", "ctc"}."""
         return set(self.loss.split("+"))
 
 
@@ -493,6 +501,7 @@ def main(args: list[str] | None = None):
         data_collator=SpeechPromptCollator(
             processor,
             with_teacher=needs_teacher(training_args.loss_terms),
+            with_ctc_labels="ctc" in training_args.loss_terms,
             rejects_path=audio_rejects_path(training_args),
         ),
         train_dataset=train_dataset,

@@ -13,6 +13,8 @@ import shutil
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import cached_property
+from itertools import combinations
 
 import torch
 from peft import LoraConfig, get_peft_model
@@ -30,6 +32,7 @@ logger = logging.getLogger(__name__)
 TEACHER_PREFIX = "teacher_"
 SKIPPED_ROWS_KEY = "num_skipped_rows"
 ROW_IDS_KEY = "row_ids"
+CTC_LABELS_KEY = "ctc_labels"
 MIN_ROWS_BEFORE_CHECK = 200
 """Rows a process sees before `--max_skipped_fraction` is checked during training (a fraction of fewer is noise)."""
 LORA_ADAPTER_DIR = "llm_lora"
@@ -57,16 +60,83 @@ def kl_divergence_sum(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return nn.functional.kl_div(student, teacher, log_target=True, reduction="sum") * temperature**2
 
 
-def cross_entropy_term(args, outputs, labels: torch.Tensor, teacher: torch.Tensor | None, num_items) -> torch.Tensor:
+def speech_rows(model: BlspForConditionalGeneration, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The adapter's outputs of each row, zero-padded: (rows, frames, hidden), and their lengths.
+
+    The speech embeddings come concatenated in row order, as `forward` scatters them into the speech placeholders,
+    so row i owns the next (number of its placeholders) of them.
+    """
+    embeds = model.get_speech_features(inputs["input_features"], inputs["input_features_mask"])
+    lengths = (inputs["input_ids"] == model.config.speech_token_id).sum(-1)
+    return nn.utils.rnn.pad_sequence(embeds.split(lengths.tolist()), batch_first=True), lengths
+
+
+class TrainingStep:
+    """What the objectives of one batch read, each computed once and only when a term asks for it."""
+
+    def __init__(self, trainer: "BlspTrainer", model, inputs: dict, num_items_in_batch):
+        self.trainer, self.model, self.inputs, self.num_items = trainer, model, inputs, num_items_in_batch
+        self.args = trainer.args
+        self.teacher_inputs = {
+            key[len(TEACHER_PREFIX) :]: inputs.pop(key) for key in list(inputs) if key.startswith(TEACHER_PREFIX)
+        }
+        self.ctc_labels = inputs.pop(CTC_LABELS_KEY, None)
+        self.labels = inputs.pop("labels")
+
+    @cached_property
+    def student(self) -> tuple:
+        """The LLM's outputs given the speech (logits on the response window only), and that window's labels."""
+        return self.trainer.model_outputs(self.model, self.inputs, self.labels, self.num_items)
+
+    @cached_property
+    def teacher(self) -> torch.Tensor:
+        return self.trainer.teacher_logits(self.model, self.teacher_inputs)
+
+    @cached_property
+    def speech(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return speech_rows(self.trainer.accelerator.unwrap_model(self.model), self.inputs)
+
+    def local_mean(self, loss: torch.Tensor) -> torch.Tensor:
+        """A term averaged over this micro-batch, scaled as the trainer expects: the other terms are divided by the
+        tokens of the whole accumulated (and, with `average_tokens_across_devices`, all-process) batch."""
+        if not self.model.training:
+            return loss
+        scale = self.trainer.current_gradient_accumulation_steps
+        if self.args.average_tokens_across_devices and self.num_items is not None:
+            scale *= self.trainer.accelerator.num_processes
+        return loss / scale
+
+
+def cross_entropy_term(step: TrainingStep) -> torch.Tensor:
     """The LLM's own loss on the labels: mean cross-entropy per response token of the (accumulated) batch."""
-    return outputs.loss
+    return step.student[0].loss
 
 
-def kl_term(args, outputs, labels: torch.Tensor, teacher: torch.Tensor, num_items) -> torch.Tensor:
+def kl_term(step: TrainingStep) -> torch.Tensor:
     """KL to the teacher on the response positions, per response token of the (accumulated) batch."""
+    outputs, labels = step.student
     student = response_logits(outputs.logits, labels)
-    tokens = num_items if num_items is not None else student.shape[0]
-    return kl_divergence_sum(student, teacher, args.kl_temperature) / tokens
+    tokens = step.num_items if step.num_items is not None else student.shape[0]
+    return kl_divergence_sum(student, step.teacher, step.args.kl_temperature) / tokens
+
+
+def ctc_term(step: TrainingStep) -> torch.Tensor:
+    """CTC between the adapter's outputs read through the LLM's token embeddings and the transcript's tokens.
+
+    The logit of token v at a speech frame is the frame's dot product with v's input embedding, as a tied LM head
+    would read it; the blank's logit is 0 (no parameter, no token given up). Mean over rows of the loss per target
+    token (torch's `reduction="mean"`) over the micro-batch. Needs no LLM forward.
+    """
+    speech, lengths = step.speech
+    embeddings = step.trainer.accelerator.unwrap_model(step.model).get_input_embeddings().weight
+    logits = speech @ embeddings.to(speech.dtype).T
+    logits = torch.cat([logits.new_zeros(*logits.shape[:2], 1), logits], dim=-1).float()
+    labels = step.ctc_labels
+    target_lengths = (labels != IGNORE_INDEX).sum(-1)
+    targets = labels[labels != IGNORE_INDEX] + 1  # index 0 is the blank
+    log_probs = nn.functional.log_softmax(logits, dim=-1).transpose(0, 1)
+    loss = nn.functional.ctc_loss(log_probs, targets, lengths, target_lengths, blank=0, zero_infinity=True)
+    return step.local_mean(loss)
 
 
 @dataclass(frozen=True)
@@ -78,7 +148,7 @@ class Objective:
     needs_teacher: bool
     """Whether it needs the teacher's logits (the frozen LLM on the transcript prompt)."""
     loss: Callable
-    """(training args, student outputs, response labels, teacher logits or None, tokens in the batch) -> loss."""
+    """`TrainingStep` -> loss (the step computes what the term reads, once)."""
     weight: str
     """The training argument that weights the term."""
     settings: tuple[str, ...]
@@ -109,9 +179,19 @@ OBJECTIVES = {
         "response given the speech and given the transcript, the frozen LLM as teacher (BLSP-KD)",
         term="KL divergence (temperature {kl_temperature}) to the frozen LLM given the transcript",
     ),
+    "ctc": Objective(
+        columns=(AUDIO, TEXT),
+        needs_teacher=False,
+        loss=ctc_term,
+        weight="ctc_weight",
+        settings=(),
+        description="CTC between the adapter's outputs, read through the LLM's token embeddings, and the transcript's "
+        "tokens: an alignment warm-up before the BLSP objective, without any LLM forward (not in the BLSP paper)",
+        term="CTC to the transcript's tokens through the LLM's embeddings",
+    ),
 }
-LOSSES = (*OBJECTIVES, "+".join(OBJECTIVES))
-"""The `--loss` choices: each objective alone, or all of them summed with their weights."""
+LOSSES = tuple("+".join(terms) for size in range(1, len(OBJECTIVES) + 1) for terms in combinations(OBJECTIVES, size))
+"""The `--loss` choices: each objective alone, or any of them summed with their weights (names in table order)."""
 
 
 def required_columns(loss_terms: set[str]) -> list[str]:
@@ -169,6 +249,8 @@ class SpeechPromptCollator:
     processor: BlspProcessor
     with_teacher: bool
     """Also build the teacher's inputs (see `needs_teacher`)."""
+    with_ctc_labels: bool = False
+    """Also give the transcript's tokens, padded with -100, under `ctc_labels` (the `ctc` objective)."""
     rejects_path: str | None = None
 
     def readable_rows(self, rows: list[dict]) -> tuple[list[dict], list]:
@@ -215,6 +297,11 @@ class SpeechPromptCollator:
                 text_target=responses,
             )
             batch.update({TEACHER_PREFIX + key: value for key, value in teacher.items()})
+        if self.with_ctc_labels:
+            tokens = self.processor.tokenizer([row["text"] for row in kept], add_special_tokens=False)["input_ids"]
+            batch[CTC_LABELS_KEY] = nn.utils.rnn.pad_sequence(
+                [torch.tensor(ids, dtype=torch.long) for ids in tokens], batch_first=True, padding_value=IGNORE_INDEX
+            )
         return batch
 
 
@@ -436,16 +523,10 @@ class BlspTrainer(Trainer):
         if "input_ids" not in inputs:  # every row of the batch was unreadable
             loss = sum(parameter.sum() for parameter in model.parameters() if parameter.requires_grad) * 0.0
             return (loss, None) if return_outputs else loss
-        teacher_inputs = {
-            key[len(TEACHER_PREFIX) :]: inputs.pop(key) for key in list(inputs) if key.startswith(TEACHER_PREFIX)
-        }
+        step = TrainingStep(self, model, inputs, num_items_in_batch)
         terms = [OBJECTIVES[name] for name in OBJECTIVES if name in self.args.loss_terms]
-        teacher = self.teacher_logits(model, teacher_inputs) if any(term.needs_teacher for term in terms) else None
-        outputs, labels = self.model_outputs(model, inputs, inputs.pop("labels"), num_items_in_batch)
-        loss = sum(
-            getattr(self.args, term.weight) * term.loss(self.args, outputs, labels, teacher, num_items_in_batch)
-            for term in terms
-        )
+        loss = sum(getattr(self.args, term.weight) * term.loss(step) for term in terms)
+        outputs = step.student[0] if "student" in vars(step) else None
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # the token count was summed over processes
         return (loss, outputs) if return_outputs else loss

@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,6 +18,8 @@ from safetensors.torch import load_file
 import train_adapter
 from data_blsp import CONTINUATIONS_METADATA_FILE
 from modeling_blsp import BlspForConditionalGeneration
+from processing_blsp import BlspProcessor
+from training_blsp import SpeechPromptCollator, TrainingStep, ctc_term
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTRUCTION = "Continue the following text."
@@ -196,6 +199,49 @@ def test_distillation_losses_fall(
         model_flags(tiny_checkpoints, responsive_llm) + run_flags(dataset, str(tmp_path), 30, "--loss", loss)
     )
     assert_loss_falls(str(tmp_path))
+
+
+def test_ctc_warm_up_trains_the_adapter_without_running_the_llm(
+    tiny_checkpoints, responsive_llm, transcript_dataset, tmp_path, monkeypatch
+):
+    def no_llm_forward(*args, **kwargs):
+        raise AssertionError("the ctc objective ran the LLM")
+
+    monkeypatch.setattr(BlspForConditionalGeneration, "forward", no_llm_forward)
+    train_adapter.main(
+        model_flags(tiny_checkpoints, responsive_llm)
+        + run_flags(transcript_dataset, str(tmp_path), 30, "--loss", "ctc")
+    )
+    assert_loss_falls(str(tmp_path))
+    card = ModelCard.load(os.path.join(tmp_path, "README.md")).text
+    assert "CTC between the adapter's outputs" in card
+
+
+def test_ctc_term_of_a_padded_batch_is_the_mean_of_each_row_alone(initial_blsp, speech_corpus):
+    """Padded frames and labels take no part: the batch's loss is the mean of the rows' losses computed alone."""
+    corpus_dir, rows = speech_corpus
+    model = BlspForConditionalGeneration.from_pretrained(initial_blsp).eval()
+    processor = BlspProcessor.from_pretrained(initial_blsp)
+    collator = SpeechPromptCollator(processor, with_teacher=False, with_ctc_labels=True)
+    records = [
+        {
+            "audio": {"path": os.path.join(corpus_dir, row["file_name"]), "bytes": None},
+            "text": row["text"],
+            "instruction": INSTRUCTION,
+        }
+        for row in rows[:3]
+    ]
+    trainer = SimpleNamespace(args=SimpleNamespace(), accelerator=SimpleNamespace(unwrap_model=lambda model: model))
+
+    def loss(batch_rows: list[dict]) -> torch.Tensor:
+        batch = collator(batch_rows)
+        batch.pop("num_skipped_rows")
+        with torch.no_grad():
+            return ctc_term(TrainingStep(trainer, model, batch, None))
+
+    assert len({int((collator([row])["ctc_labels"] >= 0).sum()) for row in records}) > 1  # rows differ in length
+    alone = torch.stack([loss([row]) for row in records])
+    torch.testing.assert_close(loss(records), alone.mean(), rtol=1e-5, atol=1e-5)
 
 
 def test_lora_changes_only_lora_and_adapter(initial_blsp, continuation_dataset, tmp_path):
