@@ -99,6 +99,15 @@ class ModelArguments:
             "choices": ["longest", "max_length"],
         },
     )
+    speech_compression: str | None = field(
+        default=None,
+        metadata={
+            "help": "'ctc': the LLM reads the adapter's frames through its token embeddings, blank and repeated frames "
+            "left out (BlspConfig.speech_compression); for an adapter warmed up with --loss ctc. Default: the "
+            "checkpoint's setting (none for a new model).",
+            "choices": ["ctc"],
+        },
+    )
     dtype: str | None = field(
         default=None,
         metadata={

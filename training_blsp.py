@@ -24,7 +24,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from data_blsp import AUDIO, CONTINUATION, ROW_ID, TEXT, JsonlLog, audio_source, reject_record
-from modeling_blsp import BlspForConditionalGeneration
+from modeling_blsp import BlspForConditionalGeneration, ctc_readout
 from processing_blsp import IGNORE_INDEX, AudioInputError, BlspProcessor
 
 logger = logging.getLogger(__name__)
@@ -129,8 +129,7 @@ def ctc_term(step: TrainingStep) -> torch.Tensor:
     """
     speech, lengths = step.speech
     embeddings = step.trainer.accelerator.unwrap_model(step.model).get_input_embeddings().weight
-    logits = speech @ embeddings.to(speech.dtype).T
-    logits = torch.cat([logits.new_zeros(*logits.shape[:2], 1), logits], dim=-1).float()
+    logits = ctc_readout(speech, embeddings).float()
     labels = step.ctc_labels
     target_lengths = (labels != IGNORE_INDEX).sum(-1)
     targets = labels[labels != IGNORE_INDEX] + 1  # index 0 is the blank
@@ -386,6 +385,8 @@ def load_model_and_processor(model_args, prompt_layout, system_prompt):
             speech, text, dtype=model_args.dtype, encoder_padding=model_args.encoder_padding or "longest"
         )
         processor = BlspProcessor.from_speech_text_pretrained(speech, text, config=model.config)
+    if model_args.speech_compression is not None:
+        model.config.speech_compression = model_args.speech_compression
     processor.prompt_layout = prompt_layout or processor.prompt_layout
     processor.system_prompt = system_prompt if system_prompt is not None else processor.system_prompt
     return model, processor
@@ -479,6 +480,7 @@ class BlspTrainer(Trainer):
         self.skipped_audio_rows = 0
         self.trained_rows_count = 0
         self.trained_rows = JsonlLog(trained_rows_log) if trained_rows_log else None
+        self.term_sums, self.term_count = {}, 0
         # The loss is normalized by `num_items_in_batch` (the whole accumulated batch's response tokens).
         self.loss_is_scaled_for_ga = True
 
@@ -524,8 +526,12 @@ class BlspTrainer(Trainer):
             loss = sum(parameter.sum() for parameter in model.parameters() if parameter.requires_grad) * 0.0
             return (loss, None) if return_outputs else loss
         step = TrainingStep(self, model, inputs, num_items_in_batch)
-        terms = [OBJECTIVES[name] for name in OBJECTIVES if name in self.args.loss_terms]
-        loss = sum(getattr(self.args, term.weight) * term.loss(step) for term in terms)
+        values = {name: OBJECTIVES[name].loss(step) for name in OBJECTIVES if name in self.args.loss_terms}
+        loss = sum(getattr(self.args, OBJECTIVES[name].weight) * value for name, value in values.items())
+        if model.training and len(values) > 1:  # each term's mean over the logging interval, beside the sum
+            for name, value in values.items():
+                self.term_sums[name] = self.term_sums.get(name, 0.0) + float(value.detach())
+            self.term_count += 1
         outputs = step.student[0] if "student" in vars(step) else None
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # the token count was summed over processes
@@ -540,6 +546,10 @@ class BlspTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None):
         if self.skipped_audio_rows:
             logs["skipped_audio_rows"] = self.skipped_audio_rows
+        if self.term_count and "loss" in logs:
+            scale = self.args.gradient_accumulation_steps / self.term_count
+            logs.update({f"loss_{name}": round(total * scale, 4) for name, total in self.term_sums.items()})
+            self.term_sums, self.term_count = {}, 0
         super().log(logs, start_time)
 
     def create_model_card(self, **kwargs):
