@@ -7,6 +7,7 @@ import soundfile
 import torch
 from transformers import pipeline
 
+import modeling_blsp
 from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import BlspProcessor
 
@@ -212,3 +213,59 @@ def test_speech_scale_matched_to_the_token_embeddings(saved_blsp, clips):
     torch.testing.assert_close(after, before * factor)
     assert expected_norm == pytest.approx(token_norm, rel=1e-5)
     assert factor == pytest.approx(token_norm / model.config.text_config.hidden_size**0.5, rel=1e-2)
+
+
+@pytest.fixture
+def compressed(qwen2, monkeypatch):
+    """The tiny model with speech_compression="ctc"; an untrained adapter's frames are never read as the blank, so
+    the blank wins wherever a frame's first component is positive (a property of the frame, not of its batch)."""
+    model, processor = qwen2
+    monkeypatch.setattr(model.config, "speech_compression", "ctc")
+    readout = modeling_blsp.ctc_readout
+
+    def some_blanks(speech_embeds, embeddings):
+        logits = readout(speech_embeds, embeddings)
+        return torch.cat([(speech_embeds[:, :1] > 0) * 1e4, logits[:, 1:]], dim=-1)
+
+    monkeypatch.setattr(modeling_blsp, "ctc_readout", some_blanks)
+    return model, processor
+
+
+def kept_frames_as_text(model, inputs) -> torch.Tensor:
+    """One row's LLM input built by hand: the prompt's embeddings with only the kept frames' mixtures in place of the
+    speech placeholders."""
+    ids = inputs["input_ids"][0]
+    speech = model.get_speech_features(inputs["input_features"], inputs["input_features_mask"])
+    logits = modeling_blsp.ctc_readout(speech, model.get_input_embeddings().weight)
+    tokens = logits.argmax(-1)
+    kept = (tokens != 0) & (tokens != torch.nn.functional.pad(tokens[:-1], (1, 0), value=-1))
+    assert 0 < int(kept.sum()) < len(kept) - 1, "the test needs frames both kept and left out"
+    mixture = torch.softmax(logits[:, 1:], -1) @ model.get_input_embeddings().weight
+    positions = (ids == model.config.speech_token_id).nonzero()[:, 0]
+    embed = model.get_input_embeddings()
+    return torch.cat([embed(ids[: positions[0]]), mixture[kept], embed(ids[positions[-1] + 1 :])])[None]
+
+
+def test_ctc_compression_equals_reading_only_the_kept_frames(compressed, clips):
+    """Left-out frames are as if absent: logits and greedy generation equal those of the LLM on a prompt built without
+    them (positions counted without them, the mask carried through generation)."""
+    model, processor = compressed
+    inputs = processor(text=processor.render_prompt("Transcribe."), audio=clips[1])
+    with torch.no_grad():
+        by_hand = kept_frames_as_text(model, inputs)
+        reference = model.language_model(inputs_embeds=by_hand).logits[0, -1]
+        torch.testing.assert_close(model(**inputs).logits[0, -1], reference, atol=1e-4, rtol=0)
+    generated = model.generate(**inputs, do_sample=False, max_new_tokens=8)[0, inputs["input_ids"].shape[1] :]
+    expected = model.language_model.generate(inputs_embeds=by_hand, do_sample=False, max_new_tokens=8)[0]
+    assert generated.tolist() == expected.tolist()
+
+
+def test_ctc_compression_is_padding_invariant(compressed, clips):
+    model, processor = compressed
+    prompts = [processor.render_prompt("Transcribe.")] * 3
+    batch = processor(text=prompts, audio=clips[:3])
+    batched = model.generate(**batch, do_sample=False, max_new_tokens=6)[:, batch["input_ids"].shape[1] :]
+    for row, clip in enumerate(clips[:3]):
+        alone = processor(text=prompts[row], audio=clip)
+        expected = model.generate(**alone, do_sample=False, max_new_tokens=6)[0, alone["input_ids"].shape[1] :]
+        assert batched[row].tolist() == expected.tolist()
