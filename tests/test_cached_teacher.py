@@ -14,7 +14,7 @@ import train_adapter
 from data_blsp import CONTINUATIONS_METADATA_FILE, TEACHER_IDS, TEACHER_LOGPROBS
 from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import BlspProcessor
-from training_blsp import SpeechPromptCollator, TrainingStep, kl_term
+from training_blsp import BlspTrainer, SpeechPromptCollator, TrainingStep, kl_term
 
 MAX_NEW_TOKENS = 8
 TEMPERATURE = 2.0
@@ -74,3 +74,69 @@ def test_step_one_writes_the_cache_compactly_and_records_it(full_cache, small_ca
         np.testing.assert_array_equal(np.array(full_row[TEACHER_IDS])[:, :SMALL_K], ids)
         probabilities = np.exp(np.array(full_row[TEACHER_LOGPROBS], dtype=np.float64)).sum(-1)
         np.testing.assert_allclose(probabilities, 1.0, atol=2e-3)  # the whole distribution, float16 rounding
+
+
+def training_rows(cache_dir: str, speech_corpus) -> list[dict]:
+    """Step 1's rows as the collator reads them: audio of the source clip, prompt instruction recorded by step 1."""
+    clips, corpus_rows = speech_corpus
+    with open(os.path.join(cache_dir, CONTINUATIONS_METADATA_FILE)) as file:
+        instruction = json.load(file)["instruction"]
+    return [
+        {
+            **row,
+            "audio": {"path": os.path.join(clips, corpus_rows[row["row_id"]]["file_name"]), "bytes": None},
+            "instruction": instruction,
+        }
+        for row in load_dataset(cache_dir, split="train")
+    ]
+
+
+@pytest.fixture(scope="module")
+def blsp(tiny_checkpoints, responsive_llm, tmp_path_factory):
+    """An untrained BLSP model over the LLM of step 1, its processor, and a `BlspTrainer` for the KL objective."""
+    torch.manual_seed(0)
+    model = BlspForConditionalGeneration.from_speech_text_pretrained(tiny_checkpoints["whisper"], responsive_llm)
+    processor = BlspProcessor.from_speech_text_pretrained(
+        tiny_checkpoints["whisper"], responsive_llm, config=model.config
+    )
+    args = train_adapter.BlspTrainingArguments(
+        output_dir=str(tmp_path_factory.mktemp("trainer")), use_cpu=True, report_to="none", loss="kl"
+    )
+    return model.eval(), processor, BlspTrainer(model=model, args=args)
+
+
+def kl_step(blsp, rows: list[dict], cached: bool) -> TrainingStep:
+    model, processor, trainer = blsp
+    batch = SpeechPromptCollator(processor, with_teacher=True, cached_teacher=cached)(rows)
+    batch.pop("num_skipped_rows")
+    return TrainingStep(trainer, model, batch, None)
+
+
+def test_cached_top_k_is_the_live_teachers_at_every_position(blsp, small_cache, full_cache, speech_corpus):
+    """Step 1 (left-padded batches of 3, incremental decoding with a KV cache) and step 2's teacher (one forward on
+    the transcript prompt and the response) give the same top-k tokens, in the same order, at every position; their
+    log-probabilities differ by float16 rounding (half a unit in the last place: 2^-11 of the value) and float32
+    summation order (1e-4 here, logits of a few tens)."""
+    for cache in (small_cache, full_cache):
+        rows = training_rows(cache, speech_corpus)
+        with torch.no_grad():
+            live = torch.log_softmax(kl_step(blsp, rows, cached=False).teacher.float() / TEMPERATURE, dim=-1)
+        cached_ids, cached_logprobs = kl_step(blsp, rows, cached=True).teacher
+        assert cached_ids.shape[0] == live.shape[0]  # one position per response token and the end, in order
+        live_values = live.gather(-1, cached_ids)
+        tolerance = 2**-11 * live_values.abs() + 1e-4
+        assert ((cached_logprobs.float() - live_values).abs() <= tolerance).all()
+        if cache == small_cache:
+            assert torch.equal(cached_ids, live.topk(SMALL_K, dim=-1).indices)
+
+
+def test_cached_kl_equals_live_with_the_whole_vocabulary(blsp, full_cache, small_cache, speech_corpus):
+    """With k = vocabulary the cached KL is the live one, up to the float16 rounding of the teacher (relative 1e-3);
+    with a small k it is a lower bound (the teacher's shape inside its tail is not kept)."""
+    rows = training_rows(full_cache, speech_corpus)
+    with torch.no_grad():
+        live = kl_term(kl_step(blsp, rows, cached=False))
+        full = kl_term(kl_step(blsp, rows, cached=True))
+        small = kl_term(kl_step(blsp, training_rows(small_cache, speech_corpus), cached=True))
+    torch.testing.assert_close(full, live, rtol=1e-3, atol=0)
+    assert 0 < small <= live
