@@ -625,7 +625,7 @@ class BlspTrainer(Trainer):
         loss_kwargs = {} if num_items_in_batch is None else {"num_items_in_batch": num_items_in_batch}
         if getattr(self.args, "padding_free", False):
             packed, keep, targets = pack_rows(inputs, labels)
-            outputs = model(**packed, logits_to_keep=keep)
+            outputs = model(**packed, logits_to_keep=keep, use_cache=False)  # with a cache, packing goes unseen
             vocab_size = outputs.logits.shape[-1]
             outputs.loss = ForCausalLMLoss(outputs.logits, None, vocab_size, shift_labels=targets, **loss_kwargs)
             return outputs, outputs.logits[0]

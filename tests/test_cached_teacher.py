@@ -140,3 +140,78 @@ def test_cached_kl_equals_live_with_the_whole_vocabulary(blsp, full_cache, small
         small = kl_term(kl_step(blsp, training_rows(small_cache, speech_corpus), cached=True))
     torch.testing.assert_close(full, live, rtol=1e-3, atol=0)
     assert 0 < small <= live
+
+
+def train(tiny_checkpoints, responsive_llm, dataset: str, output_dir: str, *flags: str) -> list[float]:
+    """30 steps of the KL objective on every row at once (the test_train_adapter settings); the logged losses."""
+    settings = {
+        "speech_encoder_name_or_path": tiny_checkpoints["whisper"],
+        "llm_name_or_path": responsive_llm,
+        "dataset_name": dataset,
+        "output_dir": output_dir,
+        "loss": "kl",
+        "kl_temperature": TEMPERATURE,
+        "max_steps": 30,
+        "per_device_train_batch_size": 16,
+        "learning_rate": 1e-2,
+        "lr_scheduler_type": "constant",
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "use_cpu": True,
+        "seed": 0,
+        "disable_tqdm": True,
+    }
+    train_adapter.main([item for key, value in settings.items() for item in (f"--{key}", str(value))] + list(flags))
+    with open(os.path.join(output_dir, "trainer_state.json")) as file:
+        return [entry["loss"] for entry in json.load(file)["log_history"] if "loss" in entry]
+
+
+def test_training_with_the_cached_teacher_follows_the_live_one(
+    tiny_checkpoints, responsive_llm, full_cache, small_cache, blsp, speech_corpus, tmp_path
+):
+    """k = vocabulary: the same run (each logged loss within 1%: float16 teacher, float32 steps compounding over 30
+    Adam steps). Small k: its adapter lowers the live KL about as much as live training does (at least 80% of the
+    live run's reduction), though it saw only the teacher's top 8 tokens and a tail bucket."""
+    live = train(tiny_checkpoints, responsive_llm, full_cache, str(tmp_path / "live"), "--teacher", "live")
+    full = train(tiny_checkpoints, responsive_llm, full_cache, str(tmp_path / "full"))  # auto: cached
+    small = train(tiny_checkpoints, responsive_llm, small_cache, str(tmp_path / "small"), "--teacher", "cached")
+    assert live[-1] < 0.85 * live[0]
+    np.testing.assert_allclose(full, live, rtol=1e-2)
+    rows = training_rows(full_cache, speech_corpus)
+    model, processor, trainer = blsp
+
+    def live_kl(directory: str | None) -> float:
+        step_model = model if directory is None else BlspForConditionalGeneration.from_pretrained(directory).eval()
+        step = kl_step((step_model, processor, trainer), rows, cached=False)
+        with torch.no_grad():
+            return float(kl_term(step))
+
+    before, after_live, after_small = live_kl(None), live_kl(str(tmp_path / "live")), live_kl(str(tmp_path / "small"))
+    assert small[-1] < 0.85 * small[0]
+    assert before - after_small >= 0.8 * (before - after_live), (before, after_live, after_small)
+
+
+@pytest.mark.parametrize("loss", ["ce", "kl"])
+def test_padding_free_batch_gives_the_padded_loss_and_gradients(blsp, full_cache, speech_corpus, loss):
+    """Packed into one row (sdpa, position_ids restarting per sample) the batch gives the padded batch's loss and
+    adapter gradients up to float32 summation order (relative 1e-4, each gradient tensor in norm: other kernels,
+    another reduction order)."""
+    model, processor, trainer = blsp
+    rows = training_rows(full_cache, speech_corpus)
+    assert len({len(row["continuation"]) for row in rows}) > 1  # rows differ in length: the padded batch has padding
+    results = []
+    for padding_free in (False, True):
+        trainer.args.padding_free = padding_free
+        model.zero_grad()
+        batch = SpeechPromptCollator(processor, with_teacher=loss == "kl")(rows)
+        batch.pop("num_skipped_rows")
+        step = TrainingStep(trainer, model, batch, None)
+        value = step.student[0].loss if loss == "ce" else kl_term(step)
+        value.backward()
+        results.append((value.detach(), [parameter.grad.clone() for parameter in model.adapter.parameters()]))
+    trainer.args.padding_free = False
+    (padded, padded_grads), (packed, packed_grads) = results
+    torch.testing.assert_close(packed, padded, rtol=1e-4, atol=0)
+    for packed_grad, padded_grad in zip(packed_grads, padded_grads):  # per tensor: entries near 0 are sums that cancel
+        assert (packed_grad - padded_grad).norm() <= 1e-4 * padded_grad.norm()
