@@ -186,7 +186,8 @@ def test_training_with_the_cached_teacher_follows_the_live_one(
     tiny_checkpoints, responsive_llm, full_cache, small_cache, blsp, speech_corpus, tmp_path
 ):
     """30 Adam steps with the cached teacher lower the live KL nearly as much as 30 steps with the live teacher: at
-    least 85% as much with k = vocabulary (89% when written), 65% with k = 8 of 400 tokens (74%). Logged losses are not compared step by step: Adam's first steps divide by
+    least 85% as much with k = vocabulary (89% when written), 65% with k = 8 of 400 tokens (74%). Logged losses are
+    not compared step by step: Adam's first steps divide by
     the gradients' own size, so the float16 teacher's 1e-4 differences grow along the run either way."""
     runs = {
         "live": (full_cache, "live"),
