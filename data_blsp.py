@@ -32,6 +32,8 @@ from processing_blsp import AudioInputError, load_audio
 
 ROW_ID, AUDIO, TEXT, CONTINUATION = "row_id", "audio", "text", "continuation"
 CONTINUATIONS_METADATA_FILE = "blsp_continuations.json"
+TEACHER_IDS, TEACHER_LOGPROBS = "teacher_top_k_ids", "teacher_top_k_logprobs"
+"""Step 1's cached teacher (`--teacher_top_k`): per row, (positions, k) token ids and their log-probabilities."""
 """Step 1's settings and source corpus, next to its parquet shards (in the output folder and the Hub repository)."""
 SAMPLING_RATE = 16000
 METADATA_FILES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")

@@ -8,11 +8,13 @@ Step 1 reads the transcripts only: no audio is decoded, and for parquet corpora 
 Each process appends its finished rows to JSON-lines parts under `output_dir/parts/`; a run started again with the
 same arguments skips the rows found there, so a killed job resumes where it stopped (and a finished one only writes
 its output again). At the end the parts are merged into parquet shards `output_dir/data/train-*.parquet`
-(`load_dataset(output_dir)`; columns `row_id`, `text`, `continuation`, plus `audio` with `--embed_audio`), the
+(`load_dataset(output_dir)`; columns `row_id`, `text`, `continuation`, plus `audio` with `--embed_audio` and the
+cached teacher `teacher_top_k_ids`, `teacher_top_k_logprobs` with `--teacher_top_k`), the
 settings and the source corpus (what finds each clip again by `row_id`) in `output_dir/blsp_continuations.json`,
 and the rows left out in `output_dir/rejects.jsonl`.
 """
 
+import base64
 import glob
 import importlib.util
 import itertools
@@ -25,13 +27,15 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+import numpy as np
+import pyarrow as pa
 import torch
 from accelerate import PartialState
 from accelerate.logging import get_logger
 from accelerate.utils import gather_object, parse_flag_from_env
 from datasets import Dataset, IterableDataset, concatenate_datasets
 from datasets.distributed import split_dataset_by_node
-from datasets.table import embed_table_storage
+from datasets.table import InMemoryTable, embed_table_storage
 from huggingface_hub import HfApi
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -43,6 +47,8 @@ from data_blsp import (
     CONTINUATION,
     CONTINUATIONS_METADATA_FILE,
     ROW_ID,
+    TEACHER_IDS,
+    TEACHER_LOGPROBS,
     TEXT,
     CorpusArguments,
     JsonlLog,
@@ -128,6 +134,21 @@ class ContinuationArguments:
         default=False,
         metadata={"help": "Write the audio bytes into the output too: a self-contained training set (e.g. to push)."},
     )
+    teacher_top_k: int = field(
+        default=0,
+        metadata={
+            "help": "Also keep the LLM's K most likely next tokens and their log-probabilities at every continuation "
+            "position and the end (int32 ids, float16 values, about 6*K bytes a token): step 2's KL objective then "
+            "reads this cached teacher instead of running the LLM on the transcript. 0 keeps none."
+        },
+    )
+    teacher_temperature: float = field(
+        default=2.0,
+        metadata={
+            "help": "Temperature of the cached teacher's log-probabilities (with --teacher_top_k): step 2 reads the "
+            "cache with the same --kl_temperature (default 2.0 in both)."
+        },
+    )
     rows_per_shard: int = field(default=100_000, metadata={"help": "Rows per parquet shard of the output."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Start afresh instead of resuming."})
     push_to_hub: bool = field(default=False, metadata={"help": "Push the dataset to the Hub as `hub_dataset_id`."})
@@ -136,6 +157,10 @@ class ContinuationArguments:
     def __post_init__(self):
         if self.push_to_hub and not self.hub_dataset_id:
             raise ValueError("--push_to_hub needs --hub_dataset_id.")
+        if self.teacher_top_k < 0:
+            raise ValueError(f"--teacher_top_k must be 0 (off) or a number of tokens, got {self.teacher_top_k}.")
+        if self.teacher_top_k and self.backend == "vllm" and self.teacher_temperature != 1.0:
+            raise ValueError("--backend vllm gives log-probabilities at temperature 1: pass --teacher_temperature 1.")
         if self.backend == "vllm" and importlib.util.find_spec("vllm") is None:
             raise ValueError("--backend vllm needs vLLM (`pip install vllm`); --backend transformers always works.")
 
@@ -176,6 +201,8 @@ def run_metadata(corpus_args: CorpusArguments, args: ContinuationArguments, toke
             "backend": args.backend,
             "dtype": args.dtype,
         },
+        "teacher_top_k": args.teacher_top_k,
+        "teacher_temperature": args.teacher_temperature if args.teacher_top_k else None,
         "corpus": asdict(corpus_args),
         "source": source_reference(corpus_args),
     }
@@ -297,6 +324,35 @@ def continuation_records(rows: list[dict], outputs: list[list[int]], tokenizer) 
     ]
 
 
+def encode_array(array: np.ndarray) -> str:
+    """A part record's compact copy of an array (base64 of its bytes; the dtype is the column's)."""
+    return base64.b64encode(np.ascontiguousarray(array).tobytes()).decode("ascii")
+
+
+def decode_array(text: str, dtype, k: int) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype=dtype).reshape(-1, k)
+
+
+def add_cached_teacher(
+    records: list[dict], rows: list[dict], outputs: list[list[int]], teachers: list, generator
+) -> int:
+    """Add each record's top-k teacher, aligned with the tokens step 2 trains on: the continuation as re-tokenized
+    from its text, then EOS. Rows whose re-tokenized continuation differs from the generated tokens (a rare BPE
+    round trip, or a special token decoded away) are scored again by one teacher-forced forward. Returns how many."""
+    targets = generator.tokenizer([record[CONTINUATION] for record in records], add_special_tokens=False)["input_ids"]
+    teachers = list(teachers)
+    ends = generator.eos_ids
+    generated = [tokens[:-1] if tokens and tokens[-1] in ends else tokens for tokens in outputs]
+    differ = [index for index, (target, tokens) in enumerate(zip(targets, generated)) if target != tokens]
+    if differ:
+        scored = generator.score([rows[index]["input_ids"] for index in differ], [targets[index] for index in differ])
+        for index, teacher in zip(differ, scored):
+            teachers[index] = teacher
+    for record, (ids, logprobs) in zip(records, teachers):
+        record[TEACHER_IDS], record[TEACHER_LOGPROBS] = encode_array(ids), encode_array(logprobs)
+    return len(differ)
+
+
 def chunks(rows, size: int):
     """Lists of up to `size` consecutive items of an iterable."""
     iterator = iter(rows)
@@ -321,7 +377,7 @@ def generate_rows(
     generator = None
     total = None if isinstance(rows, IterableDataset) else sum(row_id not in done for row_id in rows[ROW_ID])
     progress = tqdm(total=total, unit="row", desc="Generating", disable=not show_progress)  # a total gives time left
-    generated_rows = generated_tokens = 0
+    generated_rows = generated_tokens = rescored_rows = 0
     start = time.perf_counter()
     todo = (row for row in rows if row[ROW_ID] not in done)
     for group in chunks(todo, args.length_grouping_rows):
@@ -333,8 +389,11 @@ def generate_rows(
             rejects.append(audio_rejects)
             if batch and generator is None:
                 generator = build_generator(args, tokenizer, state)
-            outputs = generator.generate([row["input_ids"] for row in batch]) if batch else []
-            continuations.append(continuation_records(batch, outputs, tokenizer))
+            outputs, teachers = generator.generate([row["input_ids"] for row in batch]) if batch else ([], None)
+            records = continuation_records(batch, outputs, tokenizer)
+            if teachers is not None:
+                rescored_rows += add_cached_teacher(records, batch, outputs, teachers, generator)
+            continuations.append(records)
             generated_rows += len(batch)
             generated_tokens += sum(len(tokens) for tokens in outputs)
             progress.update(len(batch) + len(audio_rejects))
@@ -342,7 +401,8 @@ def generate_rows(
     progress.close()
     continuations.close()
     rejects.close()
-    return {"rows": generated_rows, "tokens": generated_tokens, "seconds": time.perf_counter() - start}
+    seconds = time.perf_counter() - start
+    return {"rows": generated_rows, "tokens": generated_tokens, "rescored_rows": rescored_rows, "seconds": seconds}
 
 
 def first_by_row_id(records: list[dict]) -> list[dict]:
@@ -353,16 +413,28 @@ def first_by_row_id(records: list[dict]) -> list[dict]:
     return [unique[row_id] for row_id in sorted(unique)]
 
 
-def merged_continuations(output_dir: str) -> Dataset:
-    """The accepted rows of every part, one per row id, sorted: `row_id`, `text` (as prompted), `continuation`."""
+def teacher_column(records: list[dict], key: str, dtype, k: int) -> pa.Array:
+    """The rows' cached-teacher arrays as one Arrow column: a list (positions) of k-wide lists per row."""
+    arrays = [decode_array(record[key], dtype, k) for record in records]
+    offsets = np.cumsum([0] + [len(array) for array in arrays], dtype=np.int32)
+    flat = np.concatenate(arrays).reshape(-1) if arrays else np.zeros(0, dtype)
+    return pa.ListArray.from_arrays(offsets, pa.FixedSizeListArray.from_arrays(flat, k))
+
+
+def merged_continuations(output_dir: str, teacher_top_k: int = 0) -> Dataset:
+    """The accepted rows of every part, one per row id, sorted: `row_id`, `text` (as prompted), `continuation`, and
+    with `teacher_top_k` the cached teacher (`teacher_top_k_ids` int32, `teacher_top_k_logprobs` float16, each
+    (positions, k) per row)."""
     accepted = first_by_row_id(read_parts(output_dir, "continuations"))
-    return Dataset.from_dict(
-        {
-            ROW_ID: [record[ROW_ID] for record in accepted],
-            TEXT: [record[TEXT] for record in accepted],
-            CONTINUATION: [record[CONTINUATION] for record in accepted],
-        }
-    )
+    columns = {
+        ROW_ID: pa.array([record[ROW_ID] for record in accepted], pa.int64()),
+        TEXT: pa.array([record[TEXT] for record in accepted], pa.string()),
+        CONTINUATION: pa.array([record[CONTINUATION] for record in accepted], pa.string()),
+    }
+    if teacher_top_k:
+        columns[TEACHER_IDS] = teacher_column(accepted, TEACHER_IDS, np.int32, teacher_top_k)
+        columns[TEACHER_LOGPROBS] = teacher_column(accepted, TEACHER_LOGPROBS, np.float16, teacher_top_k)
+    return Dataset(InMemoryTable(pa.table(columns)))
 
 
 def with_embedded_audio(dataset: Dataset, corpus: Dataset) -> Dataset:
@@ -407,7 +479,7 @@ def push_dataset(output_dir: str, hub_dataset_id: str) -> None:
 def write_results(corpus_args: CorpusArguments, args: ContinuationArguments, metadata: dict, stats: list[dict]) -> dict:
     """Merge the parts into the parquet shards, settings and `rejects.jsonl` (pushing them if asked); returns the run's
     summary."""
-    dataset = merged_continuations(args.output_dir)
+    dataset = merged_continuations(args.output_dir, args.teacher_top_k)
     rejects = first_by_row_id(read_parts(args.output_dir, "rejects"))
     corpus = open_corpus(corpus_args) if args.embed_audio else None
     write_shards(dataset, args.output_dir, args.rows_per_shard, corpus)
@@ -425,6 +497,7 @@ def write_results(corpus_args: CorpusArguments, args: ContinuationArguments, met
         "rejected_by_reason": dict(Counter(reject["reason"] for reject in rejects)),
         "generated_rows_this_run": sum(stat["rows"] for stat in stats),
         "generated_tokens_this_run": tokens,
+        "rescored_rows_this_run": sum(stat["rescored_rows"] for stat in stats),
         "generation_seconds": seconds,
         "tokens_per_second": tokens / seconds if seconds else 0.0,
     }

@@ -1,8 +1,13 @@
 """Step 1's generation backends: `model.generate` on left-padded batches, or vLLM when installed and chosen.
 
-`args` is `generate_continuations.ContinuationArguments` (the LLM, dtype, sampling settings).
+`args` is `generate_continuations.ContinuationArguments` (the LLM, dtype, sampling settings). With
+`args.teacher_top_k` K > 0, each backend also returns the LLM's K most likely next tokens and their log-probabilities
+at temperature `args.teacher_temperature` (log-softmax of the raw logits divided by it, before any sampling processor)
+at every position that predicts a continuation token or the end of the continuation: the teacher of step 2's KL
+objective, cached.
 """
 
+import numpy as np
 import torch
 from accelerate import PartialState
 from transformers import AutoModelForCausalLM
@@ -23,6 +28,18 @@ def until_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
     return tokens
 
 
+def top_k_logprobs(logits: torch.Tensor, k: int, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """(..., vocab) logits -> the top-k token ids (int32) and their log-probabilities at `temperature` (float16), most
+    likely first."""
+    values, ids = torch.topk(torch.log_softmax(logits.float() / temperature, dim=-1), k, dim=-1)
+    return ids.to(torch.int32).cpu().numpy(), values.to(torch.float16).cpu().numpy()
+
+
+def teacher_positions(tokens: list[int], eos_ids: set[int]) -> int:
+    """Positions with a cached teacher: one per continuation token and one for the end (the EOS step 2 appends)."""
+    return len(tokens) + (0 if tokens and tokens[-1] in eos_ids else 1)
+
+
 class TransformersGenerator:
     """`model.generate` on left-padded batches: the checkpoint's generation config, greedy unless `do_sample`."""
 
@@ -34,8 +51,16 @@ class TransformersGenerator:
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         sampling = {"temperature": args.temperature, "top_p": args.top_p} if args.do_sample else {}
+        self.max_new_tokens, self.top_k, self.temperature = (
+            args.max_new_tokens,
+            args.teacher_top_k,
+            args.teacher_temperature,
+        )
+        # One step more than kept: a continuation cut at max_new_tokens has a teacher at its end position too.
+        teacher = {"output_logits": True, "return_dict_in_generate": True} if self.top_k else {}
         self.generate_kwargs = {
-            "max_new_tokens": args.max_new_tokens,
+            "max_new_tokens": args.max_new_tokens + (1 if self.top_k else 0),
+            **teacher,
             "do_sample": args.do_sample,
             "num_beams": 1,
             "pad_token_id": tokenizer.pad_token_id,
@@ -44,15 +69,39 @@ class TransformersGenerator:
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = {tokenizer.eos_token_id} if eos is None else set(eos if isinstance(eos, list) else [eos])
 
-    def generate(self, prompts: list[list[int]]) -> list[list[int]]:
+    def generate(self, prompts: list[list[int]]) -> tuple[list[list[int]], list | None]:
+        """Each prompt's new tokens up to EOS, and (with `teacher_top_k`) each row's top-k (ids, log-probs) arrays of
+        shape (positions, k), else None."""
         batch = self.tokenizer.pad({"input_ids": prompts}, return_tensors="pt").to(self.model.device)
         output = self.model.generate(**batch, **self.generate_kwargs)
-        new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
-        return [until_eos(tokens, self.eos_ids) for tokens in new_tokens]
+        sequences = output.sequences if self.top_k else output
+        new_tokens = sequences[:, batch["input_ids"].shape[1] :].tolist()
+        outputs = [until_eos(tokens[: self.max_new_tokens], self.eos_ids) for tokens in new_tokens]
+        if not self.top_k:
+            return outputs, None
+        ids, logprobs = zip(
+            *(top_k_logprobs(step_logits, self.top_k, self.temperature) for step_logits in output.logits)
+        )
+        ids, logprobs = np.stack(ids, axis=1), np.stack(logprobs, axis=1)  # (rows, steps, k)
+        positions = [teacher_positions(tokens, self.eos_ids) for tokens in outputs]
+        return outputs, [(ids[row, :count], logprobs[row, :count]) for row, count in enumerate(positions)]
+
+    @torch.no_grad()
+    def score(self, prompts: list[list[int]], targets: list[list[int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The top-k (ids, log-probs) at the positions predicting each target token and the end after it (teacher
+        forcing, one forward)."""
+        rows = [prompt + target for prompt, target in zip(prompts, targets)]
+        batch = self.tokenizer.pad({"input_ids": rows}, return_tensors="pt").to(self.model.device)
+        logits = self.model(**batch).logits
+        ids, logprobs = top_k_logprobs(logits, self.top_k, self.temperature)
+        return [(ids[row, -len(target) - 1 :], logprobs[row, -len(target) - 1 :]) for row, target in enumerate(targets)]
 
 
 class VllmGenerator:
     """vLLM's continuous batching, in one process (imported only when chosen).
+
+    The cached teacher (`teacher_top_k`) comes from vLLM's log-probabilities of the raw logits (temperature 1 only);
+    this path is written to vLLM's API but untested here (no vLLM on the development machine).
 
     Only `max_new_tokens`, `temperature` and `top_p` are set: other defaults of the checkpoint's generation config
     (e.g. a repetition penalty) are not applied, unlike with `model.generate`.
@@ -65,17 +114,46 @@ class VllmGenerator:
         self.llm = LLM(
             model=args.llm_name_or_path, dtype=dtype, seed=args.seed, trust_remote_code=args.trust_remote_code
         )
+        self.max_new_tokens, self.top_k = args.max_new_tokens, args.teacher_top_k
+        # With a cached teacher: one step more than kept, and vLLM's top-k log-probs of the raw logits.
         self.sampling_params = SamplingParams(
-            max_tokens=args.max_new_tokens,
+            max_tokens=args.max_new_tokens + (1 if self.top_k else 0),
             temperature=args.temperature if args.do_sample else 0.0,
             top_p=args.top_p if args.do_sample else 1.0,
+            logprobs=self.top_k or None,
         )
         self.eos_ids = {tokenizer.eos_token_id}
 
-    def generate(self, prompts: list[list[int]]) -> list[list[int]]:
+    def top_k_arrays(self, steps: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+        """vLLM's per-position {token id: Logprob} dicts (the k best, plus the chosen token) as (positions, k)
+        arrays in rank order."""
+        best = [sorted(step.items(), key=lambda item: item[1].rank)[: self.top_k] for step in steps]
+        ids = np.array([[token for token, _ in step] for step in best], dtype=np.int32)
+        logprobs = np.array([[value.logprob for _, value in step] for step in best], dtype=np.float16)
+        return ids, logprobs
+
+    def generate(self, prompts: list[list[int]]) -> tuple[list[list[int]], list | None]:
         requests = [{"prompt_token_ids": input_ids} for input_ids in prompts]
-        outputs = self.llm.generate(requests, self.sampling_params, use_tqdm=False)
-        return [until_eos(list(output.outputs[0].token_ids), self.eos_ids) for output in outputs]
+        results = [output.outputs[0] for output in self.llm.generate(requests, self.sampling_params, use_tqdm=False)]
+        outputs = [until_eos(list(result.token_ids)[: self.max_new_tokens], self.eos_ids) for result in results]
+        if not self.top_k:
+            return outputs, None
+        positions = [teacher_positions(tokens, self.eos_ids) for tokens in outputs]
+        return outputs, [self.top_k_arrays(result.logprobs[:count]) for result, count in zip(results, positions)]
+
+    def score(self, prompts: list[list[int]], targets: list[list[int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Teacher forcing through vLLM: the prompt log-probs of each target token, and the next token's."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=self.top_k, prompt_logprobs=self.top_k)
+        requests = [{"prompt_token_ids": prompt + target} for prompt, target in zip(prompts, targets)]
+        scored = []
+        for output, target in zip(self.llm.generate(requests, params, use_tqdm=False), targets):
+            steps = (output.prompt_logprobs[len(output.prompt_token_ids) - len(target) :] if target else []) + [
+                output.outputs[0].logprobs[0]
+            ]
+            scored.append(self.top_k_arrays(steps))
+        return scored
 
 
 def build_generator(args, tokenizer, state: PartialState):

@@ -42,6 +42,8 @@ from data_blsp import (
     AUDIO,
     CONTINUATION,
     ROW_ID,
+    TEACHER_IDS,
+    TEACHER_LOGPROBS,
     TEXT,
     CorpusArguments,
     agreed_setting,
@@ -58,11 +60,13 @@ from training_blsp import (
     LORA_ADAPTER_DIR,
     LORA_SAVE_MODES,
     LOSSES,
+    TEACHER_SOURCES,
     BlspTrainer,
     SpeechPromptCollator,
     adapter_only_bases,
     add_lora,
     audio_rejects_path,
+    cached_teacher_problem,
     check_columns,
     check_usable_rows,
     finalize_lora,
@@ -72,6 +76,7 @@ from training_blsp import (
     prepare_output_dir,
     select_trainable_parameters,
     trained_rows_path,
+    use_cached_teacher,
     uses_lora,
 )
 
@@ -284,6 +289,22 @@ class BlspTrainingArguments(TrainingArguments):
         },
     )
     kl_temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of the KL objective."})
+    teacher: str = field(
+        default="auto",
+        metadata={
+            "help": "The KL objective's teacher: 'live' (the LLM reads the transcript at every step), 'cached' (the "
+            "top-k log-probabilities step 1 kept with --teacher_top_k; no teacher forward), or 'auto': cached when "
+            "every dataset holds it for this prompt and temperature, else live. See docs/training.md.",
+            "choices": list(TEACHER_SOURCES),
+        },
+    )
+    padding_free: bool = field(
+        default=False,
+        metadata={
+            "help": "Pack each batch's LLM sequences into one row without padding (position_ids restart per sample; "
+            "sdpa or flash attention keep them apart): no compute on padding."
+        },
+    )
     ce_weight: float = field(default=1.0, metadata={"help": "Weight of the cross-entropy term."})
     kl_weight: float = field(default=1.0, metadata={"help": "Weight of the KL term."})
     ctc_weight: float = field(default=1.0, metadata={"help": "Weight of the CTC term."})
@@ -363,14 +384,15 @@ def prepare_dataset(
         instruction = dataset_instruction(data_args, metadata)
         if ROW_ID not in dataset.column_names:  # rejects and logs name rows by their position then
             dataset = dataset.add_column(ROW_ID, list(range(len(dataset))))
-        wanted = (ROW_ID, AUDIO, TEXT, CONTINUATION, data_args.duration_column_name)
+        wanted = (ROW_ID, AUDIO, TEXT, CONTINUATION, data_args.duration_column_name, TEACHER_IDS, TEACHER_LOGPROBS)
         keep = [column for column in wanted if column in dataset.column_names]
         dataset = dataset.select_columns(keep).cast_column("audio", Audio(decode=False))
         parts.append(dataset.add_column("instruction", [instruction] * len(dataset)))
         metadatas.append(metadata)
     duration = data_args.duration_column_name
-    if not all(duration in part.column_names for part in parts):  # durations from the headers for every row then
-        parts = [part.remove_columns([duration]) if duration in part.column_names else part for part in parts]
+    for column in (duration, TEACHER_IDS, TEACHER_LOGPROBS):  # kept only when every dataset has it
+        if not all(column in part.column_names for part in parts):
+            parts = [part.remove_columns([column]) if column in part.column_names else part for part in parts]
     dataset = concatenate_datasets(parts)
     if "continuation" in dataset.column_names:
         before = len(dataset)
@@ -493,6 +515,17 @@ def main(args: list[str] | None = None):
         training_args.accelerator_config.dispatch_batches = False
     set_seed(training_args.seed)
     model, processor = load_model_and_processor(model_args, prompt_layout, system_prompt)
+    prompt = {
+        "instruction": [dataset_instruction(data_args, metadata) for metadata in metadatas],
+        "prompt_layout": processor.prompt_layout,
+        "system_prompt": processor.system_prompt,
+    }
+    has_cache = all(
+        dataset is None or TEACHER_IDS in (dataset.column_names or []) for dataset in (train_dataset, eval_dataset)
+    )
+    cached_teacher = use_cached_teacher(
+        training_args, cached_teacher_problem(training_args, metadatas, prompt, has_cache, data_args.streaming)
+    )
     bases = adapter_only_bases(model_args, model.config) if model_args.save_adapter_only else None
     if model_args.match_embedding_scale:
         factor = model.match_speech_scale_to_embeddings()
@@ -510,6 +543,7 @@ def main(args: list[str] | None = None):
         data_collator=SpeechPromptCollator(
             processor,
             with_teacher=needs_teacher(training_args.loss_terms),
+            cached_teacher=cached_teacher,
             with_ctc_labels="ctc" in training_args.loss_terms,
             rejects_path=audio_rejects_path(training_args),
         ),

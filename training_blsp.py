@@ -20,10 +20,21 @@ import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import PreTrainedConfig, Trainer
+from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from data_blsp import AUDIO, CONTINUATION, ROW_ID, TEXT, JsonlLog, audio_source, reject_record
+from data_blsp import (
+    AUDIO,
+    CONTINUATION,
+    ROW_ID,
+    TEACHER_IDS,
+    TEACHER_LOGPROBS,
+    TEXT,
+    JsonlLog,
+    audio_source,
+    reject_record,
+)
 from modeling_blsp import BlspForConditionalGeneration, ctc_readout
 from processing_blsp import IGNORE_INDEX, AudioInputError, BlspProcessor
 
@@ -33,6 +44,8 @@ TEACHER_PREFIX = "teacher_"
 SKIPPED_ROWS_KEY = "num_skipped_rows"
 ROW_IDS_KEY = "row_ids"
 CTC_LABELS_KEY = "ctc_labels"
+CACHED_TEACHER_KEYS = ("cached_teacher_ids", "cached_teacher_logprobs")
+TEACHER_SOURCES = ("auto", "cached", "live")
 MIN_ROWS_BEFORE_CHECK = 200
 """Rows a process sees before `--max_skipped_fraction` is checked during training (a fraction of fewer is noise)."""
 LORA_ADAPTER_DIR = "llm_lora"
@@ -60,6 +73,29 @@ def kl_divergence_sum(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return nn.functional.kl_div(student, teacher, log_target=True, reduction="sum") * temperature**2
 
 
+def top_k_kl_divergence_sum(
+    student_logits: torch.Tensor, teacher_ids: torch.Tensor, teacher_logprobs: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """`kl_divergence_sum` against a cached teacher: its top-k tokens' log-probabilities at `temperature`.
+
+    The distributions compared have k + 1 outcomes: the teacher's k tokens, and one bucket for every other token (the
+    teacher's tail mass is 1 - its top-k mass; the student's is its own mass outside those k tokens). That is the
+    exact KL when k is the vocabulary, and a lower bound otherwise (what the bucket hides is the teacher's shape
+    inside its tail). The student still pays for mass it puts outside the teacher's support, unlike a teacher
+    renormalised over its top k.
+    """
+    student = nn.functional.log_softmax(student_logits.float() / temperature, dim=-1)
+    teacher = teacher_logprobs.float().exp()
+    top_mass = teacher.sum(-1, keepdim=True)
+    tail = (1.0 - top_mass).clamp(min=0.0)
+    teacher, tail = teacher / (top_mass + tail), tail / (top_mass + tail)  # float16 rounding: the top k may pass 1
+    loss = (torch.xlogy(teacher, teacher) - teacher * student.gather(-1, teacher_ids)).sum()
+    if teacher_ids.shape[-1] < student.shape[-1]:
+        student_tail = student.scatter(-1, teacher_ids, float("-inf")).logsumexp(-1, keepdim=True)
+        loss = loss + (torch.xlogy(tail, tail) - tail * student_tail).sum()
+    return loss * temperature**2
+
+
 def speech_rows(model: BlspForConditionalGeneration, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """The adapter's outputs of each row, zero-padded: (rows, frames, hidden), and their lengths.
 
@@ -80,16 +116,21 @@ class TrainingStep:
         self.teacher_inputs = {
             key[len(TEACHER_PREFIX) :]: inputs.pop(key) for key in list(inputs) if key.startswith(TEACHER_PREFIX)
         }
+        self.cached_teacher = tuple(inputs.pop(key) for key in CACHED_TEACHER_KEYS if key in inputs) or None
         self.ctc_labels = inputs.pop(CTC_LABELS_KEY, None)
         self.labels = inputs.pop("labels")
 
     @cached_property
     def student(self) -> tuple:
-        """The LLM's outputs given the speech (logits on the response window only), and that window's labels."""
+        """The LLM's outputs given the speech (with the loss), and its (tokens, vocab) logits on the response."""
         return self.trainer.model_outputs(self.model, self.inputs, self.labels, self.num_items)
 
     @cached_property
-    def teacher(self) -> torch.Tensor:
+    def teacher(self) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's (tokens, vocab) logits on the response, or step 1's cached (token ids, log-probs), each
+        (tokens, k)."""
+        if self.cached_teacher is not None:
+            return self.cached_teacher
         return self.trainer.teacher_logits(self.model, self.teacher_inputs)
 
     @cached_property
@@ -114,9 +155,10 @@ def cross_entropy_term(step: TrainingStep) -> torch.Tensor:
 
 def kl_term(step: TrainingStep) -> torch.Tensor:
     """KL to the teacher on the response positions, per response token of the (accumulated) batch."""
-    outputs, labels = step.student
-    student = response_logits(outputs.logits, labels)
+    student = step.student[1]
     tokens = step.num_items if step.num_items is not None else student.shape[0]
+    if step.cached_teacher is not None:
+        return top_k_kl_divergence_sum(student, *step.teacher, step.args.kl_temperature) / tokens
     return kl_divergence_sum(student, step.teacher, step.args.kl_temperature) / tokens
 
 
@@ -204,6 +246,44 @@ def needs_teacher(loss_terms: set[str]) -> bool:
     return any(OBJECTIVES[name].needs_teacher for name in loss_terms)
 
 
+def cached_teacher_problem(args, metadatas: list[dict], prompt: dict, has_cache: bool, streaming: bool) -> str | None:
+    """Why step 1's cached teacher cannot stand in for the live one here (None when it can).
+
+    `prompt`: the instruction of each dataset (a list, in `metadatas` order), the prompt layout and system prompt
+    step 2 uses; the cache holds the teacher of the prompt step 1 recorded, at its recorded temperature.
+    """
+    if streaming:
+        return "--streaming does not read a cached teacher yet"
+    if not has_cache:
+        return "the datasets hold no cached teacher (generate_continuations.py --teacher_top_k)"
+    for metadata, instruction in zip(metadatas, prompt["instruction"]):
+        if metadata.get("teacher_temperature") != args.kl_temperature:
+            return (
+                f"the teacher was cached at temperature {metadata.get('teacher_temperature')}, --kl_temperature is "
+                f"{args.kl_temperature}"
+            )
+        used = {
+            "instruction": instruction,
+            "prompt_layout": prompt["prompt_layout"],
+            "system_prompt": prompt["system_prompt"],
+        }
+        for key, value in used.items():
+            if metadata.get(key) != value:
+                return f"step 2's {key} {value!r} is not step 1's {metadata.get(key)!r}"
+    return None
+
+
+def use_cached_teacher(args, problem: str | None) -> bool:
+    """`--teacher`: `live`, `cached` (an error when `problem`), or `auto` (cached unless `problem`)."""
+    if not needs_teacher(args.loss_terms) or args.teacher == "live":
+        return False
+    if problem is not None and args.teacher == "cached":
+        raise ValueError(f"--teacher cached: {problem}. Pass --teacher live (or auto).")
+    if problem is not None:
+        logger.info("The KL objective runs the live teacher: %s.", problem)
+    return problem is None
+
+
 def check_columns(column_names: list[str], name: str, loss_terms: set[str]):
     """Fail with a clear message when a dataset lacks the columns of the objective."""
     missing = [column for column in required_columns(loss_terms) if column not in column_names]
@@ -248,6 +328,9 @@ class SpeechPromptCollator:
     processor: BlspProcessor
     with_teacher: bool
     """Also build the teacher's inputs (see `needs_teacher`)."""
+    cached_teacher: bool = False
+    """With `with_teacher`: give step 1's cached top-k teacher of the response tokens (`CACHED_TEACHER_KEYS`,
+    each (tokens, k) in reading order) instead of the teacher's inputs."""
     with_ctc_labels: bool = False
     """Also give the transcript's tokens, padded with -100, under `ctc_labels` (the `ctc` objective)."""
     rejects_path: str | None = None
@@ -290,7 +373,9 @@ class SpeechPromptCollator:
             text_target=responses,
         )
         batch.update(student)
-        if self.with_teacher:
+        if self.with_teacher and self.cached_teacher:
+            batch.update(self.cached_teacher_tensors(kept, student["labels"]))
+        elif self.with_teacher:
             teacher = self.processor(
                 text=[self.processor.render_prompt(row["instruction"], row["text"]) for row in kept],
                 text_target=responses,
@@ -302,6 +387,23 @@ class SpeechPromptCollator:
                 [torch.tensor(ids, dtype=torch.long) for ids in tokens], batch_first=True, padding_value=IGNORE_INDEX
             )
         return batch
+
+    @staticmethod
+    def cached_teacher_tensors(rows: list[dict], labels: torch.Tensor) -> dict:
+        """The rows' cached teachers concatenated in reading order, checked against their response lengths."""
+        learned = (labels != IGNORE_INDEX).sum(-1).tolist()
+        ids, logprobs = [], []
+        for row, length in zip(rows, learned):
+            row_ids = torch.tensor(row[TEACHER_IDS], dtype=torch.long)
+            if row_ids.shape[0] != length:
+                raise ValueError(
+                    f"Row {row.get(ROW_ID)}: its cached teacher covers {row_ids.shape[0]} positions but its response "
+                    f"has {length} tokens (continuation and EOS): step 1 ran another tokenizer or the response was "
+                    "changed. Train with --teacher live, or make the continuations again with this LLM."
+                )
+            ids.append(row_ids)
+            logprobs.append(torch.tensor(row[TEACHER_LOGPROBS], dtype=torch.float16))
+        return dict(zip(CACHED_TEACHER_KEYS, (torch.cat(ids), torch.cat(logprobs))))
 
 
 def prepare_output_dir(args) -> str | None:
@@ -471,6 +573,24 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
         return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
 
 
+def pack_rows(inputs: dict, labels: torch.Tensor) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """A left-padded batch as one row without padding (transformers' padding-free format, as
+    `DataCollatorWithFlattening` makes it): `position_ids` restart at 0 for each row, which sdpa and flash attention
+    read as separate sequences. Returns the packed inputs, the positions whose logits predict a response token, and
+    those tokens, (1, tokens).
+
+    The speech embeddings are scattered in reading order, as in the padded batch. No logit predicts across rows: each
+    row starts with prompt tokens, which are never learned.
+    """
+    mask = inputs["attention_mask"].bool()
+    packed = {key: value for key, value in inputs.items() if key not in ("input_ids", "attention_mask")}
+    packed["input_ids"] = inputs["input_ids"][mask][None]
+    packed["position_ids"] = (mask.long().cumsum(-1) - 1)[mask][None]
+    labels = labels[mask]
+    keep = (labels[1:] != IGNORE_INDEX).nonzero().squeeze(-1)
+    return packed, keep, labels[keep + 1][None]
+
+
 class BlspTrainer(Trainer):
     """A `Trainer` with the BLSP objectives, logits only on response positions, and skipped-row counting."""
 
@@ -497,11 +617,23 @@ class BlspTrainer(Trainer):
             seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
         )
 
-    def model_outputs(self, model, inputs: dict, labels: torch.Tensor, num_items_in_batch=None):
-        """Forward with labels, computing logits only on the trailing window that holds the response positions."""
-        window = response_window(labels)
+    def model_outputs(self, model, inputs: dict, labels: torch.Tensor, num_items_in_batch=None) -> tuple:
+        """Forward with labels, computing logits only where they predict a response token; returns the outputs (with
+        the loss) and those (tokens, vocab) logits in reading order.
+
+        Padded: logits on the trailing window that holds every response (left padding). `--padding_free`: the rows
+        packed into one, without padding (`pack_rows`), logits at the response positions only.
+        """
         loss_kwargs = {} if num_items_in_batch is None else {"num_items_in_batch": num_items_in_batch}
-        return model(**inputs, labels=labels[:, -window:], logits_to_keep=window, **loss_kwargs), labels[:, -window:]
+        if getattr(self.args, "padding_free", False):
+            packed, keep, targets = pack_rows(inputs, labels)
+            outputs = model(**packed, logits_to_keep=keep, use_cache=False)  # with a cache, packing goes unseen
+            vocab_size = outputs.logits.shape[-1]
+            outputs.loss = ForCausalLMLoss(outputs.logits, None, vocab_size, shift_labels=targets, **loss_kwargs)
+            return outputs, outputs.logits[0]
+        window = response_window(labels)
+        outputs = model(**inputs, labels=labels[:, -window:], logits_to_keep=window, **loss_kwargs)
+        return outputs, response_logits(outputs.logits, labels[:, -window:])
 
     def teacher_logits(self, model, teacher_inputs: dict) -> torch.Tensor:
         """The frozen LLM (no adapter: the prompt holds no speech; LoRA disabled) on the transcript prompt."""
@@ -509,8 +641,7 @@ class BlspTrainer(Trainer):
         blsp = self.accelerator.unwrap_model(model)
         lora_off = blsp.language_model.disable_adapter() if uses_lora(blsp) else nullcontext()
         with torch.no_grad(), lora_off:
-            outputs, labels = self.model_outputs(model, teacher_inputs, labels)
-        return response_logits(outputs.logits, labels)
+            return self.model_outputs(model, teacher_inputs, labels)[1]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)

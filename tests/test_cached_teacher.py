@@ -1,0 +1,236 @@
+"""The cached teacher: step 1's top-k log-probabilities (`--teacher_top_k`) against step 2's live teacher."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from datasets import load_dataset
+from transformers import AutoTokenizer
+
+import generate_continuations
+import train_adapter
+from data_blsp import CONTINUATIONS_METADATA_FILE, TEACHER_IDS, TEACHER_LOGPROBS
+from modeling_blsp import BlspForConditionalGeneration
+from processing_blsp import BlspProcessor
+from training_blsp import BlspTrainer, SpeechPromptCollator, TrainingStep, kl_term
+
+MAX_NEW_TOKENS = 8
+TEMPERATURE = 2.0
+SMALL_K = 8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def step_one(speech_corpus, llm: str, output_dir: str, top_k: int) -> str:
+    """Continuations of the clips by `llm`, left-padded batches of 3, with a cached teacher of `top_k`."""
+    clips, rows = speech_corpus
+    corpus = os.path.join(output_dir + "-corpus.jsonl")
+    with open(corpus, "w") as file:
+        for row in rows:
+            file.write(json.dumps({"audio": os.path.join(clips, row["file_name"]), "text": row["text"]}) + "\n")
+    generate_continuations.main(
+        ["--dataset_name", corpus, "--llm_name_or_path", llm, "--output_dir", output_dir, "--batch_size", "3"]
+        + ["--max_new_tokens", str(MAX_NEW_TOKENS), "--teacher_top_k", str(top_k)]
+        + ["--teacher_temperature", str(TEMPERATURE)]
+    )
+    return output_dir
+
+
+@pytest.fixture(scope="module")
+def full_cache(speech_corpus, responsive_llm, tmp_path_factory) -> str:
+    """Step 1 with the whole vocabulary cached (k = vocabulary size)."""
+    vocabulary = len(AutoTokenizer.from_pretrained(responsive_llm))
+    return step_one(speech_corpus, responsive_llm, str(tmp_path_factory.mktemp("full") / "out"), vocabulary)
+
+
+@pytest.fixture(scope="module")
+def small_cache(speech_corpus, responsive_llm, tmp_path_factory) -> str:
+    return step_one(speech_corpus, responsive_llm, str(tmp_path_factory.mktemp("small") / "out"), SMALL_K)
+
+
+def test_step_one_writes_the_cache_compactly_and_records_it(full_cache, small_cache, responsive_llm):
+    with open(os.path.join(small_cache, CONTINUATIONS_METADATA_FILE)) as file:
+        settings = json.load(file)
+    assert settings["teacher_top_k"] == SMALL_K and settings["teacher_temperature"] == TEMPERATURE
+    dataset = load_dataset(small_cache, split="train")
+    assert str(dataset.features[TEACHER_IDS].feature.feature) == "Value('int32')"
+    assert str(dataset.features[TEACHER_LOGPROBS].feature.feature) == "Value('float16')"
+    tokenizer = AutoTokenizer.from_pretrained(responsive_llm)
+    full = load_dataset(full_cache, split="train")
+    assert full["continuation"] == dataset["continuation"]
+    for row, full_row in zip(dataset, full):
+        ids, logprobs = np.array(row[TEACHER_IDS]), np.array(row[TEACHER_LOGPROBS])
+        tokens = tokenizer(row["continuation"], add_special_tokens=False)["input_ids"]
+        assert ids.shape == logprobs.shape == (len(tokens) + 1, SMALL_K)  # each token and the end
+        assert (np.diff(logprobs, axis=1) <= 0).all()  # most likely first
+        np.testing.assert_array_equal(np.array(full_row[TEACHER_IDS])[:, :SMALL_K], ids)
+        probabilities = np.exp(np.array(full_row[TEACHER_LOGPROBS], dtype=np.float64)).sum(-1)
+        np.testing.assert_allclose(probabilities, 1.0, atol=2e-3)  # the whole distribution, float16 rounding
+
+
+def training_rows(cache_dir: str, speech_corpus) -> list[dict]:
+    """Step 1's rows as the collator reads them: audio of the source clip, prompt instruction recorded by step 1."""
+    clips, corpus_rows = speech_corpus
+    with open(os.path.join(cache_dir, CONTINUATIONS_METADATA_FILE)) as file:
+        instruction = json.load(file)["instruction"]
+    return [
+        {
+            **row,
+            "audio": {"path": os.path.join(clips, corpus_rows[row["row_id"]]["file_name"]), "bytes": None},
+            "instruction": instruction,
+        }
+        for row in load_dataset(cache_dir, split="train")
+    ]
+
+
+@pytest.fixture(scope="module")
+def blsp(tiny_checkpoints, responsive_llm, tmp_path_factory):
+    """An untrained BLSP model over the LLM of step 1, its processor, and a `BlspTrainer` for the KL objective."""
+    torch.manual_seed(0)
+    model = BlspForConditionalGeneration.from_speech_text_pretrained(tiny_checkpoints["whisper"], responsive_llm)
+    processor = BlspProcessor.from_speech_text_pretrained(
+        tiny_checkpoints["whisper"], responsive_llm, config=model.config
+    )
+    args = train_adapter.BlspTrainingArguments(
+        output_dir=str(tmp_path_factory.mktemp("trainer")), use_cpu=True, report_to="none", loss="kl"
+    )
+    return model.eval(), processor, BlspTrainer(model=model, args=args)
+
+
+def kl_step(blsp, rows: list[dict], cached: bool) -> TrainingStep:
+    model, processor, trainer = blsp
+    batch = SpeechPromptCollator(processor, with_teacher=True, cached_teacher=cached)(rows)
+    batch.pop("num_skipped_rows")
+    return TrainingStep(trainer, model, batch, None)
+
+
+def test_cached_top_k_is_the_live_teachers_at_every_position(blsp, small_cache, full_cache, speech_corpus):
+    """Step 1 (left-padded batches of 3, incremental decoding with a KV cache) and step 2's teacher (one forward on
+    the transcript prompt and the response) give the same top-k tokens, in the same order, at every position; their
+    log-probabilities differ by float16 rounding (half a unit in the last place: 2^-11 of the value) and float32
+    summation order (1e-4 here, logits of a few tens)."""
+    for cache in (small_cache, full_cache):
+        rows = training_rows(cache, speech_corpus)
+        with torch.no_grad():
+            live = torch.log_softmax(kl_step(blsp, rows, cached=False).teacher.float() / TEMPERATURE, dim=-1)
+        cached_ids, cached_logprobs = kl_step(blsp, rows, cached=True).teacher
+        assert cached_ids.shape[0] == live.shape[0]  # one position per response token and the end, in order
+        live_values = live.gather(-1, cached_ids)
+        tolerance = 2**-11 * live_values.abs() + 1e-4
+        assert ((cached_logprobs.float() - live_values).abs() <= tolerance).all()
+        if cache == small_cache:
+            assert torch.equal(cached_ids, live.topk(SMALL_K, dim=-1).indices)
+
+
+def test_cached_kl_equals_live_with_the_whole_vocabulary(blsp, full_cache, small_cache, speech_corpus):
+    """With k = vocabulary the cached KL is the live one, up to the float16 rounding of the teacher (relative 1e-3);
+    with a small k it is a lower bound (the teacher's shape inside its tail is not kept)."""
+    rows = training_rows(full_cache, speech_corpus)
+    with torch.no_grad():
+        live = kl_term(kl_step(blsp, rows, cached=False))
+        full = kl_term(kl_step(blsp, rows, cached=True))
+        small = kl_term(kl_step(blsp, training_rows(small_cache, speech_corpus), cached=True))
+    torch.testing.assert_close(full, live, rtol=1e-3, atol=0)
+    assert 0 < small <= live
+
+
+def train(tiny_checkpoints, responsive_llm, dataset: str, output_dir: str, *flags: str) -> list[float]:
+    """30 steps of the KL objective on every row at once (the test_train_adapter settings); the logged losses."""
+    settings = {
+        "speech_encoder_name_or_path": tiny_checkpoints["whisper"],
+        "llm_name_or_path": responsive_llm,
+        "dataset_name": dataset,
+        "output_dir": output_dir,
+        "loss": "kl",
+        "kl_temperature": TEMPERATURE,
+        "max_steps": 30,
+        "per_device_train_batch_size": 16,
+        "learning_rate": 3e-3,
+        "lr_scheduler_type": "constant",
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "use_cpu": True,
+        "seed": 0,
+        "disable_tqdm": True,
+    }
+    train_adapter.main([item for key, value in settings.items() for item in (f"--{key}", str(value))] + list(flags))
+    with open(os.path.join(output_dir, "trainer_state.json")) as file:
+        return [entry["loss"] for entry in json.load(file)["log_history"] if "loss" in entry]
+
+
+def test_cached_gradients_are_the_live_ones(blsp, full_cache, small_cache, speech_corpus):
+    """The adapter's gradient of the KL: with k = vocabulary the live one (relative 1e-3 in norm: float16 teacher);
+    with k = 8 of a 400-token vocabulary, still pointing the same way (cosine above 0.9)."""
+    model = blsp[0]
+    gradients = {}
+    for name, cache, cached in (("live", full_cache, False), ("full", full_cache, True), ("small", small_cache, True)):
+        model.zero_grad()
+        kl_term(kl_step(blsp, training_rows(cache, speech_corpus), cached)).backward()
+        gradients[name] = torch.cat([parameter.grad.flatten() for parameter in model.adapter.parameters()])
+    model.zero_grad()
+    live = gradients["live"]
+    assert (gradients["full"] - live).norm() <= 1e-3 * live.norm()
+    assert torch.nn.functional.cosine_similarity(gradients["small"], live, dim=0) > 0.9
+
+
+def test_training_with_the_cached_teacher_follows_the_live_one(
+    tiny_checkpoints, responsive_llm, full_cache, small_cache, blsp, speech_corpus, tmp_path
+):
+    """30 Adam steps with the cached teacher lower the live KL nearly as much as 30 steps with the live teacher: at
+    least 85% as much with k = vocabulary (89% when written), 65% with k = 8 of 400 tokens (74%). Logged losses are
+    not compared step by step: Adam's first steps divide by
+    the gradients' own size, so the float16 teacher's 1e-4 differences grow along the run either way."""
+    runs = {
+        "live": (full_cache, "live"),
+        "full": (full_cache, "auto"),  # auto reads the cache
+        "small": (small_cache, "cached"),
+    }
+    for name, (dataset, teacher) in runs.items():
+        losses = train(tiny_checkpoints, responsive_llm, dataset, str(tmp_path / name), "--teacher", teacher)
+        assert losses[-1] < 0.85 * losses[0], (name, losses)
+    rows = training_rows(full_cache, speech_corpus)
+    model, processor, trainer = blsp
+
+    def live_kl(directory: str | None) -> float:
+        step_model = model if directory is None else BlspForConditionalGeneration.from_pretrained(directory).eval()
+        with torch.no_grad():
+            return float(kl_term(kl_step((step_model, processor, trainer), rows, cached=False)))
+
+    before = live_kl(None)
+    after = {name: live_kl(str(tmp_path / name)) for name in runs}
+    for name, share in (("full", 0.85), ("small", 0.65)):
+        assert before - after[name] >= share * (before - after["live"]), (before, after)
+
+
+@pytest.mark.parametrize("loss", ["ce", "kl"])
+def test_padding_free_batch_gives_the_padded_loss_and_gradients(blsp, full_cache, speech_corpus, loss):
+    """Packed into one row (sdpa, position_ids restarting per sample) the batch gives the padded batch's loss and
+    adapter gradients up to float32 summation order (relative 1e-4, each gradient tensor in norm: other kernels,
+    another reduction order)."""
+    model, processor, trainer = blsp
+    rows = training_rows(full_cache, speech_corpus)
+    assert len({len(row["continuation"]) for row in rows}) > 1  # rows differ in length: the padded batch has padding
+    results = []
+    for padding_free in (False, True):
+        trainer.args.padding_free = padding_free
+        model.zero_grad()
+        batch = SpeechPromptCollator(processor, with_teacher=loss == "kl")(rows)
+        batch.pop("num_skipped_rows")
+        step = TrainingStep(trainer, model, batch, None)
+        value = step.student[0].loss if loss == "ce" else kl_term(step)
+        value.backward()
+        results.append((value.detach(), [parameter.grad.clone() for parameter in model.adapter.parameters()]))
+    trainer.args.padding_free = False
+    (padded, padded_grads), (packed, packed_grads) = results
+    torch.testing.assert_close(packed, padded, rtol=1e-4, atol=0)
+    for packed_grad, padded_grad in zip(packed_grads, padded_grads):  # per tensor: entries near 0 are sums that cancel
+        assert (packed_grad - padded_grad).norm() <= 1e-4 * padded_grad.norm()
