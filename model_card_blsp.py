@@ -7,7 +7,8 @@ import re
 from huggingface_hub import ModelCard, ModelCardData
 from transformers import Trainer
 
-from training_blsp import LORA_ADAPTER_DIR, objective_description, objective_settings
+from objectives_blsp import objective_description, objective_settings
+from training_blsp import LORA_ADAPTER_DIR
 
 HUB_ID_PATTERN = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 

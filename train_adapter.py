@@ -11,12 +11,12 @@ Objectives (`--loss`):
   no continuation is needed;
 - `ctc`: CTC between the adapter's outputs, read through the LLM's token embeddings, and the transcript's tokens;
   no LLM forward, so a step costs a small fraction of the others: a warm-up that aligns the speech with the LLM's
-  embedding space before `ce` or `kl` (not in the BLSP paper; see docs/training.md);
+  embedding space before `ce` or `kl` (not in the BLSP paper; see docs/steps.md);
 - sums such as `ce+kl`: `--ce_weight` * ce + `--kl_weight` * kl (+ `--ctc_weight` * ctc).
 
 Only the adapter trains by default; `--train_speech_encoder` adds the Whisper encoder, `--lora_r` LoRA on the LLM.
 This script holds the arguments, the datasets' preparation and `main`; the objectives, collator, sampler, trainer and
-model set-up are in `training_blsp.py`, the model card in `model_card_blsp.py`.
+model set-up are in `training_blsp.py` and `objectives_blsp.py`, the model card in `model_card_blsp.py`.
 
 Examples:
 
@@ -54,29 +54,31 @@ from data_blsp import (
 )
 from engines_blsp import check_one_training, check_requested_engine, unsharded_model
 from model_card_blsp import build_model_card
+from objectives_blsp import (
+    LOSSES,
+    TEACHER_SOURCES,
+    cached_teacher_problem,
+    check_columns,
+    needs_teacher,
+    use_cached_teacher,
+)
 from processing_blsp import CONTINUATION_INSTRUCTION, PROMPT_LAYOUTS
 from streaming_blsp import clip_seconds, stream_continuations, training_stream
 from training_blsp import (
     LORA_ADAPTER_DIR,
     LORA_SAVE_MODES,
-    LOSSES,
-    TEACHER_SOURCES,
     BlspTrainer,
     SpeechPromptCollator,
     adapter_only_bases,
     add_lora,
     audio_rejects_path,
-    cached_teacher_problem,
-    check_columns,
     check_usable_rows,
     finalize_lora,
     keep_trainable_in_float32,
     load_model_and_processor,
-    needs_teacher,
     prepare_output_dir,
     select_trainable_parameters,
     trained_rows_path,
-    use_cached_teacher,
     uses_lora,
 )
 
@@ -527,6 +529,10 @@ def main(args: list[str] | None = None):
         training_args, cached_teacher_problem(training_args, metadatas, prompt, has_cache, data_args.streaming)
     )
     bases = adapter_only_bases(model_args, model.config) if model_args.save_adapter_only else None
+    if training_args.padding_free and model.config.speech_compression:
+        raise ValueError(
+            "--padding_free cannot leave speech frames out (speech_compression='ctc' masks them): drop one of them."
+        )
     if model_args.match_embedding_scale:
         factor = model.match_speech_scale_to_embeddings()
         logger.info("Adapter output scaled by %.4f to the LLM's embedding norm.", factor)

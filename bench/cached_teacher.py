@@ -24,8 +24,9 @@ import generate_continuations  # noqa: E402
 import train_adapter  # noqa: E402
 from data_blsp import CorpusArguments, continuations_metadata, join_audio, load_source  # noqa: E402
 from modeling_blsp import BlspForConditionalGeneration  # noqa: E402
+from objectives_blsp import TrainingStep, kl_term  # noqa: E402
 from processing_blsp import BlspProcessor  # noqa: E402
-from training_blsp import BlspTrainer, SpeechPromptCollator, TrainingStep, kl_term  # noqa: E402
+from training_blsp import BlspTrainer, SpeechPromptCollator  # noqa: E402
 
 
 def step_one(args, output_dir: str, top_k: int) -> dict:

@@ -13,8 +13,9 @@ import generate_continuations
 import train_adapter
 from data_blsp import CONTINUATIONS_METADATA_FILE, TEACHER_IDS, TEACHER_LOGPROBS
 from modeling_blsp import BlspForConditionalGeneration
+from objectives_blsp import TrainingStep, kl_term
 from processing_blsp import BlspProcessor
-from training_blsp import BlspTrainer, SpeechPromptCollator, TrainingStep, kl_term
+from training_blsp import BlspTrainer, SpeechPromptCollator
 
 MAX_NEW_TOKENS = 8
 TEMPERATURE = 2.0

@@ -18,8 +18,9 @@ from safetensors.torch import load_file
 import train_adapter
 from data_blsp import CONTINUATIONS_METADATA_FILE
 from modeling_blsp import BlspForConditionalGeneration
+from objectives_blsp import TrainingStep, ctc_term
 from processing_blsp import BlspProcessor
-from training_blsp import SpeechPromptCollator, TrainingStep, ctc_term
+from training_blsp import SpeechPromptCollator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTRUCTION = "Continue the following text."
