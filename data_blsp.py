@@ -374,6 +374,18 @@ def read_jsonl(path: str) -> list[dict]:
         return [json.loads(line) for line in file if line.endswith("\n")]
 
 
+DTYPES = ["auto", "bfloat16", "float16", "float32"]
+
+
+def dtype_field(note: str = ""):
+    """`--dtype`, the one convention of the three scripts (that of transformers' examples)."""
+    help_text = (
+        "The dtype the weights load in: `auto` (default) keeps each checkpoint's own, as saved (its config's "
+        "`dtype`); float32, bfloat16 or float16 cast them."
+    )
+    return field(default="auto", metadata={"help": help_text + note, "choices": DTYPES})
+
+
 def parse_script_arguments(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
     """The scripts' arguments: flags, or a single .json/.yaml file holding them (transformers examples style)."""
     parser = HfArgumentParser(dataclass_types)

@@ -20,7 +20,15 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig, pipeline
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
-from data_blsp import ROW_ID, SAMPLING_RATE, CorpusArguments, audio_source, load_source, parse_script_arguments
+from data_blsp import (
+    ROW_ID,
+    SAMPLING_RATE,
+    CorpusArguments,
+    audio_source,
+    dtype_field,
+    load_source,
+    parse_script_arguments,
+)
 from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import TASK_INSTRUCTIONS, AudioInputError, BlspProcessor, load_audio, render_prompt
 
@@ -71,7 +79,7 @@ class EvaluationArguments:
     )
     batch_size: int = field(default=8)
     max_new_tokens: int = field(default=128)
-    dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16 or float16."})
+    dtype: str = dtype_field()
 
     def __post_init__(self):
         if self.input not in INPUT_KINDS:
@@ -107,7 +115,7 @@ class Generator:
 
     def __init__(self, args: EvaluationArguments):
         self.args = args
-        dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
+        dtype = args.dtype
         device = "cuda" if torch.cuda.is_available() else "cpu"
         trust = args.trust_remote_code
         is_blsp = PreTrainedConfig.get_config_dict(args.model_name_or_path)[0].get("model_type") == "blsp"

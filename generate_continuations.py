@@ -54,6 +54,7 @@ from data_blsp import (
     JsonlLog,
     audio_rejection,
     audio_source,
+    dtype_field,
     open_corpus,
     open_transcripts,
     parse_script_arguments,
@@ -99,9 +100,7 @@ class ContinuationArguments:
     backend: Literal["transformers", "vllm"] = field(
         default="transformers", metadata={"help": "`transformers` (model.generate) or `vllm` (when installed)."}
     )
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(
-        default="auto", metadata={"help": "LLM weights' dtype; `auto` is bfloat16 on GPU, float32 on CPU."}
-    )
+    dtype: str = dtype_field()
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Run code the LLM checkpoint ships (its own model or tokenizer classes)."}
     )

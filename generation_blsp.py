@@ -13,13 +13,6 @@ from accelerate import PartialState
 from transformers import AutoModelForCausalLM
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`--dtype`: `auto` is bfloat16 on a GPU and float32 on CPU."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, name)
-
-
 def until_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
     """Generated tokens up to and including the first EOS (what follows it is padding)."""
     for index, token in enumerate(tokens):
@@ -44,9 +37,8 @@ class TransformersGenerator:
     """`model.generate` on left-padded batches: the checkpoint's generation config, greedy unless `do_sample`."""
 
     def __init__(self, args, tokenizer, device: torch.device):
-        dtype = resolve_dtype(args.dtype, device)
         model = AutoModelForCausalLM.from_pretrained(
-            args.llm_name_or_path, dtype=dtype, trust_remote_code=args.trust_remote_code
+            args.llm_name_or_path, dtype=args.dtype, trust_remote_code=args.trust_remote_code
         )
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
@@ -110,9 +102,8 @@ class VllmGenerator:
     def __init__(self, args, tokenizer, device: torch.device):
         from vllm import LLM, SamplingParams
 
-        dtype = str(resolve_dtype(args.dtype, device)).removeprefix("torch.")
         self.llm = LLM(
-            model=args.llm_name_or_path, dtype=dtype, seed=args.seed, trust_remote_code=args.trust_remote_code
+            model=args.llm_name_or_path, dtype=args.dtype, seed=args.seed, trust_remote_code=args.trust_remote_code
         )
         self.max_new_tokens, self.top_k = args.max_new_tokens, args.teacher_top_k
         # With a cached teacher: one step more than kept, and vLLM's top-k log-probs of the raw logits.

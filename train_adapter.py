@@ -48,6 +48,7 @@ from data_blsp import (
     CorpusArguments,
     agreed_setting,
     continuations_metadata,
+    dtype_field,
     join_audio,
     load_source,
     parse_script_arguments,
@@ -115,14 +116,7 @@ class ModelArguments:
             "choices": ["ctc"],
         },
     )
-    dtype: str | None = field(
-        default=None,
-        metadata={
-            "help": "Dtype of the loaded weights (default: each checkpoint's own); trainable parameters are kept "
-            "in float32.",
-            "choices": ["auto", "bfloat16", "float16", "float32"],
-        },
-    )
+    dtype: str = dtype_field(" Trainable parameters are kept in float32.")
     trust_remote_code: bool = field(
         default=False,
         metadata={

@@ -35,7 +35,7 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 import generate_continuations  # noqa: E402
 from data_blsp import open_transcripts  # noqa: E402
 from generate_continuations import build_prompts, length_grouped_batches, load_tokenizer  # noqa: E402
-from generation_blsp import resolve_dtype, until_eos  # noqa: E402
+from generation_blsp import until_eos  # noqa: E402
 
 
 def parse_arguments() -> argparse.Namespace:
@@ -98,7 +98,7 @@ def main():
 
     device = PartialState().device
     tokenizer = load_tokenizer(llm)
-    model = AutoModelForCausalLM.from_pretrained(llm, dtype=resolve_dtype(args.dtype, device)).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(llm, dtype=args.dtype).to(device).eval()
     transcripts = list(open_transcripts(corpus_args))
     prompts, _ = build_prompts(transcripts, tokenizer, args, corpus_args.dataset_name)
     prompt_ids = [row["input_ids"] for row in prompts]

@@ -8,7 +8,7 @@ import yaml
 import evaluate_blsp
 import generate_continuations
 import train_adapter
-from data_blsp import CorpusArguments, parse_script_arguments
+from data_blsp import DTYPES, CorpusArguments, parse_script_arguments
 from world import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,3 +71,24 @@ def test_every_script_prints_its_help(dataclass_types, capsys):
         parse_script_arguments(tuple(dataclass_types), ["--help"])
     assert exit_info.value.code == 0
     assert "--output_dir" in capsys.readouterr().out
+
+
+SCRIPT_FLAGS = {
+    "generate_continuations": lambda extra: generate_continuations.parse_arguments([*STEP1, *extra])[1],
+    "train_adapter": lambda extra: train_adapter.parse_arguments([*STEP2, "--output_dir", "o", *extra])[0],
+    "evaluate_blsp": lambda extra: parse_script_arguments(
+        (CorpusArguments, evaluate_blsp.EvaluationArguments),
+        ["--dataset_name", "d", "--model_name_or_path", "m", "--output_dir", "o", *extra],
+    )[1],
+}
+
+
+@pytest.mark.parametrize("script", SCRIPT_FLAGS)
+def test_one_dtype_convention_in_the_three_scripts(script, capsys):
+    parse = SCRIPT_FLAGS[script]
+    assert parse([]).dtype == "auto"  # each checkpoint's own dtype, as transformers' `dtype="auto"`
+    assert [parse(["--dtype", name]).dtype for name in DTYPES] == DTYPES
+    with pytest.raises(SystemExit):
+        parse(["--dtype", "bf16"])
+    error = capsys.readouterr().err
+    assert "argument --dtype: invalid choice: 'bf16'" in error and all(name in error for name in DTYPES)
