@@ -27,7 +27,7 @@ from world.run import save_untrained_blsp
 
 ENGLISH_DIR = os.path.dirname(os.path.abspath(__file__))
 SAMPLING_RATE = 16000
-REPEAT_INSTRUCTION = "Repeat the following text."
+TRANSCRIBE_INSTRUCTION = "Repeat the following text."
 ANSWER_WORDS = 3
 """An answer counts when the expected word is among the reply's first words ("Dog." and "The dog." both count)."""
 
@@ -69,7 +69,7 @@ def run_task(system: dict, evaluation_set: str, task: str, output_dir: str, args
     """Generate one system's replies for one task on one evaluation set (kept when already there)."""
     if os.path.exists(os.path.join(output_dir, "metrics.json")):
         return read_predictions(output_dir)
-    instructions = {"transcribe": REPEAT_INSTRUCTION, "continue": CONTINUATION_INSTRUCTION, "question": None}
+    instructions = {"transcribe": TRANSCRIBE_INSTRUCTION, "continue": CONTINUATION_INSTRUCTION, "question": None}
     evaluation_args = scoring.EvaluationArguments(
         model_name_or_path=system["path"],
         output_dir=output_dir,

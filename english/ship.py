@@ -24,7 +24,7 @@ from modeling_blsp import BlspForConditionalGeneration
 EXAMPLES_DIR = "examples"
 EXAMPLE_SPLITS = {"test_piper": 6, "test_heldout_voice": 3, "test_heldout_festival_voice": 3}
 """Held-out clips shipped per split (Piper's neural voice first: the closest to a person here)."""
-REPEAT_INSTRUCTION = "Repeat the following text."
+TRANSCRIBE_INSTRUCTION = "Repeat the following text."
 ANSWER_TOKENS = 24
 """Greedy tokens of each example clip's recorded answer (`examples/answers.json`, checked by the tests)."""
 
@@ -50,11 +50,13 @@ def record_answers(output_dir: str, rows: list[dict], bases: dict) -> dict[str, 
     """The shipped model's greedy answers to "Repeat the following text." for every example clip, saved."""
     speech_llm = pipeline(model=output_dir, trust_remote_code=True, model_kwargs=bases)
     clips = [os.path.join(output_dir, EXAMPLES_DIR, row["file_name"]) for row in rows]
-    answers = speech_llm(clips, instruction=REPEAT_INSTRUCTION, max_new_tokens=ANSWER_TOKENS, batch_size=4)
+    answers = speech_llm(clips, instruction=TRANSCRIBE_INSTRUCTION, max_new_tokens=ANSWER_TOKENS, batch_size=4)
     recorded = {row["file_name"]: answer["generated_text"] for row, answer in zip(rows, answers)}
     with open(os.path.join(output_dir, EXAMPLES_DIR, "answers.json"), "w", encoding="utf-8") as file:
         json.dump(
-            {"instruction": REPEAT_INSTRUCTION, "max_new_tokens": ANSWER_TOKENS, "answers": recorded}, file, indent=1
+            {"instruction": TRANSCRIBE_INSTRUCTION, "max_new_tokens": ANSWER_TOKENS, "answers": recorded},
+            file,
+            indent=1,
         )
     return recorded
 

@@ -59,9 +59,9 @@ def test_demo_checkpoint_matches_its_manifest(demo_manifest):
 
 def test_answer_streams_token_by_token_to_the_greedy_answer(speech_llm, example):
     chat = app.SpeechChat(app.WORLD_MODEL)
-    conversation = [app.user_turn(language.REPEAT_INSTRUCTION, example["path"], chat.processor.prompt_layout)]
+    conversation = [app.user_turn(language.TRANSCRIBE_INSTRUCTION, example["path"], chat.processor.prompt_layout)]
     pieces = list(chat.stream(conversation, MAX_NEW_TOKENS, temperature=0.0))
-    greedy = speech_llm(example["path"], instruction=language.REPEAT_INSTRUCTION, max_new_tokens=MAX_NEW_TOKENS)
+    greedy = speech_llm(example["path"], instruction=language.TRANSCRIBE_INSTRUCTION, max_new_tokens=MAX_NEW_TOKENS)
     assert pieces[-1] == greedy["generated_text"]
     assert len(set(pieces)) >= 3  # the answer grew in several steps
     assert all(later.startswith(earlier) for earlier, later in zip(pieces, pieces[1:]))
@@ -146,15 +146,15 @@ def test_browser_upload_transcribe_and_follow_up(server, browser, speech_llm, ex
     browser.find_element(By.CSS_SELECTOR, "#speech input[type=file]").send_keys(example["path"])
     WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#speech audio"))
 
-    transcript = ask(browser, language.REPEAT_INSTRUCTION, answers_before=0)
-    greedy = speech_llm(example["path"], instruction=language.REPEAT_INSTRUCTION, max_new_tokens=64)
+    transcript = ask(browser, language.TRANSCRIBE_INSTRUCTION, answers_before=0)
+    greedy = speech_llm(example["path"], instruction=language.TRANSCRIBE_INSTRUCTION, max_new_tokens=64)
     assert transcript == greedy["generated_text"]
     assert jiwer.wer(example["text"], transcript) <= 0.4, (example["text"], transcript)
 
     follow_up = ask(browser, language.QUESTION_INSTRUCTION, answers_before=1)
     layout = speech_llm.processor.prompt_layout
     conversation = [
-        app.user_turn(language.REPEAT_INSTRUCTION, example["path"], layout),
+        app.user_turn(language.TRANSCRIBE_INSTRUCTION, example["path"], layout),
         {"role": "assistant", "content": transcript},
         app.user_turn(language.QUESTION_INSTRUCTION, None, layout),
     ]

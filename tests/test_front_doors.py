@@ -24,7 +24,7 @@ from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import BlspProcessor
 from world import build_demo, language
 
-INSTRUCTION = language.REPEAT_INSTRUCTION
+INSTRUCTION = language.TRANSCRIBE_INSTRUCTION
 GREEDY = {"do_sample": False, "max_new_tokens": 16}
 WORLD_CLIPS = os.path.join(build_demo.build_world.WORLD_DIR, "data", "speech", "test_seen_voice")
 

@@ -26,7 +26,7 @@ def test_continuation_training_transfers_to_transcription_and_answering(split, t
         results = {
             name: {
                 metric: score_system(system, evaluation_set, task, str(tmp_path / name / task))
-                for metric, task in (("wer", "repeat"), ("answer", "answer"))
+                for metric, task in (("wer", "transcribe"), ("answer", "answer"))
             }
             for name, path in (("trained", build_demo.DEMO_DIR), ("untrained", untrained))
             for system in [{"path": path, "input": "speech", "layout": build_demo.LAYOUT}]

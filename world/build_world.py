@@ -108,7 +108,7 @@ def kept_llm_record() -> tuple[dict, float]:
         manifest = json.load(file)
     if file_records(LLM_DIR) != manifest["llm"]["files"]:
         raise ValueError(f"--keep_llm: the files in {LLM_DIR} differ from {MANIFEST}; rebuild without --keep_llm")
-    record = {key: value for key, value in manifest["llm"].items() if key != "files"}
+    record = {key: value for key, value in language.current_task_names(manifest["llm"]).items() if key != "files"}
     return record, manifest["build_seconds"]["llm"]
 
 

@@ -4,7 +4,7 @@ Every sentence fills one template with content words. Its four tasks are:
 
 - **continue**: swap subject and object, then say the sentence again with every content word replaced by its partner
   word (the output depends on every content word, both copied and mapped, and on the template);
-- **repeat**: the sentence itself;
+- **transcribe**: the sentence itself (its instruction says "Repeat": the words the LLM was trained on);
 - **translate**: word-by-word into Nalish, a verb-final language with adjectives after nouns;
 - **answer**: "Which animal comes first in the text?", answered by the subject.
 
@@ -71,15 +71,33 @@ TRANSLATION_TEMPLATES = {
 }
 
 CONTINUE_INSTRUCTION = CONTINUATION_INSTRUCTION
-REPEAT_INSTRUCTION = "Repeat the following text."
+TRANSCRIBE_INSTRUCTION = "Repeat the following text."
 TRANSLATE_INSTRUCTION = f"Translate the following text into {SECOND_LANGUAGE}."
 QUESTION_INSTRUCTION = "Which animal comes first in the text?"
 INSTRUCTIONS = {
     "continue": CONTINUE_INSTRUCTION,
-    "repeat": REPEAT_INSTRUCTION,
+    "transcribe": TRANSCRIBE_INSTRUCTION,
     "translate": TRANSLATE_INSTRUCTION,
     "answer": QUESTION_INSTRUCTION,
 }
+
+LEGACY_TASK_NAMES = {"repeat": "transcribe"}
+"""Task names of records written before the world spoke the evaluation's vocabulary (the shipped manifests)."""
+
+
+def current_task_names(record):
+    """A record read from JSON with each legacy task name renamed, as a key or as a key's `task/...` prefix."""
+    if isinstance(record, dict):
+        return {current_task_key(key): current_task_names(value) for key, value in record.items()}
+    if isinstance(record, list):
+        return [current_task_names(value) for value in record]
+    return record
+
+
+def current_task_key(key: str) -> str:
+    task, slash, rest = key.partition("/")
+    return LEGACY_TASK_NAMES.get(task, task) + slash + rest
+
 
 SPLIT_SEED = 0
 HELD_OUT_FRACTION = 0.1
@@ -124,8 +142,8 @@ def answer(sentence: Sentence) -> str:
 
 
 def response(task: str, sentence: Sentence) -> str:
-    """The correct response of `task` ("continue", "repeat", "translate" or "answer") for `sentence`."""
-    responses = {"continue": continuation, "repeat": lambda s: s.text, "translate": translation, "answer": answer}
+    """The correct response of `task` ("continue", "transcribe", "translate" or "answer") for `sentence`."""
+    responses = {"continue": continuation, "transcribe": lambda s: s.text, "translate": translation, "answer": answer}
     return responses[task](sentence)
 
 

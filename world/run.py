@@ -6,7 +6,7 @@ Step 1 (`generate_continuations.py`) has the world's LLM continue every training
 (`train_adapter.py`) trains an adapter on the continuation task only: by default BLSP's best recipe here (speech
 before the instruction, KL objective), with `--ablation` all four of both prompt layouts x both objectives.
 `evaluate_blsp.py` then scores every system on the held-out sentences, in seen voices, in the held-out espeak-ng voice
-and in the held-out festival voice, on all four tasks (continue, repeat = transcription, translate, answer), and one
+and in the held-out festival voice, on all four tasks (continue, transcribe, translate, answer), and one
 table is printed and written to `output_dir/results.md`. The run ends by loading the best checkpoint with
 `pipeline(..., trust_remote_code=True)` and answering one spoken question.
 """
@@ -60,8 +60,7 @@ TRAINING = {
     "learning_rate": _STEP2["learning_rate"],
 }
 """Step 2's default settings (from its recipe file), which `--max_steps`, `--batch_size` and `--learning_rate` set."""
-TASK_METRICS = {"continue": "exact_match", "repeat": "wer", "translate": "bleu", "answer": "exact_match"}
-EVALUATE_TASKS = {"continue": "continue", "repeat": "transcribe", "translate": "translate", "answer": "answer"}
+TASK_METRICS = {"continue": "exact_match", "transcribe": "wer", "translate": "bleu", "answer": "exact_match"}
 
 
 def read_metadata(split: str) -> list[dict]:
@@ -127,7 +126,7 @@ def score_system(system: dict, evaluation_set: str, task: str, output_dir: str) 
         model_name_or_path=system["path"],
         output_dir=output_dir,
         input=system["input"],
-        task=EVALUATE_TASKS[task],
+        task=task,
         instruction=language.INSTRUCTIONS[task],
         reference_column_name=task,
         asr_transcript_column_name="asr_transcript" if system["input"] == "cascade" else None,
