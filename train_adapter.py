@@ -15,8 +15,9 @@ Objectives (`--loss`):
 - sums such as `ce+kl`: `--ce_weight` * ce + `--kl_weight` * kl (+ `--ctc_weight` * ctc).
 
 Only the adapter trains by default; `--train_speech_encoder` adds the Whisper encoder, `--lora_r` LoRA on the LLM.
-This script holds the arguments, the datasets' preparation and `main`; the objectives, collator, sampler, trainer and
-model set-up are in `training_blsp.py` and `objectives_blsp.py`, the model card in `model_card_blsp.py`.
+This script holds the arguments and `main`; the datasets' preparation is in `training_data_blsp.py`, the objectives
+in `objectives_blsp.py`, the collator, sampler, trainer and model set-up in `training_blsp.py`, the model card in
+`model_card_blsp.py`.
 
 Examples:
 
@@ -35,22 +36,12 @@ from functools import partial
 import datasets
 import torch
 import transformers
-from datasets import Audio, concatenate_datasets
 from transformers import TrainingArguments, set_seed
 
 from data_blsp import (
-    AUDIO,
-    CONTINUATION,
-    ROW_ID,
     TEACHER_IDS,
-    TEACHER_LOGPROBS,
-    TEXT,
-    CorpusArguments,
     agreed_setting,
-    continuations_metadata,
     dtype_field,
-    join_audio,
-    load_source,
     parse_script_arguments,
 )
 from engines_blsp import check_one_training, check_requested_engine, unsharded_model
@@ -59,12 +50,10 @@ from objectives_blsp import (
     LOSSES,
     TEACHER_SOURCES,
     cached_teacher_problem,
-    check_columns,
     needs_teacher,
     use_cached_teacher,
 )
-from processing_blsp import CONTINUATION_INSTRUCTION, PROMPT_LAYOUTS
-from streaming_blsp import clip_seconds, stream_continuations, training_stream
+from processing_blsp import PROMPT_LAYOUTS
 from training_blsp import (
     LORA_ADAPTER_DIR,
     LORA_SAVE_MODES,
@@ -82,6 +71,7 @@ from training_blsp import (
     trained_rows_path,
     uses_lora,
 )
+from training_data_blsp import dataset_instruction, load_datasets
 
 logger = logging.getLogger(__name__)
 
@@ -349,77 +339,6 @@ class BlspTrainingArguments(TrainingArguments):
         return set(self.loss.split("+"))
 
 
-# ----------------------------------------------------------------------------------------------------- data
-
-
-def dataset_instruction(data_args: DataArguments, metadata: dict) -> str:
-    """The command-line instruction, else the dataset's recorded one, else BLSP's continuation instruction."""
-    return data_args.instruction or metadata.get("instruction") or CONTINUATION_INSTRUCTION
-
-
-def audio_duration_ms(audio: dict) -> dict:
-    """Duration of a `{"path", "bytes"}` audio cell from its header (no decoding); 0 when unreadable (the collator
-    skips and counts the row)."""
-    return {"length": int(1000 * clip_seconds(audio))}
-
-
-def prepare_dataset(
-    names: list[str], split: str, data_args: DataArguments, loss_terms: set[str], length_column: str
-) -> tuple[datasets.Dataset, list[dict]]:
-    """Open, check and concatenate datasets; add an `instruction` column and audio durations for length grouping.
-
-    Returns the dataset and each source's prompt metadata.
-    """
-    parts, metadatas = [], []
-    for name in names:
-        dataset = load_source(CorpusArguments(dataset_name=name, split=split))
-        metadata = continuations_metadata(dataset, name)
-        if "audio" not in dataset.column_names and "source" in metadata:  # step 1 kept no copy of the audio
-            dataset = join_audio(dataset, metadata["source"])
-        check_columns(dataset.column_names, name, loss_terms)
-        instruction = dataset_instruction(data_args, metadata)
-        if ROW_ID not in dataset.column_names:  # rejects and logs name rows by their position then
-            dataset = dataset.add_column(ROW_ID, list(range(len(dataset))))
-        wanted = (ROW_ID, AUDIO, TEXT, CONTINUATION, data_args.duration_column_name, TEACHER_IDS, TEACHER_LOGPROBS)
-        keep = [column for column in wanted if column in dataset.column_names]
-        dataset = dataset.select_columns(keep).cast_column("audio", Audio(decode=False))
-        parts.append(dataset.add_column("instruction", [instruction] * len(dataset)))
-        metadatas.append(metadata)
-    duration = data_args.duration_column_name
-    for column in (duration, TEACHER_IDS, TEACHER_LOGPROBS):  # kept only when every dataset has it
-        if not all(column in part.column_names for part in parts):
-            parts = [part.remove_columns([column]) if column in part.column_names else part for part in parts]
-    dataset = concatenate_datasets(parts)
-    if "continuation" in dataset.column_names:
-        before = len(dataset)
-        dataset = dataset.filter(bool, input_columns=["continuation"])
-        if len(dataset) < before:
-            logger.warning("Dropped %d rows without a continuation.", before - len(dataset))
-    if duration in dataset.column_names:
-        dataset = dataset.map(
-            lambda seconds: {"length": [int(1000 * value) for value in seconds]},
-            input_columns=[duration],
-            batched=True,
-            desc="Durations from the duration column",
-        )
-    else:
-        dataset = dataset.map(
-            audio_duration_ms,
-            input_columns=["audio"],
-            num_proc=data_args.preprocessing_num_workers,
-            desc="Reading audio durations",
-        )
-    if length_column != "length":
-        dataset = dataset.rename_column("length", length_column)
-    return dataset, metadatas
-
-
-def truncate(dataset: datasets.Dataset | None, max_samples: int | None) -> datasets.Dataset | None:
-    if dataset is None or max_samples is None:
-        return dataset
-    return dataset.select(range(min(max_samples, len(dataset))))
-
-
 # ----------------------------------------------------------------------------------------------------- main
 
 
@@ -438,60 +357,6 @@ def setup_logging(training_args: TrainingArguments):
     logger.setLevel(log_level)
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
-
-
-def stream_datasets(data_args: DataArguments, training_args: BlspTrainingArguments):
-    """The training rows as one stream (see streaming_blsp) and the datasets' prompt metadata."""
-    streams, metadatas = [], []
-    for index, name in enumerate(data_args.dataset_name):
-        metadata = continuations_metadata(None, name)
-        instruction = dataset_instruction(data_args, metadata)
-        streams.append(
-            stream_continuations(
-                name, data_args.dataset_split, index, instruction, metadata, data_args.duration_column_name
-            )
-        )
-        metadatas.append(metadata)
-    stream = training_stream(
-        streams,
-        data_args.dataset_weights,
-        training_args.data_seed if training_args.data_seed is not None else training_args.seed,
-        data_args.shuffle_buffer_size,
-        data_args.duration_group_rows,
-        data_args.max_audio_seconds,
-    )
-    return stream, metadatas
-
-
-def load_datasets(data_args: DataArguments, training_args: BlspTrainingArguments):
-    """Training and evaluation sets (the latter may be None) and the training sets' prompt metadata."""
-    if data_args.streaming:
-        train_dataset, metadatas = stream_datasets(data_args, training_args)
-        eval_dataset = None
-        if data_args.eval_dataset_name:
-            eval_dataset, _ = prepare_dataset(
-                data_args.eval_dataset_name,
-                data_args.eval_dataset_split,
-                data_args,
-                training_args.loss_terms,
-                training_args.length_column_name,
-            )
-        return train_dataset, truncate(eval_dataset, data_args.max_eval_samples), metadatas
-    prepare = partial(
-        prepare_dataset,
-        data_args=data_args,
-        loss_terms=training_args.loss_terms,
-        length_column=training_args.length_column_name,
-    )
-    train_dataset, metadatas = prepare(data_args.dataset_name, data_args.dataset_split)
-    eval_dataset = None
-    if data_args.eval_dataset_name:
-        eval_dataset, _ = prepare(data_args.eval_dataset_name, data_args.eval_dataset_split)
-    elif data_args.eval_split_ratio:
-        split = train_dataset.train_test_split(test_size=data_args.eval_split_ratio, seed=training_args.seed)
-        train_dataset, eval_dataset = split["train"], split["test"]
-    train_dataset = truncate(train_dataset, data_args.max_train_samples)
-    return train_dataset, truncate(eval_dataset, data_args.max_eval_samples), metadatas
 
 
 def main(args: list[str] | None = None):

@@ -41,6 +41,7 @@ from tiny_models import build_tokenizer  # noqa: E402
 
 import train_adapter  # noqa: E402
 import training_blsp  # noqa: E402
+import training_data_blsp  # noqa: E402
 from configuration_blsp import BlspConfig  # noqa: E402
 from modeling_blsp import BlspForConditionalGeneration  # noqa: E402
 from processing_blsp import BlspProcessor, add_speech_token  # noqa: E402
@@ -171,7 +172,7 @@ def run_one(name: str, dataset_path: str, bench: argparse.Namespace, work: str) 
     """One run in this (fresh) process: a warm-up step, then a timed pass over every clip."""
     run = RUNS[name]
     model, processor = build_model_and_processor(run["encoder_padding"], bench.llm_layers)
-    dataset, _ = train_adapter.prepare_dataset(
+    dataset, _ = training_data_blsp.prepare_dataset(
         [dataset_path], "train", train_adapter.DataArguments(dataset_name=[dataset_path]), {"ce"}, "length"
     )
     if run["sorted"]:

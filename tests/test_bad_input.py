@@ -11,6 +11,7 @@ import pytest
 import torch
 from test_train_adapter import run_flags, write_dataset
 
+import audio_blsp
 import processing_blsp
 import train_adapter
 from processing_blsp import AudioInputError, BlspProcessor
@@ -160,7 +161,7 @@ def silent_server():
 
 
 def test_failing_urls_raise_audio_input_error_naming_them(silent_server, monkeypatch):
-    monkeypatch.setattr(processing_blsp, "URL_TIMEOUT_SECONDS", 0.5)
+    monkeypatch.setattr(audio_blsp, "URL_TIMEOUT_SECONDS", 0.5)
     with pytest.raises(AudioInputError, match=re.escape(silent_server) + ".*could not be fetched"):
         processing_blsp.load_audio(silent_server, 16000)
     missing = "http://127.0.0.1:1/missing.wav"  # nothing listens on port 1

@@ -22,6 +22,7 @@ from speech import shipped_clips
 import generate_continuations
 import streaming_blsp
 import train_adapter
+import training_data_blsp
 from data_blsp import CorpusArguments, open_corpus
 from processing_blsp import load_audio
 
@@ -247,9 +248,9 @@ def test_step2_joins_the_audio_back_or_trains_from_the_embedded_copy(
     env = {**hub_env.subprocess_env(tmp_path / "fresh_hf_home"), "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
 
     data_args = train_adapter.DataArguments(dataset_name=[str(tmp_path / "text_only")])
-    joined, metadatas = train_adapter.prepare_dataset(data_args.dataset_name, "train", data_args, {"ce"}, "length")
+    joined, metadatas = training_data_blsp.prepare_dataset(data_args.dataset_name, "train", data_args, {"ce"}, "length")
     data_args = train_adapter.DataArguments(dataset_name=[str(tmp_path / "embedded")])
-    copied, _ = train_adapter.prepare_dataset(data_args.dataset_name, "train", data_args, {"ce"}, "length")
+    copied, _ = training_data_blsp.prepare_dataset(data_args.dataset_name, "train", data_args, {"ce"}, "length")
     assert metadatas[0]["source"]["dataset_name"] == corpus
     source = open_corpus(CorpusArguments(dataset_name=corpus))
     assert len(joined) == len(copied) == 24
@@ -360,13 +361,13 @@ def test_streamed_durations_come_from_the_duration_column(step1_outputs, monkeyp
         data_args = train_adapter.DataArguments(
             dataset_name=[step1_outputs[name]], streaming=True, max_audio_seconds=7.6, duration_group_rows=16
         )
-        stream, _ = train_adapter.stream_datasets(data_args, training_args)
+        stream, _ = training_data_blsp.stream_datasets(data_args, training_args)
         rows = list(stream)
         # the column's durations (row id + 0.5 s), not the clips' real ones, select and order the rows
         assert [row["row_id"] for row in rows] == [7, 6, 5, 4, 3, 2, 1, 0], name
         assert [row["seconds"] for row in rows] == [row_id + 0.5 for row_id in range(7, -1, -1)]
     data_args = train_adapter.DataArguments(dataset_name=[step1_outputs["embedded_with_duration"]])
-    dataset, _ = train_adapter.prepare_dataset(data_args.dataset_name, "train", data_args, {"ce"}, "length")
+    dataset, _ = training_data_blsp.prepare_dataset(data_args.dataset_name, "train", data_args, {"ce"}, "length")
     assert dataset["length"] == [1000 * row_id + 500 for row_id in range(16)]  # map-style reads it too
 
 
@@ -404,7 +405,7 @@ def test_streamed_corpora_follow_their_weights(tmp_path):
         dataset_name=outputs, streaming=True, dataset_weights=[3, 1], max_audio_seconds=3.0
     )
     training_args = train_adapter.BlspTrainingArguments(output_dir=str(tmp_path / "model"), report_to="none")
-    stream, _ = train_adapter.stream_datasets(data_args, training_args)
+    stream, _ = training_data_blsp.stream_datasets(data_args, training_args)
     rows = list(itertools.islice(stream, 400))
     counts = Counter(row["corpus"] for row in rows)
     assert 2.4 < counts[0] / counts[1] < 3.6, counts

@@ -27,7 +27,13 @@ DEMO_DIR = os.path.join(build_world.WORLD_DIR, "models", "blsp")
 DEMO_MANIFEST = os.path.join(build_world.WORLD_DIR, "demo_manifest.json")
 LAYOUT, LOSS = run.RECIPE
 SHIPPED_SUFFIXES = (".json", ".jinja", ".safetensors", ".py")
-HUB_CODE_FILES = ("configuration_blsp.py", "modeling_blsp.py", "processing_blsp.py", "pipeline_blsp.py")
+HUB_CODE_FILES = (
+    "configuration_blsp.py",
+    "modeling_blsp.py",
+    "processing_blsp.py",
+    "audio_blsp.py",
+    "pipeline_blsp.py",
+)
 """The model code `save_pretrained` writes next to the weights: the shipped copies must equal the top-level files."""
 TRAINING_LOGS = ("all_results.json", "train_results.json", "trainer_state.json")
 
