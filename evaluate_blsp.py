@@ -139,6 +139,19 @@ class Generator:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        text_config = getattr(self.model.config, "text_config", self.model.config)
+        self.limit = getattr(text_config, "max_position_embeddings", None)
+
+    def context_error(self, instruction: str, content) -> str | None:
+        """Why a row's prompt (speech tokens included) and `max_new_tokens` exceed the LLM's positions, or None."""
+        if self.args.input == "speech":
+            ids = self.processor.prompt_ids(self.prompt(instruction, self.processor.speech_token))
+            speech_tokens = self.processor.num_speech_tokens(len(content))
+            prompt_tokens = len(ids) - ids.count(self.processor.speech_token_id)
+        else:
+            speech_tokens = 0
+            prompt_tokens = len(self.tokenizer(self.prompt(instruction, content), add_special_tokens=False).input_ids)
+        return BlspProcessor.context_error(speech_tokens, prompt_tokens, self.args.max_new_tokens, self.limit)
 
     def prompt(self, instruction: str, content: str) -> str:
         return render_prompt(self.tokenizer, instruction, content, self.layout, self.system_prompt)
@@ -208,6 +221,20 @@ def model_contents(rows: list[dict], args: EvaluationArguments, asr=None) -> tup
     return contents, rejects
 
 
+def too_long(rows: list[dict], contents: list, generator: Generator) -> list[dict]:
+    """Rejects for the rows that do not fit the LLM's context; their contents become None."""
+    rejects = []
+    for index, (row, content) in enumerate(zip(rows, contents)):
+        error = None if content is None else generator.context_error(row["instruction"], content)
+        if error:
+            source = audio_source(row.get("audio"))
+            rejects.append(
+                {ROW_ID: row[ROW_ID], "source": source, "reason": f"row {row[ROW_ID]} ({source}) is {error}"}
+            )
+            contents[index] = None
+    return rejects
+
+
 def evaluate(corpus: CorpusArguments, args: EvaluationArguments) -> dict:
     """Generate for every usable row, write predictions.jsonl and metrics.json, and return the metrics."""
     rows = read_rows(corpus, args)
@@ -222,7 +249,7 @@ def evaluate(corpus: CorpusArguments, args: EvaluationArguments) -> dict:
         for start in tqdm(range(0, len(rows), args.batch_size), desc="evaluate", unit="batch"):
             batch = rows[start : start + args.batch_size]
             contents, batch_rejects = model_contents(batch, args, asr)
-            rejects.extend(batch_rejects)
+            rejects.extend(batch_rejects + too_long(batch, contents, generator))
             usable = [(row, content) for row, content in zip(batch, contents) if content is not None]
             if not usable:
                 continue

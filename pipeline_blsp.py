@@ -81,18 +81,13 @@ class BlspPipeline(Pipeline):
         otherwise answer nothing, silently)."""
         limit = getattr(self.model.config.text_config, "max_position_embeddings", None)
         new_tokens = generate_kwargs.get("max_new_tokens") or 0
-        if limit is None:
-            return
         lengths = model_inputs["attention_mask"].sum(dim=1).tolist()
         speech = (model_inputs["input_ids"] == self.processor.speech_token_id).sum(dim=1).tolist()
         for index, (item, length, speech_tokens) in enumerate(zip(items, lengths, speech)):
-            if length + new_tokens > limit:
+            error = self.processor.context_error(speech_tokens, length - speech_tokens, new_tokens, limit)
+            if error:
                 name = f"conversation {index}" if is_conversation(item) else describe_input(item, index)
-                raise ValueError(
-                    f"{name} is too long for this model: {speech_tokens} speech tokens + {length - speech_tokens} "
-                    f"prompt tokens + max_new_tokens {new_tokens} = {length + new_tokens} positions, beyond the "
-                    f"LLM's {limit}. Split the audio into shorter clips or lower max_new_tokens."
-                )
+                raise ValueError(f"{name} is {error}")
 
     def _forward(self, model_inputs, **generate_kwargs):
         prompt_length = model_inputs["input_ids"].shape[1]

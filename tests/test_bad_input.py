@@ -8,12 +8,16 @@ import socket
 
 import numpy as np
 import pytest
+import soundfile
 import torch
 from test_train_adapter import run_flags, write_dataset
+from transformers import AutoConfig
 
 import audio_blsp
 import processing_blsp
 import train_adapter
+from data_blsp import CorpusArguments
+from evaluate_blsp import EvaluationArguments, evaluate
 from processing_blsp import AudioInputError, BlspProcessor
 
 EVIL_TOKENIZER = """
@@ -167,3 +171,27 @@ def test_failing_urls_raise_audio_input_error_naming_them(silent_server, monkeyp
     missing = "http://127.0.0.1:1/missing.wav"  # nothing listens on port 1
     with pytest.raises(AudioInputError, match=re.escape(missing) + ".*could not be fetched"):
         processing_blsp.load_audio(missing, 16000)
+
+
+def test_evaluation_rejects_rows_beyond_the_llm_context_and_scores_the_others(saved_blsp, speech_corpus, tmp_path):
+    source, rows = speech_corpus
+    for row in rows[:2]:
+        shutil.copy(os.path.join(source, row["file_name"]), tmp_path / row["file_name"])
+    clip, rate = soundfile.read(os.path.join(source, rows[0]["file_name"]))
+    processor = BlspProcessor.from_pretrained(saved_blsp["qwen2"])
+    limit = AutoConfig.from_pretrained(saved_blsp["qwen2"], trust_remote_code=True).text_config.max_position_embeddings
+    repeats = limit // processor.num_speech_tokens(len(clip) * 16000 // rate) + 1
+    soundfile.write(tmp_path / "long.flac", np.tile(clip, repeats), rate)
+    records = [*rows[:2], {"file_name": "long.flac", "text": "long"}]
+    (tmp_path / "metadata.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    args = EvaluationArguments(
+        model_name_or_path=saved_blsp["qwen2"], output_dir=str(tmp_path / "eval"), batch_size=3, max_new_tokens=4
+    )
+    metrics = evaluate(CorpusArguments(dataset_name=str(tmp_path)), args)
+    assert (metrics["rows"], metrics["scored"], metrics["rejected"]) == (3, 2, 1)
+    assert metrics["rejects"][0]["row_id"] == 2
+    assert re.fullmatch(
+        rf"row 2 \(.*long.flac\) is too long for this model: \d+ speech tokens \+ \d+ prompt tokens \+ max_new_tokens "
+        rf"4 = \d+ positions, beyond the LLM's {limit}\. Split the audio into shorter clips or lower max_new_tokens\.",
+        metrics["rejects"][0]["reason"],
+    )

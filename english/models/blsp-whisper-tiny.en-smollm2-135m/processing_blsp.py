@@ -312,6 +312,24 @@ class BlspProcessor(ProcessorMixin):
         frame_counts = [self.frame_count(len(window)) for window in windows]
         return pad_log_mels(features, frame_counts, self.feature_extractor.nb_max_frames), tokens_per_clip
 
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """Token ids of a rendered prompt (complete: no special tokens added), one placeholder per clip."""
+        if self.prompt_tokenization == "segments":
+            return tokenize_segments(self.tokenizer, prompt)
+        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+    @staticmethod
+    def context_error(speech_tokens: int, prompt_tokens: int, max_new_tokens: int, limit: int | None) -> str | None:
+        """Why speech tokens, prompt and `max_new_tokens` do not fit the LLM's `limit` positions; None if they do."""
+        total = speech_tokens + prompt_tokens + max_new_tokens
+        if limit is None or total <= limit:
+            return None
+        return (
+            f"too long for this model: {speech_tokens} speech tokens + {prompt_tokens} prompt tokens + max_new_tokens "
+            f"{max_new_tokens} = {total} positions, beyond the LLM's {limit}. Split the audio into shorter clips or "
+            "lower max_new_tokens."
+        )
+
     def expand_speech_tokens(self, ids: list[int], counts) -> list[int]:
         """Replace each speech placeholder id in `ids` by the next clip's count of speech tokens."""
         expanded = []
@@ -354,10 +372,7 @@ class BlspProcessor(ProcessorMixin):
             )
         clips = [self.load_audio(clip, sampling_rate) for clip in clips]
         speech_inputs, tokens_per_clip = self.extract_features(clips) if clips else ({}, [])
-        if self.prompt_tokenization == "segments":
-            rows = [tokenize_segments(self.tokenizer, sample) for sample in texts]
-        else:
-            rows = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        rows = [self.prompt_ids(sample) for sample in texts]
         counts = iter(tokens_per_clip)
         rows = [self.expand_speech_tokens(ids, counts) for ids in rows]
         labels = None
