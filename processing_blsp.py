@@ -242,6 +242,28 @@ class BlspProcessor(ProcessorMixin):
         )
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Load a saved processor, checking its speech token against the checkpoint's config when there is one."""
+        processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        hub_kwargs = {key: kwargs[key] for key in (*HUB_KWARGS, "subfolder") if key in kwargs}
+        try:
+            config = BlspConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        except (OSError, ValueError):  # a processor saved without a model
+            return processor
+        processor.check_speech_token(config)
+        return processor
+
+    def check_speech_token(self, config: BlspConfig) -> None:
+        """Refuse a config whose speech token is not this tokenizer's (the model would embed the wrong ids)."""
+        if config.speech_token_id is not None and config.speech_token_id != self.speech_token_id:
+            raise ValueError(
+                f"The config's speech_token_id {config.speech_token_id} is not the tokenizer's id of "
+                f"{self.speech_token!r}, {self.speech_token_id}: config and tokenizer come from different "
+                "checkpoints. Save the model and processor together, or set the config's speech_token_id to "
+                f"{self.speech_token_id}."
+            )
+
+    @classmethod
     def from_speech_text_pretrained(
         cls, speech_pretrained_model_name_or_path, text_pretrained_model_name_or_path, config=None, **kwargs
     ):

@@ -11,7 +11,7 @@ import pytest
 import soundfile
 import torch
 from test_train_adapter import run_flags, write_dataset
-from transformers import AutoConfig
+from transformers import AutoConfig, pipeline
 
 import audio_blsp
 import processing_blsp
@@ -125,8 +125,6 @@ def test_output_dir_of_a_previous_run_is_refused_overwritten_or_resumed(initial_
 
 
 def test_audio_beyond_the_llm_context_is_refused_with_its_length(saved_blsp):
-    from transformers import pipeline
-
     speech_llm = pipeline(model=saved_blsp["llama"], trust_remote_code=True)
     limit = speech_llm.model.config.text_config.max_position_embeddings
     seconds = 30
@@ -195,3 +193,15 @@ def test_evaluation_rejects_rows_beyond_the_llm_context_and_scores_the_others(sa
         rf"4 = \d+ positions, beyond the LLM's {limit}\. Split the audio into shorter clips or lower max_new_tokens\.",
         metrics["rejects"][0]["reason"],
     )
+
+
+def test_a_config_whose_speech_token_is_not_the_tokenizers_is_refused_at_load(saved_blsp, tmp_path):
+    directory = shutil.copytree(saved_blsp["qwen2"], tmp_path / "mismatched")
+    config = json.loads((directory / "config.json").read_text())
+    token_id, config["speech_token_id"] = config["speech_token_id"], 7
+    (directory / "config.json").write_text(json.dumps(config))
+    match = rf"speech_token_id 7 is not the tokenizer's id of '<speech>', {token_id}: config and tokenizer come from"
+    with pytest.raises(ValueError, match=match):
+        BlspProcessor.from_pretrained(str(directory))
+    with pytest.raises(ValueError, match=match):
+        pipeline(model=str(directory), trust_remote_code=True)

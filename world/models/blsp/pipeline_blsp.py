@@ -47,6 +47,10 @@ class BlspPipeline(Pipeline):
     _load_image_processor = False
     _load_video_processor = False
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.processor.check_speech_token(self.model.config)
+
     def _sanitize_parameters(self, instruction=None, generate_kwargs=None, **kwargs):
         forward_params = {**DEFAULT_GENERATE_KWARGS, **(generate_kwargs or {}), **kwargs}
         return {"instruction": instruction}, forward_params, {}
