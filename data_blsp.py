@@ -6,9 +6,12 @@
 - `text`: the transcript, as the source holds it (check it with `text_rejection`).
 """
 
+import hashlib
 import json
+import logging
 import os
 import sys
+import tempfile
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -29,6 +32,8 @@ from huggingface_hub.errors import EntryNotFoundError
 from transformers import HfArgumentParser
 
 from processing_blsp import AudioInputError, load_audio
+
+logger = logging.getLogger(__name__)
 
 ROW_ID, AUDIO, TEXT, CONTINUATION = "row_id", "audio", "text", "continuation"
 CONTINUATIONS_METADATA_FILE = "blsp_continuations.json"
@@ -179,7 +184,7 @@ def load_local(args: CorpusArguments, columns: list[str], streaming: bool = Fals
         return dataset.to_iterable_dataset() if streaming else dataset
     if storage in FILE_BUILDERS.values():
         projection = {"columns": columns} if storage == "parquet" else {}
-        return load_dataset(storage, data_files=args.dataset_name, split="train", streaming=streaming, **projection)
+        return load_data_file(storage, args.dataset_name, streaming=streaming, **projection)
     return load_split(args, columns, streaming)
 
 
@@ -224,7 +229,7 @@ def load_source(args: CorpusArguments) -> Dataset:
     if storage == "audiofolder":
         return load_audiofolder(path, args.split)
     if storage in FILE_BUILDERS.values():
-        dataset = load_dataset(storage, data_files=path, split="train")
+        dataset = load_data_file(storage, path)
         return absolute_audio_paths(dataset, args.audio_column_name, os.path.dirname(os.path.abspath(path)))
     return load_dataset(path, args.dataset_config_name, split=args.split, revision=args.dataset_revision)
 
@@ -275,9 +280,40 @@ def load_audiofolder(directory: str, split: str) -> Dataset:
     parts = []
     for path in metadata_files(directory, split):
         builder = FILE_BUILDERS[os.path.splitext(path)[1]]
-        part = load_dataset(builder, data_files=path, split="train").rename_column("file_name", AUDIO)
+        part = load_data_file(builder, path).rename_column("file_name", AUDIO)
         parts.append(absolute_audio_paths(part, AUDIO, os.path.dirname(path)))
     return concatenate_datasets(parts)
+
+
+def load_data_file(builder: str, path: str, **kwargs) -> Dataset | IterableDataset:
+    """One local csv/json/parquet file as a dataset. A text file holding bytes that are not UTF-8 is read from a copy
+    where they are U+FFFD, so that only its rows holding them are rejected (`text_rejection`), not the whole job."""
+    if builder != "parquet":
+        path = utf8_version(path)
+    return load_dataset(builder, data_files=path, split="train", **kwargs)
+
+
+def utf8_version(path: str) -> str:
+    """`path` if it is UTF-8 text, else a copy (in the temporary folder) with its undecodable bytes as U+FFFD."""
+    with open(path, "rb") as file:
+        bad = [number for number, line in enumerate(file, 1) if not is_utf8(line)]
+    if not bad:
+        return path
+    logger.warning("%s: line(s) %s hold bytes that are not UTF-8; rows holding them are rejected.", path, bad[:20])
+    key = hashlib.sha256(os.path.abspath(path).encode()).hexdigest()
+    copy = os.path.join(tempfile.gettempdir(), "blsp_utf8", key, os.path.basename(path))
+    os.makedirs(os.path.dirname(copy), exist_ok=True)
+    with open(path, "rb") as source, open(copy, "w", encoding="utf-8") as file:
+        file.writelines(line.decode("utf-8", errors="replace") for line in source)
+    return copy
+
+
+def is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def absolute_audio_paths(dataset: Dataset, column: str, base_directory: str) -> Dataset:
@@ -328,6 +364,11 @@ def text_rejection(text) -> tuple[str, str] | None:
         return "empty_transcript", "the transcript is empty"
     if not isinstance(text, str):
         return "non_text_transcript", f"the transcript is a {type(text).__name__}, not text"
+    if "\ufffd" in text:
+        return (
+            "undecodable_transcript",
+            "the transcript holds bytes that are not UTF-8 (read as U+FFFD); fix its encoding",
+        )
     return None
 
 

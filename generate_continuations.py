@@ -39,7 +39,7 @@ from datasets.table import InMemoryTable, embed_table_storage
 from huggingface_hub import HfApi
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, set_seed
+from transformers import AutoConfig, AutoTokenizer, set_seed
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
 from data_blsp import (
@@ -242,6 +242,18 @@ def write_atomically(path: str, text: str) -> None:
     with open(path + ".tmp", "w", encoding="utf-8") as file:
         file.write(text)
     os.replace(path + ".tmp", path)
+
+
+def check_context(args: ContinuationArguments) -> None:
+    """Refuse `--max_prompt_tokens` + `--max_new_tokens` beyond the LLM's positions (continuations would be cut)."""
+    config = AutoConfig.from_pretrained(args.llm_name_or_path, trust_remote_code=args.trust_remote_code)
+    limit = getattr(config.get_text_config(), "max_position_embeddings", None)
+    if limit is not None and args.max_prompt_tokens + args.max_new_tokens > limit:
+        raise ValueError(
+            f"--max_prompt_tokens {args.max_prompt_tokens} + --max_new_tokens {args.max_new_tokens} is beyond the "
+            f"{limit} positions of {args.llm_name_or_path!r}: lower --max_prompt_tokens to at most "
+            f"{limit - args.max_new_tokens}."
+        )
 
 
 def transcript_normalizer(normalize: bool):
@@ -514,6 +526,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     # PartialState only goes multi-process on CPU when told so (e.g. `accelerate launch --multi_gpu` without GPUs)
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.accelerator.is_available())
+    check_context(args)
     tokenizer = load_tokenizer(args.llm_name_or_path, args.trust_remote_code)
     metadata = run_metadata(corpus_args, args, tokenizer)
     corpus_args.dataset_revision = metadata["source"]["dataset_revision"]  # read the Hub revision recorded

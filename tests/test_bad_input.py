@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from datasets import load_dataset
 from test_train_adapter import run_flags, write_dataset
 from transformers import AutoConfig, pipeline
 
 import audio_blsp
+import generate_continuations
 import processing_blsp
 import train_adapter
 from data_blsp import CorpusArguments
@@ -205,3 +207,33 @@ def test_a_config_whose_speech_token_is_not_the_tokenizers_is_refused_at_load(sa
         BlspProcessor.from_pretrained(str(directory))
     with pytest.raises(ValueError, match=match):
         pipeline(model=str(directory), trust_remote_code=True)
+
+
+def test_step1_rejects_a_transcript_that_is_not_utf8_and_goes_on(speech_corpus, tiny_checkpoints, tmp_path):
+    source, rows = speech_corpus
+    for row in rows[:3]:
+        shutil.copy(os.path.join(source, row["file_name"]), tmp_path / row["file_name"])
+    lines = [json.dumps({"file_name": row["file_name"], "text": row["text"]}).encode() for row in rows[:3]]
+    lines[1] = lines[1].replace(b'"text": "', b'"text": "caf\xe9 ')  # Latin-1 bytes in a UTF-8 file
+    (tmp_path / "metadata.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    output_dir = str(tmp_path / "out")
+    flags = ["--dataset_name", str(tmp_path), "--llm_name_or_path", tiny_checkpoints["qwen2"], "--max_new_tokens", "2"]
+    summary = generate_continuations.main([*flags, "--output_dir", output_dir])
+    assert (summary["accepted"], summary["rejected"], summary["rejected_by_reason"]) == (
+        2,
+        1,
+        {"undecodable_transcript": 1},
+    )
+    with open(os.path.join(output_dir, "rejects.jsonl")) as file:
+        reject = json.loads(file.read())
+    assert reject["row_id"] == 1 and "not UTF-8" in reject["detail"]
+    assert load_dataset(output_dir, split="train")["text"] == [rows[0]["text"], rows[2]["text"]]
+
+
+def test_step1_refuses_max_prompt_tokens_beyond_the_llm_context(tiny_checkpoints, tmp_path):
+    flags = ["--dataset_name", str(tmp_path), "--llm_name_or_path", tiny_checkpoints["qwen2"]]
+    with pytest.raises(
+        ValueError, match=r"--max_prompt_tokens 5000 \+ --max_new_tokens 64 is beyond the 2048 positions"
+    ):
+        generate_continuations.main([*flags, "--output_dir", str(tmp_path / "out"), "--max_prompt_tokens", "5000"])
+    assert not (tmp_path / "out").exists()
