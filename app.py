@@ -113,44 +113,81 @@ class SpeechChat:
         self.model = BlspForConditionalGeneration.from_pretrained(model, **bases).eval()
         self.processor = BlspProcessor.from_pretrained(model, trust_remote_code=trust_remote_code)
 
-    def stream(self, conversation: list[dict], max_new_tokens: int, temperature: float):
-        """Yield the answer to `conversation` as it grows, token by token (greedy at temperature 0)."""
+    def inputs(self, conversation: list[dict], max_new_tokens: int):
+        """The model inputs of `conversation`, or a ValueError (an `AudioInputError` for audio) saying why not."""
         system = [{"role": "system", "content": self.processor.system_prompt}] if self.processor.system_prompt else []
         inputs = self.processor.apply_chat_template(system + conversation)
+        speech_tokens = int((inputs["input_ids"] == self.processor.speech_token_id).sum())
+        prompt_tokens = inputs["input_ids"].shape[1] - speech_tokens
+        limit = getattr(self.model.config.text_config, "max_position_embeddings", None)
+        error = self.processor.context_error(speech_tokens, prompt_tokens, max_new_tokens, limit)
+        if error:
+            raise ValueError(f"The conversation is {error}")
+        return inputs
+
+    def stream(self, conversation: list[dict], max_new_tokens: int, temperature: float):
+        """Yield the answer to `conversation` as it grows, token by token (greedy at temperature 0)."""
+        yield from self.answer(self.inputs(conversation, max_new_tokens), max_new_tokens, temperature)
+
+    def answer(self, inputs, max_new_tokens: int, temperature: float):
+        """Yield the answer to model inputs as it grows; a failure in generation is raised here, not lost."""
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
         sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
         kwargs = {**inputs, **sampling, "max_new_tokens": max_new_tokens, "streamer": streamer}
-        worker = threading.Thread(target=self.generate, kwargs=kwargs)
+        failures = []
+        worker = threading.Thread(target=self.generate, args=(failures,), kwargs=kwargs)
         worker.start()
         answer = ""
         for piece in streamer:
             answer += piece
             yield answer.strip()
         worker.join()
+        if failures:
+            raise failures[0]
 
     @torch.inference_mode()
-    def generate(self, **kwargs):
-        self.model.generate(**kwargs)
+    def generate(self, failures: list, **kwargs):
+        try:
+            self.model.generate(**kwargs)
+        except Exception as error:  # ends the stream; `answer` raises it in the caller's thread
+            failures.append(error)
+            kwargs["streamer"].end()
+
+
+def respond(chat: SpeechChat, audio, instruction: str, max_new_tokens, temperature, conversation: list[dict]):
+    """One turn of the page: yields (chat window, conversation state, audio, status). A turn that fails raises
+    `gr.Error` with the reason and leaves the conversation state as it was, so later turns work."""
+    if not audio and not instruction.strip():
+        raise gr.Error("Record or upload audio, or write an instruction.")
+    if not conversation and not audio:
+        raise gr.Error("Start the conversation with audio: record it or upload a clip.")
+    if chat.processor.speech_token in instruction:
+        raise gr.Error(
+            f"The instruction holds {chat.processor.speech_token!r}, the model's speech placeholder: remove it."
+        )
+    turn = conversation + [user_turn(instruction.strip(), audio, chat.processor.prompt_layout)]
+    try:
+        inputs = chat.inputs(turn, int(max_new_tokens))
+    except ValueError as error:  # unreadable audio (AudioInputError), too long for the model
+        raise gr.Error(str(error)) from error
+    shown = [shown_turn(m) if m["role"] == "user" else m for m in turn]
+    start, answer = time.perf_counter(), ""
+    yield shown + [{"role": "assistant", "content": ""}], conversation, None, "Answering…"
+    try:
+        for answer in chat.answer(inputs, int(max_new_tokens), float(temperature)):
+            yield shown + [{"role": "assistant", "content": answer}], conversation, None, "Answering…"
+    except Exception as error:
+        raise gr.Error(f"Generation failed: {error}") from error
+    conversation = turn + [{"role": "assistant", "content": answer}]
+    status = f"Answered in {time.perf_counter() - start:.1f} s."
+    yield shown + [{"role": "assistant", "content": answer}], conversation, None, status
 
 
 def build_demo(chat: SpeechChat, instructions: dict[str, str], clips: list[str], title: str) -> gr.Blocks:
     """The page: chat window, audio (microphone or upload), instruction, generation settings, examples."""
-    layout = chat.processor.prompt_layout
 
-    def respond(audio, instruction, max_new_tokens, temperature, conversation):
-        if not audio and not instruction.strip():
-            raise gr.Error("Record or upload audio, or write an instruction.")
-        if not conversation and not audio:
-            raise gr.Error("Start the conversation with audio: record it or upload a clip.")
-        conversation = conversation + [user_turn(instruction.strip(), audio, layout)]
-        shown = [shown_turn(m) if m["role"] == "user" else m for m in conversation]
-        start, answer = time.perf_counter(), ""
-        yield shown + [{"role": "assistant", "content": ""}], conversation, None, "Answering…"
-        for answer in chat.stream(conversation, int(max_new_tokens), float(temperature)):
-            yield shown + [{"role": "assistant", "content": answer}], conversation, None, "Answering…"
-        conversation = conversation + [{"role": "assistant", "content": answer}]
-        status = f"Answered in {time.perf_counter() - start:.1f} s."
-        yield shown + [{"role": "assistant", "content": answer}], conversation, None, status
+    def turn(audio, instruction, max_new_tokens, temperature, conversation):
+        yield from respond(chat, audio, instruction, max_new_tokens, temperature, conversation)
 
     with gr.Blocks(title=title) as demo:
         gr.Markdown(f"# {title}\nTalk or upload a clip and give an instruction; follow-up questions go on from there.")
@@ -176,7 +213,7 @@ def build_demo(chat: SpeechChat, instructions: dict[str, str], clips: list[str],
         if clips:
             gr.Examples(clips, [audio], label="Example clips")
         outputs = [chatbot, conversation, audio, status]
-        send.click(respond, [audio, instruction, max_new_tokens, temperature, conversation], outputs)
+        send.click(turn, [audio, instruction, max_new_tokens, temperature, conversation], outputs)
         clear.click(lambda: ([], [], None, ""), None, outputs)
     return demo
 

@@ -7,12 +7,14 @@ answers computed here.
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
 import urllib.request
 
+import gradio as gr
 import jiwer
 import pytest
 from launching import free_port
@@ -161,3 +163,24 @@ def test_browser_upload_transcribe_and_follow_up(server, browser, speech_llm, ex
     assert follow_up == speech_llm(conversation, max_new_tokens=64)["generated_text"]
     browser.save_screenshot(str(tmp_path / "demo.png"))
     assert os.path.getsize(tmp_path / "demo.png") > 10_000
+
+
+def test_a_failed_turn_shows_its_reason_leaves_no_trace_and_later_turns_work(example, tmp_path):
+    chat = app.SpeechChat(app.WORLD_MODEL)
+    not_audio = tmp_path / "notes.txt"
+    not_audio.write_text("not audio at all")
+    failures = [
+        (str(not_audio), language.TRANSCRIBE_INSTRUCTION, 8, "notes.txt'.*could not decode it as audio"),
+        (example["path"], "Repeat <speech> please.", 8, "holds '<speech>', the model's speech placeholder"),
+        (example["path"], language.TRANSCRIBE_INSTRUCTION, 10**6, "too long for this model: .* beyond the LLM's"),
+    ]
+    for audio, instruction, max_new_tokens, reason in failures:
+        with pytest.raises(gr.Error) as failure:
+            list(app.respond(chat, audio, instruction, max_new_tokens, 0.0, []))
+        assert re.search(reason, failure.value.message), failure.value.message
+    outputs = list(app.respond(chat, example["path"], language.TRANSCRIBE_INSTRUCTION, MAX_NEW_TOKENS, 0.0, []))
+    assert all(state == [] for _, state, _, _ in outputs[:-1])  # the state holds the turn once it is answered
+    _, conversation, _, _ = outputs[-1]
+    assert [message["role"] for message in conversation] == ["user", "assistant"]
+    greedy = list(chat.stream(conversation[:1], MAX_NEW_TOKENS, temperature=0.0))[-1]
+    assert conversation[1]["content"] == greedy
