@@ -30,6 +30,7 @@ from datasets import (
 from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError
 from transformers import HfArgumentParser
+from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
 from processing_blsp import AudioInputError, load_audio
 
@@ -105,9 +106,10 @@ def open_corpus(args: CorpusArguments, keep_columns: tuple[str, ...] = ()) -> Da
     return dataset.cast_column(AUDIO, Audio(decode=False))
 
 
-def join_audio(rows: Dataset, source: dict) -> Dataset:
+def join_audio(rows: Dataset, source: dict, normalize_transcripts: bool = False) -> Dataset:
     """Rows of step 1's output with each row's `audio` (`Audio(decode=False)`) from the source corpus that
-    `source` (the output's recorded `source` settings) names, found by `row_id`."""
+    `source` (the output's recorded `source` settings) names, found by `row_id`; refused when a row's transcript is
+    not the one step 1 read there (`normalize_transcripts`: step 1 normalised them), i.e. the source changed."""
     corpus = open_corpus(CorpusArguments(**source))
     row_ids = rows[ROW_ID]
     if row_ids and max(row_ids) >= len(corpus):
@@ -115,9 +117,32 @@ def join_audio(rows: Dataset, source: dict) -> Dataset:
             f"Row {max(row_ids)} of the continuations is not in {source['dataset_name']!r} ({len(corpus)} rows): "
             "the source corpus changed since step 1; run step 1 again or pass a dataset made with --embed_audio."
         )
-    audio = corpus.select(row_ids)
-    joined = rows.add_column(AUDIO, audio[AUDIO]).cast_column(AUDIO, corpus.features[AUDIO])
+    found = corpus.select(row_ids)
+    normalize = transcript_normalizer(normalize_transcripts)
+    changed = [
+        (row_id, recorded, now)
+        for row_id, recorded, now in zip(row_ids, rows[TEXT], found[TEXT])
+        if recorded != (normalize(now) if isinstance(now, str) else now)
+    ]
+    if changed:
+        raise source_changed(source["dataset_name"], changed)
+    joined = rows.add_column(AUDIO, found[AUDIO]).cast_column(AUDIO, corpus.features[AUDIO])
     return joined.select_columns([ROW_ID, AUDIO, *[name for name in rows.column_names if name != ROW_ID]])
+
+
+def source_changed(name: str, changed: list[tuple[int, str, str]]) -> ValueError:
+    """The error for source rows `(row_id, transcript step 1 read, transcript now)` that differ."""
+    row_id, recorded, now = changed[0]
+    return ValueError(
+        f"The source corpus {name!r} changed since step 1: {len(changed)} row(s) hold another transcript than step 1 "
+        f"read there (rows {[change[0] for change in changed[:10]]}; row {row_id}: {recorded!r} then, {now!r} now). "
+        "Run step 1 again, or pass a dataset made with --embed_audio."
+    )
+
+
+def transcript_normalizer(normalize: bool):
+    """Whisper's English text normaliser (without its British-to-American spelling table), or a plain strip."""
+    return EnglishTextNormalizer({}) if normalize else str.strip
 
 
 def is_local(args: CorpusArguments) -> bool:

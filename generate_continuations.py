@@ -40,7 +40,6 @@ from huggingface_hub import HfApi
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer, set_seed
-from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
 from data_blsp import (
     AUDIO,
@@ -62,8 +61,10 @@ from data_blsp import (
     reject_record,
     source_reference,
     text_rejection,
+    transcript_normalizer,
 )
 from generation_blsp import build_generator
+from identity_blsp import model_fingerprint, setting_changes
 from processing_blsp import CONTINUATION_INSTRUCTION, PROMPT_LAYOUTS, render_prompt
 
 logger = get_logger(__name__)
@@ -181,6 +182,7 @@ def run_metadata(corpus_args: CorpusArguments, args: ContinuationArguments, toke
     """What produced the continuations: stored with the dataset and checked when a run resumes."""
     return {
         "llm_name_or_path": args.llm_name_or_path,
+        "llm_fingerprint": model_fingerprint(args.llm_name_or_path),
         "instruction": args.instruction,
         "prompt_layout": args.prompt_layout,
         "system_prompt": args.system_prompt,
@@ -230,10 +232,11 @@ def prepare_output_dir(args: ContinuationArguments, metadata: dict, state: Parti
     state.wait_for_everyone()
     with open(settings_path, encoding="utf-8") as file:
         stored = json.load(file)
-    if stored != json.loads(json.dumps(metadata)):
+    changes = setting_changes(stored, json.loads(json.dumps(metadata)))
+    if changes:
         raise ValueError(
-            f"{args.output_dir} holds a run with other settings ({settings_path}); resume it with the same "
-            "arguments, or pass --overwrite_output_dir or another --output_dir."
+            f"{args.output_dir} holds a run with other settings ({settings_path}): {'; '.join(changes)}. Resume it "
+            "with the same arguments and models, or pass --overwrite_output_dir or another --output_dir."
         )
 
 
@@ -254,11 +257,6 @@ def check_context(args: ContinuationArguments) -> None:
             f"{limit} positions of {args.llm_name_or_path!r}: lower --max_prompt_tokens to at most "
             f"{limit - args.max_new_tokens}."
         )
-
-
-def transcript_normalizer(normalize: bool):
-    """Whisper's English text normaliser (without its British-to-American spelling table), or a plain strip."""
-    return EnglishTextNormalizer({}) if normalize else str.strip
 
 
 def build_prompts(rows: list[dict], tokenizer, args: ContinuationArguments, source: str):

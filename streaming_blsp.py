@@ -29,6 +29,8 @@ from data_blsp import (
     is_local,
     load_local,
     load_split,
+    source_changed,
+    transcript_normalizer,
 )
 
 INSTRUCTION, CORPUS, SECONDS = "instruction", "corpus", "seconds"
@@ -73,11 +75,9 @@ def stream_continuations(
         generator, gen_kwargs = joined_shard_rows, {"shards": shards}
         if shards is None:  # not parquet: one shard, numbered as it streams
             generator, gen_kwargs = joined_rows, {"audio": open_audio_stream(source, duration_column)}
-        stream = IterableDataset.from_generator(
-            generator,
-            gen_kwargs={**gen_kwargs, "continuations": continuations, "duration_column": duration_column},
-            features=JOINED_FEATURES,
-        )
+        gen_kwargs.update(continuations=continuations, duration_column=duration_column)
+        gen_kwargs["normalize_transcripts"] = metadata.get("normalize_transcripts", False)
+        stream = IterableDataset.from_generator(generator, gen_kwargs=gen_kwargs, features=JOINED_FEATURES)
     # Row by row: a batched map would make each row's key its whole batch's keys, which the buffer's map joins again.
     return stream.map(partial(label_row, labels=labels), features=STREAM_FEATURES)
 
@@ -120,22 +120,41 @@ def parquet_shards(source: CorpusArguments) -> list[dict] | None:
             metadata = pq.ParquetFile(handle).metadata
         names = metadata.schema.to_arrow_schema().names
         if source.max_samples is None or offset < source.max_samples:
-            shards.append({"file": file, "offset": offset, "names": names, "audio": source.audio_column_name})
+            shards.append(
+                {
+                    "file": file,
+                    "offset": offset,
+                    "names": names,
+                    "audio": source.audio_column_name,
+                    "text": source.text_column_name,
+                }
+            )
         offset += metadata.num_rows
     return shards
 
 
-def joined_shard_rows(shards: list[dict], continuations: dict, duration_column: str):
-    """The rows of these source files that have a continuation, numbered from each file's first row id."""
+def joined_shard_rows(
+    shards: list[dict], continuations: dict, duration_column: str, normalize_transcripts: bool = False
+):
+    """The rows of these source files that have a continuation, numbered from each file's first row id; a row whose
+    transcript is not the one step 1 read there is refused (the source changed since)."""
+    normalize = transcript_normalizer(normalize_transcripts)
     for shard in shards:
-        columns = [shard["audio"], *optional(duration_column, shard["names"])]
+        columns = [shard["audio"], shard["text"], *optional(duration_column, shard["names"])]
         audio = load_dataset("parquet", data_files=[shard["file"]], split="train", streaming=True, columns=columns)
         if isinstance((audio.features or {}).get(shard["audio"]), Audio):  # read the stored bytes, never decode
             audio = audio.cast_column(shard["audio"], Audio(decode=False))
         for index, row in enumerate(audio):
             row_id = shard["offset"] + index
             if row_id in continuations:
+                check_transcript(row_id, continuations[row_id][0], row[shard["text"]], normalize, shard["file"])
                 yield joined_row(row_id, row[shard["audio"]], continuations[row_id], row.get(duration_column))
+
+
+def check_transcript(row_id: int, recorded: str, now, normalize, name: str) -> None:
+    """Refuse a source row whose transcript is not the one step 1 recorded for it."""
+    if recorded != (normalize(now) if isinstance(now, str) else now):
+        raise source_changed(name, [(row_id, recorded, now)])
 
 
 def joined_row(row_id: int, audio: dict, continuation: tuple[str, str], seconds: float | None) -> dict:
@@ -148,9 +167,9 @@ def joined_row(row_id: int, audio: dict, continuation: tuple[str, str], seconds:
 
 
 def open_audio_stream(source: CorpusArguments, duration_column: str = "duration") -> IterableDataset:
-    """The source corpus's audio column (and duration column if present) streamed in row order (rows numbered by
-    position, as step 1 did)."""
-    columns = [source.audio_column_name]
+    """The source corpus's audio and transcript columns (and duration column if present) streamed in row order (rows
+    numbered by position, as step 1 did)."""
+    columns = [source.audio_column_name, source.text_column_name]
     if is_local(source):
         stream = load_local(source, columns=columns, streaming=True)
     else:
@@ -158,14 +177,20 @@ def open_audio_stream(source: CorpusArguments, duration_column: str = "duration"
     stream = stream.select_columns([*columns, *optional(duration_column, stream.column_names)])
     if source.audio_column_name != AUDIO:
         stream = stream.rename_column(source.audio_column_name, AUDIO)
-    stream = stream.cast_column(AUDIO, AUDIO_STORAGE)
+    if source.text_column_name != TEXT:
+        stream = stream.rename_column(source.text_column_name, TEXT)
+    if isinstance((stream.features or {}).get(AUDIO), (Audio, dict)):  # read the stored bytes, never decode
+        stream = stream.cast_column(AUDIO, AUDIO_STORAGE)  # (paths, e.g. an audiofolder's, `joined_row` wraps)
     return stream.take(source.max_samples) if source.max_samples is not None else stream
 
 
-def joined_rows(audio: IterableDataset, continuations: dict, duration_column: str):
-    """Rows of the source stream that have a continuation, with its row id, transcript and continuation."""
+def joined_rows(audio: IterableDataset, continuations: dict, duration_column: str, normalize_transcripts: bool = False):
+    """Rows of the source stream that have a continuation, with its row id, transcript and continuation; a row whose
+    transcript is not the one step 1 read there is refused."""
+    normalize = transcript_normalizer(normalize_transcripts)
     for row_id, row in enumerate(audio):
         if row_id in continuations:
+            check_transcript(row_id, continuations[row_id][0], row[TEXT], normalize, "the source corpus")
             yield joined_row(row_id, row[AUDIO], continuations[row_id], row.get(duration_column))
 
 

@@ -45,6 +45,7 @@ from data_blsp import (
     parse_script_arguments,
 )
 from engines_blsp import check_one_training, check_requested_engine, unsharded_model
+from identity_blsp import RecordModels, check_resumed_models
 from model_card_blsp import build_model_card
 from objectives_blsp import (
     LOSSES,
@@ -74,6 +75,7 @@ from training_blsp import (
 from training_data_blsp import dataset_instruction, load_datasets
 
 logger = logging.getLogger(__name__)
+MODEL_FLAGS = ("model_name_or_path", "speech_encoder_name_or_path", "llm_name_or_path")
 
 
 @dataclass
@@ -365,6 +367,8 @@ def main(args: list[str] | None = None):
     setup_logging(training_args)
     with training_args.main_process_first(desc="checking the output folder"):
         training_args.resume_from_checkpoint = prepare_output_dir(training_args)
+        models = {name: getattr(model_args, name) for name in MODEL_FLAGS}
+        fingerprints = check_resumed_models(models, training_args.resume_from_checkpoint)
 
     with training_args.main_process_first(desc="preparing datasets"):
         train_dataset, eval_dataset, metadatas = load_datasets(data_args, training_args)
@@ -418,6 +422,7 @@ def main(args: list[str] | None = None):
         model_card_builder=partial(build_model_card, model_args, data_args, instructions, trainable),
         trained_rows_log=trained_rows_path(training_args) if data_args.log_trained_rows else None,
     )
+    trainer.add_callback(RecordModels(fingerprints))
     check_requested_engine(trainer)
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = train_result.metrics

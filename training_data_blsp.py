@@ -53,7 +53,7 @@ def prepare_dataset(
         dataset = load_source(CorpusArguments(dataset_name=name, split=split))
         metadata = continuations_metadata(dataset, name)
         if "audio" not in dataset.column_names and "source" in metadata:  # step 1 kept no copy of the audio
-            dataset = join_audio(dataset, metadata["source"])
+            dataset = join_audio(dataset, metadata["source"], metadata.get("normalize_transcripts", False))
         check_columns(dataset.column_names, name, loss_terms)
         instruction = dataset_instruction(data_args, metadata)
         if ROW_ID not in dataset.column_names:  # rejects and logs name rows by their position then

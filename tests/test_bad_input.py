@@ -11,6 +11,7 @@ import pytest
 import soundfile
 import torch
 from datasets import load_dataset
+from safetensors.torch import load_file, save_file
 from test_train_adapter import run_flags, write_dataset
 from transformers import AutoConfig, pipeline
 
@@ -18,6 +19,7 @@ import audio_blsp
 import generate_continuations
 import processing_blsp
 import train_adapter
+import training_data_blsp
 from data_blsp import CorpusArguments
 from evaluate_blsp import EvaluationArguments, evaluate
 from processing_blsp import AudioInputError, BlspProcessor
@@ -197,18 +199,6 @@ def test_evaluation_rejects_rows_beyond_the_llm_context_and_scores_the_others(sa
     )
 
 
-def test_a_config_whose_speech_token_is_not_the_tokenizers_is_refused_at_load(saved_blsp, tmp_path):
-    directory = shutil.copytree(saved_blsp["qwen2"], tmp_path / "mismatched")
-    config = json.loads((directory / "config.json").read_text())
-    token_id, config["speech_token_id"] = config["speech_token_id"], 7
-    (directory / "config.json").write_text(json.dumps(config))
-    match = rf"speech_token_id 7 is not the tokenizer's id of '<speech>', {token_id}: config and tokenizer come from"
-    with pytest.raises(ValueError, match=match):
-        BlspProcessor.from_pretrained(str(directory))
-    with pytest.raises(ValueError, match=match):
-        pipeline(model=str(directory), trust_remote_code=True)
-
-
 def test_step1_rejects_a_transcript_that_is_not_utf8_and_goes_on(speech_corpus, tiny_checkpoints, tmp_path):
     source, rows = speech_corpus
     for row in rows[:3]:
@@ -237,3 +227,85 @@ def test_step1_refuses_max_prompt_tokens_beyond_the_llm_context(tiny_checkpoints
     ):
         generate_continuations.main([*flags, "--output_dir", str(tmp_path / "out"), "--max_prompt_tokens", "5000"])
     assert not (tmp_path / "out").exists()
+
+
+def test_a_config_whose_speech_token_is_not_the_tokenizers_is_refused_at_load(saved_blsp, tmp_path):
+    directory = shutil.copytree(saved_blsp["qwen2"], tmp_path / "mismatched")
+    config = json.loads((directory / "config.json").read_text())
+    token_id, config["speech_token_id"] = config["speech_token_id"], 7
+    (directory / "config.json").write_text(json.dumps(config))
+    match = rf"speech_token_id 7 is not the tokenizer's id of '<speech>', {token_id}: config and tokenizer come from"
+    with pytest.raises(ValueError, match=match):
+        BlspProcessor.from_pretrained(str(directory))
+    with pytest.raises(ValueError, match=match):
+        pipeline(model=str(directory), trust_remote_code=True)
+
+
+def perturb_weights(directory: str) -> None:
+    """The same model, other weights: every floating parameter shifted a little, saved in place."""
+    weights = load_file(os.path.join(directory, "model.safetensors"))
+    save_file(
+        {name: value + 0.01 if value.is_floating_point() else value for name, value in weights.items()},
+        os.path.join(directory, "model.safetensors"),
+        metadata={"format": "pt"},
+    )
+
+
+def write_corpus(speech_corpus, directory, count: int) -> list[dict]:
+    """An audiofolder of the first `count` clips; returns its metadata rows."""
+    source, rows = speech_corpus
+    directory.mkdir()
+    for row in rows[:count]:
+        shutil.copy(os.path.join(source, row["file_name"]), directory / row["file_name"])
+    records = [{"file_name": row["file_name"], "text": row["text"]} for row in rows[:count]]
+    (directory / "metadata.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    return records
+
+
+def test_step1_resume_names_a_changed_setting_and_refuses_other_llm_weights(speech_corpus, tiny_checkpoints, tmp_path):
+    write_corpus(speech_corpus, tmp_path / "corpus", 2)
+    llm = str(shutil.copytree(tiny_checkpoints["qwen2"], tmp_path / "llm"))
+    output_dir = str(tmp_path / "out")
+    flags = ["--dataset_name", str(tmp_path / "corpus"), "--llm_name_or_path", llm, "--output_dir", output_dir]
+    generate_continuations.main([*flags, "--max_new_tokens", "2"])
+    with pytest.raises(ValueError, match=r"other settings .*: generation\.max_new_tokens: 2 -> 3\. Resume it"):
+        generate_continuations.main([*flags, "--max_new_tokens", "3"])
+    perturb_weights(llm)
+    with pytest.raises(ValueError, match=r"other settings .*: llm_fingerprint\.model\.safetensors\.sha256: '"):
+        generate_continuations.main([*flags, "--max_new_tokens", "2"])
+
+
+def test_step2_refuses_a_source_corpus_changed_since_step1(speech_corpus, tiny_checkpoints, tmp_path):
+    corpus = tmp_path / "corpus"
+    records = write_corpus(speech_corpus, corpus, 4)
+    output_dir = str(tmp_path / "continuations")
+    flags = ["--dataset_name", str(corpus), "--llm_name_or_path", tiny_checkpoints["qwen2"], "--max_new_tokens", "2"]
+    generate_continuations.main([*flags, "--output_dir", output_dir])
+    records[1], records[2] = records[2], records[1]  # the source reordered after step 1
+    (corpus / "metadata.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    match = r"changed since step 1: 2 row\(s\) hold another transcript .*rows \[1, 2\]; row 1: "
+    match += re.escape(repr(records[2]["text"])) + " then"
+    data_args = train_adapter.DataArguments(dataset_name=[output_dir])
+    with pytest.raises(ValueError, match=match):
+        training_data_blsp.prepare_dataset(data_args.dataset_name, "train", data_args, {"ce"}, "length")
+    data_args = train_adapter.DataArguments(dataset_name=[output_dir], streaming=True)
+    training_args = train_adapter.BlspTrainingArguments(output_dir=str(tmp_path / "model"), report_to="none")
+    stream, _ = training_data_blsp.stream_datasets(data_args, training_args)
+    with pytest.raises(ValueError, match=r"changed since step 1: 1 row\(s\) hold another transcript .*rows \[1\]"):
+        list(stream)
+
+
+def test_step2_refuses_to_resume_a_checkpoint_of_other_model_weights(initial_blsp, continuation_dataset, tmp_path):
+    model = str(shutil.copytree(initial_blsp, tmp_path / "model"))
+    output_dir = str(tmp_path / "out")
+    checkpoints = ["--save_strategy", "steps", "--save_steps", "1"]
+    train_adapter.main(["--model_name_or_path", model, *run_flags(continuation_dataset, output_dir, 1), *checkpoints])
+    assert os.path.isfile(os.path.join(output_dir, "checkpoint-1", "blsp_models.json"))
+    perturb_weights(model)
+    more_steps = ["--model_name_or_path", model, *run_flags(continuation_dataset, output_dir, 2), *checkpoints]
+    with pytest.raises(
+        ValueError,
+        match=r"checkpoint-1 was saved by a run that started from other models: "
+        r"model_name_or_path\.model\.safetensors\.sha256: '",
+    ):
+        train_adapter.main(more_steps)
