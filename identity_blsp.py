@@ -15,15 +15,15 @@ SAMPLED_CHUNKS, CHUNK_BYTES = 16, 2**16
 
 
 def model_fingerprint(name_or_path: str) -> dict:
-    """What identifies a model's weights without reading them all: its config's hash, and per weight file its size,
-    its safetensors header (names, dtypes, shapes) and a hash of the whole file, or for a file over 64 MiB of 16
-    evenly spread 64 KiB chunks (any retraining changes them; a change confined to a few tensors may not)."""
-    directory = name_or_path
-    if not os.path.isdir(directory):  # a Hub id: the snapshot in the local cache
-        directory = os.path.dirname(cached_file(name_or_path, "config.json"))
+    """What identifies a model's weights without reading them all. A local folder: its config's hash, and per weight
+    file its size, its safetensors header (names, dtypes, shapes) and a hash of the whole file, or for a file over
+    64 MiB of 16 evenly spread 64 KiB chunks (any retraining changes them; a change confined to a few tensors may
+    not). A Hub id: the commit its files are read from."""
+    if not os.path.isdir(name_or_path):  # a Hub id: the commit of the snapshot its files come from
+        return {"hub_commit": os.path.basename(os.path.dirname(cached_file(name_or_path, "config.json")))}
     record = {}
-    for name in sorted(os.listdir(directory)):
-        path = os.path.join(directory, name)
+    for name in sorted(os.listdir(name_or_path)):
+        path = os.path.join(name_or_path, name)
         if name == "config.json" or name.endswith(WEIGHT_SUFFIXES):
             record[name] = file_fingerprint(path, with_header=name.endswith(".safetensors"))
     return record
