@@ -42,6 +42,12 @@ class BlspConfig(PreTrainedConfig):
             `"unmasked"` runs transformers' `WhisperEncoder` on the feature extractor's 30 s windows with the padding
             attended and cuts each clip's output at its length, as the original BLSP release did (needs a processor
             with `feature_padding="max_length"`; see `docs/original_blsp.md`).
+        speech_compression (`"ctc"`, *optional*):
+            `"ctc"` reads each adapter frame through the LLM's token embeddings, as the `ctc` training objective does
+            (logit of a token: the frame's dot product with its embedding; the blank's: 0): frames read as the blank,
+            or as the same token as the frame before, are masked out of the LLM's attention (CTC's greedy collapse),
+            and the others enter as the mixture of token embeddings that their softmax weighs. The LLM then reads
+            speech much as text. Needs an adapter trained with the `ctc` objective first (see `docs/steps.md`).
         speech_model_name_or_path (`str`, *optional*), text_model_name_or_path (`str`, *optional*):
             The pretrained Whisper and LLM this model was built from (Hub ids or paths), as
             `from_speech_text_pretrained` records them.
@@ -77,6 +83,7 @@ class BlspConfig(PreTrainedConfig):
     speech_token: str = "<speech>"
     speech_token_id: int | None = None
     encoder_padding: Literal["longest", "max_length", "unmasked"] = "longest"
+    speech_compression: Literal["ctc"] | None = None
     tie_word_embeddings: bool = False
     speech_model_name_or_path: str | None = None
     text_model_name_or_path: str | None = None
@@ -86,6 +93,8 @@ class BlspConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         if self.encoder_padding not in ENCODER_PADDINGS:
             raise ValueError(f"encoder_padding must be one of {ENCODER_PADDINGS}, got {self.encoder_padding!r}.")
+        if self.speech_compression not in (None, "ctc"):
+            raise ValueError(f"speech_compression must be None or 'ctc', got {self.speech_compression!r}.")
         if self.adapter_only and not (self.speech_model_name_or_path and self.text_model_name_or_path):
             raise ValueError(
                 "An adapter-only BLSP config must name its frozen bases: set speech_model_name_or_path and "

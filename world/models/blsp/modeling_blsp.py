@@ -1,5 +1,7 @@
 """BLSP model: Whisper encoder -> modality adapter -> speech embeddings spliced into a causal LLM's input."""
 
+from dataclasses import dataclass
+
 import torch
 from safetensors.torch import load_file
 from torch import nn
@@ -103,6 +105,20 @@ class BlspModalityAdapter(nn.Module):
         hidden_states = hidden_states.transpose(1, 2)
         hidden_states = hidden_states + self.bottleneck_up(nn.functional.gelu(self.bottleneck_down(hidden_states)))
         return self.layer_norm(hidden_states), lengths
+
+
+def ctc_readout(speech_embeds: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+    """Logits of the blank (column 0, always 0) and of every token (a frame's dot product with its embedding)."""
+    logits = speech_embeds @ embeddings.to(speech_embeds.dtype).T
+    return torch.cat([logits.new_zeros(*logits.shape[:-1], 1), logits], dim=-1)
+
+
+@dataclass
+class BlspCausalLMOutputWithPast(CausalLMOutputWithPast):
+    """The LLM's outputs, plus the attention mask with the frames that `speech_compression` left out (generation
+    carries it to the next steps)."""
+
+    attention_mask: torch.Tensor | None = None
 
 
 def encode_variable_length(
@@ -420,6 +436,9 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
             if input_features is not None:
                 speech_embeds = self.get_speech_features(input_features, input_features_mask)
                 speech_mask = self.get_placeholder_mask(input_ids, speech_embeds)
+                if self.config.speech_compression == "ctc":
+                    speech_embeds, attention_mask = self.compress_speech(speech_embeds, speech_mask, attention_mask)
+                    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
                 inputs_embeds = inputs_embeds.masked_scatter(
                     speech_mask.unsqueeze(-1).to(inputs_embeds.device), speech_embeds.to(inputs_embeds)
                 )
@@ -428,7 +447,7 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
             labels = labels.masked_fill(speech_positions, IGNORE_INDEX)
         if position_ids is None and attention_mask is not None and attention_mask.ndim == 2:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -inputs_embeds.shape[1] :]
-        return self.language_model(
+        outputs = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -436,6 +455,36 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
             logits_to_keep=logits_to_keep,
             **kwargs,
         )
+        if self.config.speech_compression is None:
+            return outputs
+        return BlspCausalLMOutputWithPast(**outputs, attention_mask=attention_mask)
+
+    def compress_speech(
+        self, speech_embeds: torch.Tensor, speech_mask: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`speech_compression="ctc"`: the frames as mixtures of token embeddings, and the attention mask without the
+        frames read as the blank or as the token of the frame before (placeholders stay, so the processor's token
+        counts hold)."""
+        embeddings = self.get_input_embeddings().weight
+        logits = ctc_readout(speech_embeds, embeddings)
+        layout = torch.full(speech_mask.shape, -1, dtype=torch.long, device=speech_mask.device)
+        layout[speech_mask] = logits.argmax(-1)  # 0: the blank
+        previous = nn.functional.pad(layout[:, :-1], (1, 0), value=-1)
+        left_out = speech_mask & ((layout == 0) | (layout == previous))
+        if attention_mask is None:
+            attention_mask = torch.ones(speech_mask.shape, dtype=torch.long, device=speech_mask.device)
+        mixture = nn.functional.softmax(logits[:, 1:].float(), dim=-1).to(embeddings.dtype) @ embeddings
+        return mixture, attention_mask.masked_fill(left_out, 0)
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):
+        """After a prefill with `speech_compression`, later steps attend, and count positions, without the frames
+        left out."""
+        attention_mask = getattr(outputs, "attention_mask", None)
+        if attention_mask is not None:
+            model_kwargs["attention_mask"] = attention_mask
+            if model_kwargs.get("position_ids") is not None:
+                model_kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        return super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
 
     def prepare_inputs_for_generation(
         self, *args, input_features=None, input_features_mask=None, is_first_iteration=False, **kwargs
@@ -501,6 +550,7 @@ __all__ = [
     "BlspForConditionalGeneration",
     "BlspModalityAdapter",
     "BlspPreTrainedModel",
+    "ctc_readout",
     "encode_unmasked",
     "encode_variable_length",
 ]
