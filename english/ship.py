@@ -17,9 +17,10 @@ import os
 import shutil
 
 import torch
-from transformers import AutoProcessor, pipeline
+from transformers import pipeline
 
 from modeling_blsp import BlspForConditionalGeneration
+from processing_blsp import BlspProcessor
 
 EXAMPLES_DIR = "examples"
 EXAMPLE_SPLITS = {"test_piper": 6, "test_heldout_voice": 3, "test_heldout_festival_voice": 3}
@@ -86,7 +87,8 @@ def main():
     model.adapter.to(torch.bfloat16)
     shutil.rmtree(args.output_dir, ignore_errors=True)
     model.save_pretrained(args.output_dir)
-    AutoProcessor.from_pretrained(args.checkpoint, trust_remote_code=True).save_pretrained(args.output_dir)
+    # This project's processor class, not the checkpoint's copy of it: the shipped code is the current code.
+    BlspProcessor.from_pretrained(args.checkpoint).save_pretrained(args.output_dir)
     card = args.card or os.path.join(args.checkpoint, "README.md")
     if os.path.exists(card):
         shutil.copyfile(card, os.path.join(args.output_dir, "README.md"))
