@@ -1,0 +1,69 @@
+"""What a CTC-trained adapter hands the LLM, read without the LLM: with `speech_compression="ctc"` the kept frames'
+top tokens (greedy CTC through the LLM's token embeddings) are the words the LLM receives. Their WER against the
+transcript, per held-out split, is the adapter's own recognition, the ceiling of everything the LLM does with speech.
+
+    python -m english.readout --blsp english/models/blsp-whisper-tiny.en-smollm2-135m \
+        --speech_model_name_or_path converted/whisper-tiny.en --text_model_name_or_path converted/smollm2-135m-instruct
+"""
+
+import argparse
+import json
+import os
+
+import torch
+
+import evaluate_blsp as scoring
+from english.build_corpus import TEST_SPLITS
+from modeling_blsp import BlspForConditionalGeneration, ctc_readout
+from processing_blsp import BlspProcessor, load_audio
+
+ENGLISH_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def read_out(model: BlspForConditionalGeneration, processor: BlspProcessor, clips: list) -> list[str]:
+    """The text of each clip's kept frames (the frames `compress_speech` leaves in, as their top tokens)."""
+    inputs = processor(text=[processor.render_prompt("")] * len(clips), audio=clips)
+    speech_mask = inputs["input_ids"] == model.config.speech_token_id
+    with torch.no_grad():
+        speech = model.get_speech_features(inputs["input_features"], inputs["input_features_mask"])
+        _, attention_mask = model.compress_speech(speech, speech_mask, inputs["attention_mask"])
+        layout = torch.full(speech_mask.shape, -1)
+        layout[speech_mask] = ctc_readout(speech, model.get_input_embeddings().weight).argmax(-1) - 1
+    kept = speech_mask & attention_mask.bool()
+    return [processor.tokenizer.decode(layout[row][kept[row]]).strip() for row in range(len(clips))]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--blsp", required=True, help="A BLSP checkpoint whose adapter was trained with --loss ctc.")
+    parser.add_argument("--speech_model_name_or_path", default=None)
+    parser.add_argument("--text_model_name_or_path", default=None)
+    parser.add_argument("--data_dir", default=os.path.join(ENGLISH_DIR, "data"))
+    parser.add_argument("--splits", nargs="*", default=list(TEST_SPLITS))
+    parser.add_argument("--max_samples", type=int, default=None)
+    parser.add_argument("--examples", type=int, default=3, help="Clips printed per split with their readout.")
+    args = parser.parse_args()
+    bases = {"speech_model_name_or_path": args.speech_model_name_or_path}
+    bases["text_model_name_or_path"] = args.text_model_name_or_path
+    model = BlspForConditionalGeneration.from_pretrained(
+        args.blsp, **{key: value for key, value in bases.items() if value}
+    ).eval()
+    processor = BlspProcessor.from_pretrained(args.blsp)
+    lines = ["| split | clips | adapter readout WER (%) |", "|---|---|---|"]
+    for split in args.splits:
+        with open(os.path.join(args.data_dir, split, "metadata.jsonl"), encoding="utf-8") as file:
+            rows = [json.loads(line) for line in file][: args.max_samples]
+        readouts = []
+        for start in range(0, len(rows), 20):
+            batch = rows[start : start + 20]
+            clips = [load_audio(os.path.join(args.data_dir, split, row["file_name"]), 16000) for row in batch]
+            readouts += read_out(model, processor, clips)
+        for row, readout in list(zip(rows, readouts))[: args.examples]:
+            print(f"{split}: {row['text']!r} -> {readout!r}")
+        wer = scoring.score(readouts, [row["text"] for row in rows])["wer"]
+        lines.append(f"| {split} | {len(rows)} | {wer:.1f} |")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
