@@ -1,6 +1,6 @@
 """Talk to a BLSP model in the browser: a Gradio app, laid out as a Hugging Face Space (this file, the Hub files
-`configuration_blsp.py`, `modeling_blsp.py`, `processing_blsp.py`, `audio_blsp.py`, `pipeline_blsp.py` and
-requirements.txt).
+`configuration_blsp.py`, `modeling_blsp.py`, `adapter_blsp.py`, `processing_blsp.py`, `audio_blsp.py`,
+`pipeline_blsp.py` and requirements.txt).
 
     python app.py                                   # the miniature world's trained checkpoint, offline
     python app.py --model you/blsp-qwen2.5-7b       # any BLSP checkpoint: a local folder or a Hub id

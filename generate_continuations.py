@@ -14,7 +14,6 @@ settings and the source corpus (what finds each clip again by `row_id`) in `outp
 and the rows left out in `output_dir/rejects.jsonl`.
 """
 
-import base64
 import glob
 import importlib.util
 import itertools
@@ -39,7 +38,7 @@ from datasets.table import InMemoryTable, embed_table_storage
 from huggingface_hub import HfApi
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoTokenizer, set_seed
+from transformers import AutoTokenizer, set_seed
 
 from data_blsp import (
     AUDIO,
@@ -63,7 +62,7 @@ from data_blsp import (
     text_rejection,
     transcript_normalizer,
 )
-from generation_blsp import build_generator
+from generation_blsp import add_cached_teacher, build_generator, check_context, teacher_column
 from identity_blsp import model_fingerprint, setting_changes
 from processing_blsp import CONTINUATION_INSTRUCTION, PROMPT_LAYOUTS, render_prompt
 
@@ -247,18 +246,6 @@ def write_atomically(path: str, text: str) -> None:
     os.replace(path + ".tmp", path)
 
 
-def check_context(args: ContinuationArguments) -> None:
-    """Refuse `--max_prompt_tokens` + `--max_new_tokens` beyond the LLM's positions (continuations would be cut)."""
-    config = AutoConfig.from_pretrained(args.llm_name_or_path, trust_remote_code=args.trust_remote_code)
-    limit = getattr(config.get_text_config(), "max_position_embeddings", None)
-    if limit is not None and args.max_prompt_tokens + args.max_new_tokens > limit:
-        raise ValueError(
-            f"--max_prompt_tokens {args.max_prompt_tokens} + --max_new_tokens {args.max_new_tokens} is beyond the "
-            f"{limit} positions of {args.llm_name_or_path!r}: lower --max_prompt_tokens to at most "
-            f"{limit - args.max_new_tokens}."
-        )
-
-
 def build_prompts(rows: list[dict], tokenizer, args: ContinuationArguments, source: str):
     """Tokenized prompts (`row_id`, `text`, `input_ids`) of rows with a usable transcript, and rejects of the rest."""
     normalize = transcript_normalizer(args.normalize_transcripts)
@@ -333,35 +320,6 @@ def continuation_records(rows: list[dict], outputs: list[list[int]], tokenizer) 
     ]
 
 
-def encode_array(array: np.ndarray) -> str:
-    """A part record's compact copy of an array (base64 of its bytes; the dtype is the column's)."""
-    return base64.b64encode(np.ascontiguousarray(array).tobytes()).decode("ascii")
-
-
-def decode_array(text: str, dtype, k: int) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(text), dtype=dtype).reshape(-1, k)
-
-
-def add_cached_teacher(
-    records: list[dict], rows: list[dict], outputs: list[list[int]], teachers: list, generator
-) -> int:
-    """Add each record's top-k teacher, aligned with the tokens step 2 trains on: the continuation as re-tokenized
-    from its text, then EOS. Rows whose re-tokenized continuation differs from the generated tokens (a rare BPE
-    round trip, or a special token decoded away) are scored again by one teacher-forced forward. Returns how many."""
-    targets = generator.tokenizer([record[CONTINUATION] for record in records], add_special_tokens=False)["input_ids"]
-    teachers = list(teachers)
-    ends = generator.eos_ids
-    generated = [tokens[:-1] if tokens and tokens[-1] in ends else tokens for tokens in outputs]
-    differ = [index for index, (target, tokens) in enumerate(zip(targets, generated)) if target != tokens]
-    if differ:
-        scored = generator.score([rows[index]["input_ids"] for index in differ], [targets[index] for index in differ])
-        for index, teacher in zip(differ, scored):
-            teachers[index] = teacher
-    for record, (ids, logprobs) in zip(records, teachers):
-        record[TEACHER_IDS], record[TEACHER_LOGPROBS] = encode_array(ids), encode_array(logprobs)
-    return len(differ)
-
-
 def chunks(rows, size: int):
     """Lists of up to `size` consecutive items of an iterable."""
     iterator = iter(rows)
@@ -420,14 +378,6 @@ def first_by_row_id(records: list[dict]) -> list[dict]:
     for record in records:
         unique.setdefault(record[ROW_ID], record)
     return [unique[row_id] for row_id in sorted(unique)]
-
-
-def teacher_column(records: list[dict], key: str, dtype, k: int) -> pa.Array:
-    """The rows' cached-teacher arrays as one Arrow column: a list (positions) of k-wide lists per row."""
-    arrays = [decode_array(record[key], dtype, k) for record in records]
-    offsets = np.cumsum([0] + [len(array) for array in arrays], dtype=np.int32)
-    flat = np.concatenate(arrays).reshape(-1) if arrays else np.zeros(0, dtype)
-    return pa.ListArray.from_arrays(offsets, pa.FixedSizeListArray.from_arrays(flat, k))
 
 
 def merged_continuations(output_dir: str, teacher_top_k: int = 0) -> Dataset:

@@ -1,4 +1,5 @@
-"""Step 1's generation backends: `model.generate` on left-padded batches, or vLLM when installed and chosen.
+"""Step 1's generation backends: `model.generate` on left-padded batches, or vLLM when installed and chosen; the
+check that prompts and continuations fit the LLM; the cached teacher as part records and Arrow columns.
 
 `args` is `generate_continuations.ContinuationArguments` (the LLM, dtype, sampling settings). With
 `args.teacher_top_k` K > 0, each backend also returns the LLM's K most likely next tokens and their log-probabilities
@@ -7,10 +8,15 @@ at every position that predicts a continuation token or the end of the continuat
 objective, cached.
 """
 
+import base64
+
 import numpy as np
+import pyarrow as pa
 import torch
 from accelerate import PartialState
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from data_blsp import CONTINUATION, TEACHER_IDS, TEACHER_LOGPROBS
 
 
 def until_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
@@ -147,9 +153,61 @@ class VllmGenerator:
         return scored
 
 
+def check_context(args) -> None:
+    """Refuse `--max_prompt_tokens` + `--max_new_tokens` beyond the LLM's positions (continuations would be cut)."""
+    config = AutoConfig.from_pretrained(args.llm_name_or_path, trust_remote_code=args.trust_remote_code)
+    limit = getattr(config.get_text_config(), "max_position_embeddings", None)
+    if limit is not None and args.max_prompt_tokens + args.max_new_tokens > limit:
+        raise ValueError(
+            f"--max_prompt_tokens {args.max_prompt_tokens} + --max_new_tokens {args.max_new_tokens} is beyond the "
+            f"{limit} positions of {args.llm_name_or_path!r}: lower --max_prompt_tokens to at most "
+            f"{limit - args.max_new_tokens}."
+        )
+
+
 def build_generator(args, tokenizer, state: PartialState):
     if args.backend == "vllm":
         if state.num_processes > 1:
             raise ValueError("--backend vllm batches on its own: run it as one process, without accelerate launch.")
         return VllmGenerator(args, tokenizer, state.device)
     return TransformersGenerator(args, tokenizer, state.device)
+
+
+# Step 1's part records keep the cached teacher as base64 text; the merged parquet as Arrow list columns.
+
+
+def encode_array(array: np.ndarray) -> str:
+    """A part record's compact copy of an array (base64 of its bytes; the dtype is the column's)."""
+    return base64.b64encode(np.ascontiguousarray(array).tobytes()).decode("ascii")
+
+
+def decode_array(text: str, dtype, k: int) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype=dtype).reshape(-1, k)
+
+
+def add_cached_teacher(
+    records: list[dict], rows: list[dict], outputs: list[list[int]], teachers: list, generator
+) -> int:
+    """Add each record's top-k teacher, aligned with the tokens step 2 trains on: the continuation as re-tokenized
+    from its text, then EOS. Rows whose re-tokenized continuation differs from the generated tokens (a rare BPE
+    round trip, or a special token decoded away) are scored again by one teacher-forced forward. Returns how many."""
+    targets = generator.tokenizer([record[CONTINUATION] for record in records], add_special_tokens=False)["input_ids"]
+    teachers = list(teachers)
+    ends = generator.eos_ids
+    generated = [tokens[:-1] if tokens and tokens[-1] in ends else tokens for tokens in outputs]
+    differ = [index for index, (target, tokens) in enumerate(zip(targets, generated)) if target != tokens]
+    if differ:
+        scored = generator.score([rows[index]["input_ids"] for index in differ], [targets[index] for index in differ])
+        for index, teacher in zip(differ, scored):
+            teachers[index] = teacher
+    for record, (ids, logprobs) in zip(records, teachers):
+        record[TEACHER_IDS], record[TEACHER_LOGPROBS] = encode_array(ids), encode_array(logprobs)
+    return len(differ)
+
+
+def teacher_column(records: list[dict], key: str, dtype, k: int) -> pa.Array:
+    """The rows' cached-teacher arrays as one Arrow column: a list (positions) of k-wide lists per row."""
+    arrays = [decode_array(record[key], dtype, k) for record in records]
+    offsets = np.cumsum([0] + [len(array) for array in arrays], dtype=np.int32)
+    flat = np.concatenate(arrays).reshape(-1) if arrays else np.zeros(0, dtype)
+    return pa.ListArray.from_arrays(offsets, pa.FixedSizeListArray.from_arrays(flat, k))

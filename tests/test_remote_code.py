@@ -7,7 +7,14 @@ import sys
 
 import pytest
 
-CODE_FILES = {"configuration_blsp.py", "modeling_blsp.py", "processing_blsp.py", "audio_blsp.py", "pipeline_blsp.py"}
+CODE_FILES = {
+    "configuration_blsp.py",
+    "modeling_blsp.py",
+    "adapter_blsp.py",
+    "processing_blsp.py",
+    "audio_blsp.py",
+    "pipeline_blsp.py",
+}
 
 LOAD_AND_GENERATE = r"""
 import json, sys

@@ -30,6 +30,7 @@ SHIPPED_SUFFIXES = (".json", ".jinja", ".safetensors", ".py")
 HUB_CODE_FILES = (
     "configuration_blsp.py",
     "modeling_blsp.py",
+    "adapter_blsp.py",
     "processing_blsp.py",
     "audio_blsp.py",
     "pipeline_blsp.py",

@@ -1,0 +1,108 @@
+"""BLSP's speech side: the Whisper encoder on clips of any length up to 30 s, the modality adapter that turns its
+states into LLM input embeddings, and the adapter's CTC readout through the LLM's token embeddings."""
+
+import torch
+from torch import nn
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+try:
+    from .configuration_blsp import BlspConfig
+except ImportError:  # imported as a top-level module by this repository's scripts
+    from configuration_blsp import BlspConfig
+
+
+def lengths_after_conv(lengths: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """Valid output lengths of a 1-D convolution for valid input `lengths`."""
+    kernel, stride, padding = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+    return (lengths + 2 * padding - kernel) // stride + 1
+
+
+def length_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
+    """Boolean (batch, max_length) mask, True on the first `lengths[i]` positions of row i."""
+    return torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class BlspModalityAdapter(nn.Module):
+    """The published BLSP adapter: strided Conv1d + GLU layers (8x shorter), a residual bottleneck, LayerNorm.
+
+    Padded frames are zeroed before every convolution, so a clip's output never depends on its batch.
+    """
+
+    def __init__(self, config: BlspConfig):
+        super().__init__()
+        speech_dim, text_dim = config.speech_config.d_model, config.text_config.hidden_size
+        kernel, stride = config.adapter_conv_kernel_size, config.adapter_conv_stride
+        layers = config.adapter_num_conv_layers
+        self.convs = nn.ModuleList(
+            nn.Conv1d(speech_dim, 2 * (text_dim if index == layers - 1 else speech_dim), kernel, stride, kernel // 2)
+            for index in range(layers)
+        )
+        self.bottleneck_down = nn.Linear(text_dim, config.adapter_bottleneck_dim, bias=False)
+        self.bottleneck_up = nn.Linear(config.adapter_bottleneck_dim, text_dim, bias=False)
+        self.layer_norm = nn.LayerNorm(text_dim, eps=config.adapter_layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(batch, frames, speech_dim) encoder states with valid `lengths` -> (batch, tokens, text_dim), lengths."""
+        hidden_states = hidden_states.transpose(1, 2)
+        for conv in self.convs:
+            hidden_states = hidden_states * length_mask(lengths, hidden_states.shape[-1])[:, None, :]
+            hidden_states = nn.functional.glu(conv(hidden_states), dim=1)
+            lengths = lengths_after_conv(lengths, conv)
+        hidden_states = hidden_states.transpose(1, 2)
+        hidden_states = hidden_states + self.bottleneck_up(nn.functional.gelu(self.bottleneck_down(hidden_states)))
+        return self.layer_norm(hidden_states), lengths
+
+
+def ctc_readout(speech_embeds: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+    """Logits of the blank (column 0, always 0) and of every token (a frame's dot product with its embedding)."""
+    logits = speech_embeds @ embeddings.to(speech_embeds.dtype).T
+    return torch.cat([logits.new_zeros(*logits.shape[:-1], 1), logits], dim=-1)
+
+
+def encode_variable_length(
+    encoder: WhisperEncoder, input_features: torch.Tensor, frame_lengths: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run a Whisper encoder on features of any length up to 30 s, masking padded frames.
+
+    `WhisperEncoder.forward` insists on 3000 frames; this runs the same layers on the given length, slicing the
+    positional table, so that a 5 s clip costs 5 s of compute.
+    """
+    features = input_features * length_mask(frame_lengths, input_features.shape[-1])[:, None, :]
+    hidden_states = nn.functional.gelu(encoder.conv1(features))
+    hidden_states = hidden_states * length_mask(frame_lengths, hidden_states.shape[-1])[:, None, :]
+    hidden_states = nn.functional.gelu(encoder.conv2(hidden_states)).permute(0, 2, 1)
+    lengths = lengths_after_conv(frame_lengths, encoder.conv2)
+    positions = encoder.embed_positions.weight[: hidden_states.shape[1]]
+    hidden_states = hidden_states + positions.to(hidden_states.dtype)
+    hidden_states = nn.functional.dropout(hidden_states, p=encoder.dropout, training=encoder.training)
+    attention_mask = create_bidirectional_mask(
+        config=encoder.config,
+        inputs_embeds=hidden_states,
+        attention_mask=length_mask(lengths, hidden_states.shape[1]),
+    )
+    for layer in encoder.layers:
+        hidden_states = layer(hidden_states, attention_mask)
+    return encoder.layer_norm(hidden_states), lengths
+
+
+def encode_unmasked(
+    encoder: WhisperEncoder, input_features: torch.Tensor, frame_lengths: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whisper's own encoder on 30 s windows of padded features, the padding attended, as the original BLSP did.
+
+    The output is cut at the longest clip's length; the adapter then masks every clip past its own length.
+    """
+    window = encoder.max_source_positions * encoder.conv1.stride[0] * encoder.conv2.stride[0]
+    longest = int(frame_lengths.max())
+    if input_features.shape[-1] != window or (longest < window and not input_features[..., longest:].any()):
+        raise ValueError(
+            f"encoder_padding='unmasked' needs features padded to 30 s ({window} frames) by the feature extractor, got "
+            f"{input_features.shape[-1]} frames, zero-padded past the clips: build inputs with a BlspProcessor whose "
+            "feature_padding='max_length'."
+        )
+    lengths = lengths_after_conv(frame_lengths, encoder.conv2)
+    return encoder(input_features).last_hidden_state[:, : int(lengths.max())], lengths
+
+
+__all__ = ["BlspModalityAdapter", "ctc_readout", "encode_unmasked", "encode_variable_length"]
