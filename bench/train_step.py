@@ -4,6 +4,7 @@
     python bench/train_step.py                         # whisper-small + Qwen2.5-0.5B shapes, random weights
     python bench/train_step.py --repeats 2             # best of 2 interleaved repeats (a shared machine)
     python bench/train_step.py --num_clips 8 --llm_layers 4
+    python bench/train_step.py --compare teacher padding precision   # ours against ours, one option changed
 
 Both runs train the adapter (cross-entropy on the continuation) through `Trainer.train` on the same clips (3 to
 20 s, evenly spread, corpus order shuffled), decoded in the collator, batches of `--batch_size`, one pass:
@@ -13,6 +14,12 @@ Both runs train the adapter (cross-entropy on the continuation) through `Trainer
 - ours: `BlspTrainer` with the encoder on the batch's longest clip (`"longest"`), batches of similar duration
   (the clips sorted by duration, as the length-grouped sampler orders each mega-batch), logits on the response
   positions only.
+`--compare` picks the pairs (default `recipe`, the comparison above); each of the others runs ours twice, the
+first its baseline:
+- teacher: `--loss kl` with the live teacher (the LLM reads the transcript at every step) vs step 1's cached top-k
+  teacher (`--teacher cached`; a random top-`--top_k` teacher written into the corpus, as step 1 stores it);
+- padding: cross-entropy on padded batches vs `--padding_free` (each batch packed into one row);
+- precision: fp32 vs bf16 autocast (`--bf16`; on CPU, where the first run of the other pairs is fp32).
 Each run goes in its own process (a warm-up step, then the timed pass) so that peak memory is its own: peak RSS on
 CPU (also shown above the RSS after the model is built), `torch.cuda.max_memory_allocated` on GPU.
 """
@@ -39,10 +46,12 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 from speech import SENTENCES  # noqa: E402
 from tiny_models import build_tokenizer  # noqa: E402
 
+import objectives_blsp  # noqa: E402
 import train_adapter  # noqa: E402
 import training_blsp  # noqa: E402
 import training_data_blsp  # noqa: E402
 from configuration_blsp import BlspConfig  # noqa: E402
+from data_blsp import TEACHER_IDS, TEACHER_LOGPROBS  # noqa: E402
 from modeling_blsp import BlspForConditionalGeneration  # noqa: E402
 from processing_blsp import BlspProcessor, add_speech_token  # noqa: E402
 
@@ -74,19 +83,23 @@ class PublishedRecipeCollator(training_blsp.SpeechPromptCollator):
         return batch
 
 
-RUNS = {
-    "published": {
-        "encoder_padding": "max_length",
-        "sorted": False,
-        "trainer": Trainer,
-        "collator": PublishedRecipeCollator,
+OURS = {
+    "encoder_padding": "longest",
+    "sorted": True,
+    "trainer": training_blsp.BlspTrainer,
+    "collator": training_blsp.SpeechPromptCollator,
+    "loss": "ce",
+}
+PUBLISHED = {**OURS, "encoder_padding": "max_length", "sorted": False, "trainer": Trainer}
+PUBLISHED["collator"] = PublishedRecipeCollator
+COMPARISONS = {  # each a baseline run, then the run compared with it
+    "recipe": {"published": PUBLISHED, "ours": OURS},
+    "teacher": {
+        "live teacher": {**OURS, "loss": "kl", "teacher": "live"},
+        "cached teacher": {**OURS, "loss": "kl", "teacher": "cached"},
     },
-    "ours": {
-        "encoder_padding": "longest",
-        "sorted": True,
-        "trainer": training_blsp.BlspTrainer,
-        "collator": training_blsp.SpeechPromptCollator,
-    },
+    "padding": {"padded": OURS, "padding-free": {**OURS, "padding_free": True}},
+    "precision": {"fp32": {**OURS, "bf16": False}, "bf16": {**OURS, "bf16": True}},
 }
 
 
@@ -97,11 +110,15 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--llm_layers", type=int, default=24, help="Decoder layers of the 0.5B-shaped LLM.")
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU).")
     parser.add_argument("--repeats", type=int, default=1, help="Interleaved repeats of both runs; best kept.")
+    parser.add_argument("--compare", nargs="+", choices=list(COMPARISONS), default=["recipe"], help="Pairs to run.")
+    parser.add_argument("--top_k", type=int, default=64, help="Tokens of the cached teacher (--compare teacher).")
     return parser.parse_args()
 
 
-def write_corpus(directory: str, num_clips: int) -> str:
-    """FLAC clips (tones with noise) of 3 to 20 s in shuffled order, as a step-1 dataset saved to disk."""
+def write_corpus(directory: str, num_clips: int, top_k: int = 0) -> str:
+    """FLAC clips (tones with noise) of 3 to 20 s in shuffled order, as a step-1 dataset saved to disk; with `top_k`,
+    a cached teacher as step 1 writes it: at each response token and EOS, `top_k` distinct random token ids and
+    descending log-probabilities (float16) holding 90% of the mass."""
     os.makedirs(directory)
     durations = np.linspace(3.0, 20.0, num_clips)
     random.Random(0).shuffle(durations)
@@ -117,6 +134,18 @@ def write_corpus(directory: str, num_clips: int) -> str:
         records["audio"].append({"path": path, "bytes": None})
         records["text"].append(" ".join(words[: int(2.5 * seconds)]))  # about 2.5 spoken words per second
         records["continuation"].append(" ".join(words[index : index + CONTINUATION_WORDS]))
+    if top_k:
+        tokenizer = build_tokenizer(chat=True)
+        positions = [len(ids) + 1 for ids in tokenizer(records["continuation"], add_special_tokens=False)["input_ids"]]
+        vocab_size = QWEN25_05B["vocab_size"]
+        records[TEACHER_IDS] = [
+            [generator.choice(vocab_size, top_k, replace=False).astype(np.int32) for _ in range(count)]
+            for count in positions
+        ]
+        records[TEACHER_LOGPROBS] = [
+            np.log(0.9 * -np.sort(-generator.dirichlet(np.ones(top_k), size=count), axis=-1)).astype(np.float16)
+            for count in positions
+        ]
     dataset = Dataset.from_dict(records).cast_column("audio", Audio(decode=False))
     dataset.save_to_disk(os.path.join(directory, "dataset"))
     return os.path.join(directory, "dataset")
@@ -160,20 +189,24 @@ def train(run: dict, model, processor, dataset, bench: argparse.Namespace, outpu
         logging_strategy="no",
         report_to="none",
         disable_tqdm=True,
-        bf16=bench.bf16,
+        bf16=run.get("bf16", bench.bf16),
         use_cpu=not torch.cuda.is_available(),
+        loss=run["loss"],
+        teacher=run.get("teacher", "auto"),
+        padding_free=run.get("padding_free", False),
     )
-    collator = run["collator"](processor, with_teacher=False)
+    with_teacher = objectives_blsp.needs_teacher(args.loss_terms)
+    collator = run["collator"](processor, with_teacher=with_teacher, cached_teacher=args.teacher == "cached")
     trainer = run["trainer"](model=model, args=args, data_collator=collator, train_dataset=dataset)
     return trainer.train().metrics
 
 
-def run_one(name: str, dataset_path: str, bench: argparse.Namespace, work: str) -> dict:
+def run_one(comparison: str, name: str, dataset_path: str, bench: argparse.Namespace, work: str) -> dict:
     """One run in this (fresh) process: a warm-up step, then a timed pass over every clip."""
-    run = RUNS[name]
+    run = COMPARISONS[comparison][name]
     model, processor = build_model_and_processor(run["encoder_padding"], bench.llm_layers)
     dataset, _ = training_data_blsp.prepare_dataset(
-        [dataset_path], "train", train_adapter.DataArguments(dataset_name=[dataset_path]), {"ce"}, "length"
+        [dataset_path], "train", train_adapter.DataArguments(dataset_name=[dataset_path]), {run["loss"]}, "length"
     )
     if run["sorted"]:
         dataset = dataset.sort("length", reverse=True)
@@ -181,9 +214,9 @@ def run_one(name: str, dataset_path: str, bench: argparse.Namespace, work: str) 
     if torch.cuda.is_available():
         model.cuda()
         torch.cuda.reset_peak_memory_stats()
-    train(run, model, processor, dataset, bench, os.path.join(work, f"{name}_warmup"), steps=1)
+    train(run, model, processor, dataset, bench, os.path.join(work, f"{comparison}_{name}_warmup"), steps=1)
     steps = len(dataset) // bench.batch_size
-    metrics = train(run, model, processor, dataset, bench, os.path.join(work, name), steps=steps)
+    metrics = train(run, model, processor, dataset, bench, os.path.join(work, f"{comparison}_{name}"), steps=steps)
     result = {
         "samples_per_second": steps * bench.batch_size / metrics["train_runtime"],
         "seconds": metrics["train_runtime"],
@@ -199,29 +232,39 @@ def run_one(name: str, dataset_path: str, bench: argparse.Namespace, work: str) 
 def main():
     bench = parse_arguments()
     work = tempfile.mkdtemp(prefix="bench_train_step_")
-    dataset_path = write_corpus(os.path.join(work, "clips"), bench.num_clips)
-    repeats = {name: [] for name in RUNS}
-    for _ in range(bench.repeats):  # interleaved, best of each: a shared machine's load varies
-        for name in RUNS:
-            with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-                repeats[name].append(pool.submit(run_one, name, dataset_path, bench, work).result())
-    results = {name: max(runs, key=lambda run: run["samples_per_second"]) for name, runs in repeats.items()}
-
-    published, ours = results["published"], results["ours"]
+    top_k = bench.top_k if "teacher" in bench.compare else 0
+    dataset_path = write_corpus(os.path.join(work, "clips"), bench.num_clips, top_k)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
-    memory_key = "peak_cuda_mib" if torch.cuda.is_available() else "peak_rss_mib"
     print(f"\nwhisper-small encoder + Qwen2.5-0.5B-shaped LLM ({bench.llm_layers} layers), random weights; {device}")
-    print(f"{bench.num_clips} clips of 3-20 s, batches of {bench.batch_size}, {ours['steps']} steps each", end="")
-    print(f"; best of {bench.repeats} interleaved repeats\n")
+    print(
+        f"{bench.num_clips} clips of 3-20 s, batches of {bench.batch_size}, best of {bench.repeats} interleaved repeats"
+    )
+    for comparison in bench.compare:
+        repeats = {name: [] for name in COMPARISONS[comparison]}
+        for _ in range(bench.repeats):  # interleaved, best of each: a shared machine's load varies
+            for name in repeats:
+                with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+                    repeats[name].append(pool.submit(run_one, comparison, name, dataset_path, bench, work).result())
+        report(
+            comparison, {name: max(runs, key=lambda run: run["samples_per_second"]) for name, runs in repeats.items()}
+        )
+
+
+def report(comparison: str, results: dict):
+    """The comparison's table (best repeat of each run) and the second run's ratios to the first."""
+    (baseline_name, baseline), (name, compared) = results.items()
+    memory_key = "peak_cuda_mib" if torch.cuda.is_available() else "peak_rss_mib"
+    print(f"\n{comparison}: {compared['steps']} steps each\n")
     print("| run | samples/s | peak memory (MiB) | peak above model (MiB) |")
     print("|---|---:|---:|---:|")
-    for name, result in results.items():
+    for run_name, result in results.items():
         above = f"{result['peak_above_model_mib']:.0f}" if memory_key == "peak_rss_mib" else "-"
-        print(f"| {name} | {result['samples_per_second']:.3f} | {result[memory_key]:.0f} | {above} |")
-    speed = ours["samples_per_second"] / published["samples_per_second"]
-    print(f"\nours / published: {speed:.2f}x samples/s, {ours[memory_key] / published[memory_key]:.2f}x peak memory")
+        print(f"| {run_name} | {result['samples_per_second']:.3f} | {result[memory_key]:.0f} | {above} |")
+    speed = compared["samples_per_second"] / baseline["samples_per_second"]
+    memory = compared[memory_key] / baseline[memory_key]
+    print(f"\n{name} / {baseline_name}: {speed:.2f}x samples/s, {memory:.2f}x peak memory")
     if memory_key == "peak_rss_mib":
-        ratio = ours["peak_above_model_mib"] / published["peak_above_model_mib"]
+        ratio = compared["peak_above_model_mib"] / baseline["peak_above_model_mib"]
         print(f"peak memory above the model: {ratio:.2f}x")
     print(json.dumps(results))
 
