@@ -81,6 +81,11 @@ def check_base_shapes(config: BlspConfig, speech_encoder: WhisperEncoder, langua
             )
 
 
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count only attended tokens (left padding, frames left out by `speech_compression`)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 @dataclass
 class BlspCausalLMOutputWithPast(CausalLMOutputWithPast):
     """The LLM's outputs, plus the attention mask with the frames that `speech_compression` left out (generation
@@ -361,7 +366,7 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
                 speech_mask = self.get_placeholder_mask(input_ids, speech_embeds)
                 if self.config.speech_compression == "ctc":
                     speech_embeds, attention_mask = self.compress_speech(speech_embeds, speech_mask, attention_mask)
-                    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+                    position_ids = positions_from_mask(attention_mask)
                 inputs_embeds = inputs_embeds.masked_scatter(
                     speech_mask.unsqueeze(-1).to(inputs_embeds.device), speech_embeds.to(inputs_embeds)
                 )
@@ -369,7 +374,7 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
             speech_positions = input_ids[:, -labels.shape[1] :] == self.config.speech_token_id
             labels = labels.masked_fill(speech_positions, IGNORE_INDEX)
         if position_ids is None and attention_mask is not None and attention_mask.ndim == 2:
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -inputs_embeds.shape[1] :]
+            position_ids = positions_from_mask(attention_mask)[:, -inputs_embeds.shape[1] :]
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -406,7 +411,7 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
         if attention_mask is not None:
             model_kwargs["attention_mask"] = attention_mask
             if model_kwargs.get("position_ids") is not None:
-                model_kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+                model_kwargs["position_ids"] = positions_from_mask(attention_mask)
         return super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
 
     def prepare_inputs_for_generation(
