@@ -76,3 +76,13 @@ def initial_blsp(tiny_checkpoints, responsive_llm, tmp_path_factory) -> str:
     """A saved, untrained BLSP checkpoint (tiny Whisper + responsive LLM) to continue training from."""
     directory = str(tmp_path_factory.mktemp("initial_blsp"))
     return save_untrained_blsp(tiny_checkpoints["whisper"], responsive_llm, directory)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`): tiny models gain
+    nothing from threads, and spinning threads stall for seconds on a busy shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

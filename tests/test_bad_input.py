@@ -9,7 +9,6 @@ import socket
 import numpy as np
 import pytest
 import soundfile
-import torch
 from datasets import load_dataset
 from safetensors.torch import load_file, save_file
 from test_train_adapter import run_flags, write_dataset
@@ -36,12 +35,7 @@ class EvilTokenizer(PreTrainedTokenizerFast):
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

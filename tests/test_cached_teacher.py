@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from datasets import load_dataset
+from test_train_adapter import logged_losses, model_flags, run_flags
 from transformers import AutoTokenizer
 
 import generate_continuations
@@ -22,12 +23,7 @@ TEMPERATURE = 2.0
 SMALL_K = 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def step_one(speech_corpus, llm: str, output_dir: str, top_k: int) -> str:
@@ -145,27 +141,11 @@ def test_cached_kl_equals_live_with_the_whole_vocabulary(blsp, full_cache, small
 
 def train(tiny_checkpoints, responsive_llm, dataset: str, output_dir: str, *flags: str) -> list[float]:
     """30 steps of the KL objective on every row at once (the test_train_adapter settings); the logged losses."""
-    settings = {
-        "speech_encoder_name_or_path": tiny_checkpoints["whisper"],
-        "llm_name_or_path": responsive_llm,
-        "dataset_name": dataset,
-        "output_dir": output_dir,
-        "loss": "kl",
-        "kl_temperature": TEMPERATURE,
-        "max_steps": 30,
-        "per_device_train_batch_size": 16,
-        "learning_rate": 3e-3,
-        "lr_scheduler_type": "constant",
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "report_to": "none",
-        "use_cpu": True,
-        "seed": 0,
-        "disable_tqdm": True,
-    }
-    train_adapter.main([item for key, value in settings.items() for item in (f"--{key}", str(value))] + list(flags))
-    with open(os.path.join(output_dir, "trainer_state.json")) as file:
-        return [entry["loss"] for entry in json.load(file)["log_history"] if "loss" in entry]
+    objective = ("--loss", "kl", "--kl_temperature", str(TEMPERATURE), "--learning_rate", "3e-3")
+    train_adapter.main(
+        model_flags(tiny_checkpoints, responsive_llm) + run_flags(dataset, output_dir, 30, *objective, *flags)
+    )
+    return logged_losses(output_dir)
 
 
 def test_cached_gradients_are_the_live_ones(blsp, full_cache, small_cache, speech_corpus):

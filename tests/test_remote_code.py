@@ -7,14 +7,9 @@ import sys
 
 import pytest
 
-CODE_FILES = {
-    "configuration_blsp.py",
-    "modeling_blsp.py",
-    "adapter_blsp.py",
-    "processing_blsp.py",
-    "audio_blsp.py",
-    "pipeline_blsp.py",
-}
+from world import build_demo
+
+CODE_FILES = set(build_demo.HUB_CODE_FILES)
 
 LOAD_AND_GENERATE = r"""
 import json, sys

@@ -29,13 +29,7 @@ METADATA = {"instruction": INSTRUCTION, "prompt_layout": "instruction_first", "s
 CONTINUATIONS = ["the cat sat on the mat", "a quick brown fox", "the bird in the tree", "please translate the text"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and spinning threads stall for seconds on a busy shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def continuation_rows(corpus, with_continuation: bool, unreadable_rows: int = 0) -> Dataset:
