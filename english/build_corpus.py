@@ -1,6 +1,7 @@
 """Build an English speech corpus offline: WordNet's example sentences spoken by many voices, recorded-like.
 
-    python -m english.build_corpus [--output_dir english/data] [--num_train 3000] [--num_test 60]
+    python -m english.build_corpus [--output_dir english/data] [--num_train 3000] [--num_test 60] \
+        [--num_extra_train 16000] [--num_workers 2]
 
 Sentences are the example sentences of Debian's WordNet (`apt-get install wordnet-base`), filtered to plain
 sentences of 6 to 14 words (letters, commas, apostrophes and hyphens; no capitalised word past the first, so no
@@ -13,6 +14,9 @@ Splits (audiofolders: 16 kHz mono FLAC + `metadata.jsonl` with `file_name`, `tex
 `voice`, `speed` and the recording conditions; the test splits also `question` and `answer`):
 - `train`: training sentences in training voices (espeak-ng accents x variants, festival `kal_diphone` and
   `cmu_us_slt_arctic_hts`; `world.build_speech`'s voices and speeds);
+- `train_extra`: more training sentences (the ones after `train`'s) in training voices, drawn from a generator of
+  their own, so that the other splits do not depend on how many there are; for the recognition warm-up, which
+  needs no continuations;
 - `test_seen_voice`: held-out sentences in training voices;
 - `test_heldout_voice`: held-out sentences in espeak-ng `en-gb-scotland+f2` at 170 wpm (no training clip's);
 - `test_heldout_festival_voice`: held-out sentences in festival's `ked_diphone`;
@@ -25,10 +29,12 @@ background noise.
 import argparse
 import glob
 import json
+import multiprocessing
 import os
 import random
 import re
 import shutil
+from contextlib import nullcontext
 
 import numpy as np
 import soundfile
@@ -109,7 +115,9 @@ def question_for(sentence: str) -> tuple[str, str] | None:
 
 
 def split_sentences(sentences: list[str], num_train: int, num_test: int, seed: int) -> tuple[list, list]:
-    """Held-out sentences (each with a question) and training sentences, disjoint, drawn with `seed`."""
+    """Held-out sentences (each with a question) and training sentences, disjoint, drawn with `seed`.
+
+    The training sentences are all the others, in drawn order; the first `num_train` are `train`'s."""
     shuffled = random.Random(seed).sample(sentences, len(sentences))
     test, rest = [], []
     for sentence in shuffled:
@@ -122,12 +130,17 @@ def split_sentences(sentences: list[str], num_train: int, num_test: int, seed: i
         raise ValueError(
             f"asked for {num_train} train and {num_test} held-out sentences, found {len(rest)} and {len(test)}"
         )
-    return rest[:num_train], test
+    return rest, test
 
 
-def clip_plan(num_train: int, num_test: int, seed: int, wordnet_dir: str = WORDNET_DIR) -> dict[str, list[dict]]:
+def clip_plan(
+    num_train: int, num_test: int, seed: int, num_extra_train: int = 0, wordnet_dir: str = WORDNET_DIR
+) -> dict[str, list[dict]]:
     """Every split's metadata rows: sentence, synthesizer, voice, speed and drawn recording conditions."""
-    train, test = split_sentences(wordnet_sentences(wordnet_dir), num_train, num_test, seed)
+    rest, test = split_sentences(wordnet_sentences(wordnet_dir), num_train, num_test, seed)
+    train, extra = rest[:num_train], rest[num_train : num_train + num_extra_train]
+    if len(extra) < num_extra_train:
+        raise ValueError(f"asked for {num_extra_train} extra training sentences, found {len(extra)}")
     rng = random.Random(seed + 1)
     voices = {
         "train": lambda: (*pick_training_voice(rng), rng.choice(TRAIN_SPEEDS)),
@@ -144,6 +157,13 @@ def clip_plan(num_train: int, num_test: int, seed: int, wordnet_dir: str = WORDN
             row = {"file_name": f"{index:05d}.flac", **sentence, "synthesizer": synthesizer, "voice": name}
             rows.append({**row, "speed": speed, **draw_recording(rng)})
         plan[split] = rows
+    extra_rng = random.Random(seed + 2)
+    plan["train_extra"] = [
+        {"file_name": f"{index:05d}.flac", **sentence, "synthesizer": synthesizer, "voice": name, "speed": speed}
+        | draw_recording(extra_rng)
+        for index, sentence in enumerate(extra)
+        for synthesizer, name, speed in [(*pick_training_voice(extra_rng), extra_rng.choice(TRAIN_SPEEDS))]
+    ]
     return plan
 
 
@@ -162,13 +182,20 @@ def speak_piper(rows: list[dict]) -> list[np.ndarray]:
     return speech
 
 
-def write_split(directory: str, rows: list[dict], seed: tuple[int, ...]) -> None:
-    """Speak and record every row into `directory`, then write `metadata.jsonl` with each clip's duration."""
+def write_split(directory: str, rows: list[dict], seed: tuple[int, ...], num_workers: int = 1) -> None:
+    """Speak and record every row into `directory`, then write `metadata.jsonl` with each clip's duration.
+
+    espeak-ng and festival speak in `num_workers` processes, each a contiguous chunk of the rows (the clips do not
+    depend on how many)."""
     os.makedirs(directory, exist_ok=True)
     piper = [index for index, row in enumerate(rows) if row["synthesizer"] == PIPER]
     others = [index for index, row in enumerate(rows) if row["synthesizer"] != PIPER]
     speech = [None] * len(rows)
-    for index, samples in zip(others, speak_rows([rows[index] for index in others])):
+    size = -(-len(others) // max(1, num_workers)) or 1
+    chunks = [[rows[index] for index in others[start : start + size]] for start in range(0, len(others), size)]
+    with multiprocessing.Pool(min(num_workers, len(chunks))) if len(chunks) > 1 else nullcontext() as pool:
+        spoken = pool.map(speak_rows, chunks) if pool else [speak_rows(chunk) for chunk in chunks]
+    for index, samples in zip(others, (samples for chunk in spoken for samples in chunk)):
         speech[index] = samples
     for index, samples in zip(piper, speak_piper([rows[index] for index in piper]) if piper else []):
         speech[index] = trim(samples)
@@ -180,14 +207,16 @@ def write_split(directory: str, rows: list[dict], seed: tuple[int, ...]) -> None
         file.writelines(json.dumps(row) + "\n" for row in rows)
 
 
-def build_corpus(output_dir: str, num_train: int, num_test: int, seed: int = 0, splits=None) -> dict:
+def build_corpus(
+    output_dir: str, num_train: int, num_test: int, seed: int = 0, splits=None, num_extra_train=0, num_workers=1
+) -> dict:
     """Write the splits (all by default) under `output_dir`, each replacing its folder; returns their rows."""
-    plan = clip_plan(num_train, num_test, seed)
+    plan = clip_plan(num_train, num_test, seed, num_extra_train)
     for position, (split, rows) in enumerate(plan.items()):
-        if splits and split not in splits:
+        if splits and split not in splits or not rows:
             continue
         shutil.rmtree(os.path.join(output_dir, split), ignore_errors=True)
-        write_split(os.path.join(output_dir, split), rows, (seed, position))
+        write_split(os.path.join(output_dir, split), rows, (seed, position), num_workers)
         print(f"{split}: {len(rows)} clips, {sum(row['duration'] for row in rows) / 3600:.2f} h", flush=True)
     return plan
 
@@ -197,10 +226,16 @@ def main():
     parser.add_argument("--output_dir", default="english/data")
     parser.add_argument("--num_train", type=int, default=3000, help="Training clips (distinct training sentences).")
     parser.add_argument("--num_test", type=int, default=60, help="Held-out sentences, spoken once per test split.")
+    parser.add_argument(
+        "--num_extra_train", type=int, default=16000, help="Clips of `train_extra` (0: none; WordNet has 16,383)."
+    )
     parser.add_argument("--splits", nargs="*", default=None, help="Build only these splits.")
+    parser.add_argument("--num_workers", type=int, default=os.cpu_count(), help="Synthesis processes.")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    build_corpus(args.output_dir, args.num_train, args.num_test, args.seed, args.splits)
+    build_corpus(
+        args.output_dir, args.num_train, args.num_test, args.seed, args.splits, args.num_extra_train, args.num_workers
+    )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import os
 
 import torch
 
-import evaluate_blsp as scoring
+import evaluation_blsp as scoring
 from english.build_corpus import TEST_SPLITS
 from modeling_blsp import BlspForConditionalGeneration, ctc_readout
 from processing_blsp import BlspProcessor, load_audio

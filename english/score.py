@@ -19,7 +19,7 @@ import os
 
 from transformers import pipeline
 
-import evaluate_blsp as scoring
+import evaluation_blsp as scoring
 from data_blsp import CorpusArguments
 from english.build_corpus import TEST_SPLITS
 from processing_blsp import CONTINUATION_INSTRUCTION, load_audio

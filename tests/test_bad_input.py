@@ -20,7 +20,7 @@ import processing_blsp
 import train_adapter
 import training_data_blsp
 from data_blsp import CorpusArguments
-from evaluate_blsp import EvaluationArguments, evaluate
+from evaluation_blsp import EvaluationArguments, evaluate
 from processing_blsp import AudioInputError, BlspProcessor
 
 EVIL_TOKENIZER = """

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from data_blsp import CorpusArguments
-from evaluate_blsp import EvaluationArguments, evaluate, score
+from evaluation_blsp import EvaluationArguments, evaluate, score
 from processing_blsp import BlspProcessor, render_prompt
 
 

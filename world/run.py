@@ -20,7 +20,7 @@ import torch
 import yaml
 from transformers import pipeline
 
-import evaluate_blsp as scoring
+import evaluation_blsp as scoring
 import generate_continuations
 import train_adapter
 from data_blsp import CorpusArguments
