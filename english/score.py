@@ -79,7 +79,7 @@ def run_task(system: dict, evaluation_set: str, task: str, output_dir: str, args
         instruction_column_name="question" if task == "question" else None,
         reference_column_name="answer" if task == "question" else None,
         asr_transcript_column_name="asr_transcript" if system["input"] == "cascade" else None,
-        prompt_layout="speech_first",
+        prompt_layout=args.prompt_layout,
         speech_model_name_or_path=args.asr,
         text_model_name_or_path=args.llm,
         batch_size=args.batch_size,
@@ -146,6 +146,12 @@ def main():
         "--systems", nargs="*", default=["blsp", "untrained", "text_input", "cascade"], help="Score only these."
     )
     parser.add_argument("--max_samples", type=int, default=None)
+    parser.add_argument(
+        "--prompt_layout",
+        default="speech_first",
+        choices=["speech_first", "instruction_first"],
+        help="Where the speech (or text) goes: before the instruction, as in training, or after it.",
+    )
     parser.add_argument("--batch_size", type=int, default=20)
     args = parser.parse_args()
     os.makedirs(args.output_dir, exist_ok=True)

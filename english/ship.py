@@ -19,6 +19,7 @@ import shutil
 import torch
 from transformers import pipeline
 
+from evaluation_blsp import score
 from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import BlspProcessor
 
@@ -47,18 +48,21 @@ def copy_examples(data_dir: str, output_dir: str) -> list[dict]:
     return rows
 
 
-def record_answers(output_dir: str, rows: list[dict], bases: dict) -> dict[str, str]:
-    """The shipped model's greedy answers to "Repeat the following text." for every example clip, saved."""
-    speech_llm = pipeline(model=output_dir, trust_remote_code=True, model_kwargs=bases)
+def record_answers(output_dir: str, rows: list[dict], bases: dict) -> dict:
+    """The shipped model's greedy answers to "Repeat the following text." for every example clip, saved: with the
+    processor's prompt layout (as trained, `answers`) and with the instruction first (`instruction_first`, with its
+    WER against the transcripts)."""
     clips = [os.path.join(output_dir, EXAMPLES_DIR, row["file_name"]) for row in rows]
-    answers = speech_llm(clips, instruction=TRANSCRIBE_INSTRUCTION, max_new_tokens=ANSWER_TOKENS, batch_size=4)
-    recorded = {row["file_name"]: answer["generated_text"] for row, answer in zip(rows, answers)}
+    recorded = {"instruction": TRANSCRIBE_INSTRUCTION, "max_new_tokens": ANSWER_TOKENS}
+    for key, layout in (("answers", None), ("instruction_first", "instruction_first")):
+        processor = BlspProcessor.from_pretrained(output_dir, **({"prompt_layout": layout} if layout else {}))
+        speech_llm = pipeline(model=output_dir, processor=processor, trust_remote_code=True, model_kwargs=bases)
+        answers = speech_llm(clips, instruction=TRANSCRIBE_INSTRUCTION, max_new_tokens=ANSWER_TOKENS, batch_size=4)
+        recorded[key] = {row["file_name"]: answer["generated_text"] for row, answer in zip(rows, answers)}
+    predictions = [recorded["instruction_first"][row["file_name"]] for row in rows]
+    recorded["instruction_first_wer"] = round(score(predictions, [row["text"] for row in rows])["wer"], 1)
     with open(os.path.join(output_dir, EXAMPLES_DIR, "answers.json"), "w", encoding="utf-8") as file:
-        json.dump(
-            {"instruction": TRANSCRIBE_INSTRUCTION, "max_new_tokens": ANSWER_TOKENS, "answers": recorded},
-            file,
-            indent=1,
-        )
+        json.dump(recorded, file, indent=1)
     return recorded
 
 
