@@ -92,7 +92,9 @@ def main():
     shutil.rmtree(args.output_dir, ignore_errors=True)
     model.save_pretrained(args.output_dir)
     # This project's processor class, not the checkpoint's copy of it: the shipped code is the current code.
-    BlspProcessor.from_pretrained(args.checkpoint).save_pretrained(args.output_dir)
+    processor = BlspProcessor.from_pretrained(args.checkpoint)
+    processor.tokenizer.init_kwargs.pop("local_files_only", None)  # HF_HUB_OFFLINE here is not the user's setting
+    processor.save_pretrained(args.output_dir)
     card = args.card or os.path.join(args.checkpoint, "README.md")
     if os.path.exists(card):
         shutil.copyfile(card, os.path.join(args.output_dir, "README.md"))
