@@ -28,7 +28,8 @@ def base_model_ids(model_args, config) -> list[str]:
     return hub_ids([speech, text])
 
 
-def hyperparameters(trainer: Trainer, model_args, trainable_parameters: int) -> dict:
+def hyperparameters(trainer: Trainer, model_args, trainable_parameters: int, teacher: str | None = None) -> dict:
+    """The card's table; `teacher`: the KL objective's teacher (`objectives_blsp.teacher_description`)."""
     args = trainer.args
     values = {
         "loss": args.loss,
@@ -50,6 +51,8 @@ def hyperparameters(trainer: Trainer, model_args, trainable_parameters: int) -> 
         "train_speech_encoder": model_args.train_speech_encoder,
     }
     values.update(objective_settings(args))
+    if teacher is not None:
+        values["teacher"] = teacher
     if model_args.lora_r:
         values.update(
             lora_r=model_args.lora_r,
@@ -89,8 +92,10 @@ def build_model_card(
     instructions: list[str],
     trainable_parameters: int,
     trainer: Trainer,
+    teacher: str | None = None,
 ) -> ModelCard:
-    """Base models, data, objective, hyper-parameters, eval loss and usage, with Hub metadata."""
+    """Base models, data, objective, hyper-parameters (with the KL objective's `teacher`), eval loss and usage, with
+    Hub metadata."""
     args = trainer.args
     repo = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
     if model_args.model_name_or_path:
@@ -104,7 +109,8 @@ def build_model_card(
     eval_losses = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
     objective = objective_description(args)
     table = "\n".join(
-        f"| {name} | {value} |" for name, value in hyperparameters(trainer, model_args, trainable_parameters).items()
+        f"| {name} | {value} |"
+        for name, value in hyperparameters(trainer, model_args, trainable_parameters, teacher).items()
     )
     processor = trainer.processing_class
     config = trainer.model.config

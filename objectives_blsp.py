@@ -226,16 +226,15 @@ def needs_teacher(loss_terms: set[str]) -> bool:
     return any(OBJECTIVES[name].needs_teacher for name in loss_terms)
 
 
-def cached_teacher_problem(args, metadatas: list[dict], prompt: dict, has_cache: bool, streaming: bool) -> str | None:
+def cached_teacher_problem(args, metadatas: list[dict], prompt: dict, has_cache: bool) -> str | None:
     """Why step 1's cached teacher cannot stand in for the live one here (None when it can).
 
-    `prompt`: the instruction of each dataset (a list, in `metadatas` order), the prompt layout and system prompt
-    step 2 uses; the cache holds the teacher of the prompt step 1 recorded, at its recorded temperature.
+    `has_cache`: whether the training (and evaluation) rows carry it, which they do when every dataset holds one of
+    the same top-k. `prompt`: the instruction of each dataset (a list, in `metadatas` order), the prompt layout and
+    system prompt step 2 uses; the cache holds the teacher of the prompt step 1 recorded, at its recorded temperature.
     """
-    if streaming:
-        return "--streaming does not read a cached teacher yet"
     if not has_cache:
-        return "the datasets hold no cached teacher (generate_continuations.py --teacher_top_k)"
+        return "not every dataset holds a cached teacher of the same top-k (generate_continuations.py --teacher_top_k)"
     for metadata, instruction in zip(metadatas, prompt["instruction"]):
         if metadata.get("teacher_temperature") != args.kl_temperature:
             return (
@@ -262,6 +261,16 @@ def use_cached_teacher(args, problem: str | None) -> bool:
     if problem is not None:
         logger.info("The KL objective runs the live teacher: %s.", problem)
     return problem is None
+
+
+def teacher_description(args, cached: bool, metadatas: list[dict]) -> str | None:
+    """The model card's `teacher` setting: None when no term has a teacher, else `live` or `cached (top-K,
+    temperature T, from step 1)`."""
+    if not needs_teacher(args.loss_terms):
+        return None
+    if not cached:
+        return "live"
+    return f"cached (top-{metadatas[0]['teacher_top_k']}, temperature {args.kl_temperature}, from step 1)"
 
 
 def check_columns(column_names: list[str], name: str, loss_terms: set[str]):

@@ -3,7 +3,8 @@ by row id, interleaved by weight, shuffled in a buffer, cut to a maximum duratio
 
 Rows carry `corpus` (the dataset's index in `--dataset_name`) and `row_id`, so a run can log what it trained on, and
 `seconds`: the clip's duration from the corpus's duration column when it has one, else None (read from the clip's
-header when the buffer is grouped).
+header when the buffer is grouped). With `teacher_k`, they also carry step 1's cached teacher (`TEACHER_IDS`,
+`TEACHER_LOGPROBS`: the top-k ids and log-probs at each position, as map-style rows do).
 
 A source corpus in parquet files is streamed one file per shard, each numbered from its first row's position in the
 split (from the files' footers): `accelerate` gives each process its own shards, and row ids stay those of step 1.
@@ -15,14 +16,26 @@ import random
 from functools import partial
 
 import fsspec
+import pyarrow as pa
 import pyarrow.parquet as pq
 import soundfile
-from datasets import Audio, Features, IterableDataset, Value, interleave_datasets, load_dataset, load_dataset_builder
+from datasets import (
+    Audio,
+    Features,
+    IterableDataset,
+    List,
+    Value,
+    interleave_datasets,
+    load_dataset,
+    load_dataset_builder,
+)
 
 from data_blsp import (
     AUDIO,
     CONTINUATION,
     ROW_ID,
+    TEACHER_IDS,
+    TEACHER_LOGPROBS,
     TEXT,
     CorpusArguments,
     corpus_format,
@@ -48,38 +61,71 @@ STREAM_FEATURES = Features(
     }
 )
 JOINED_FEATURES = Features({name: STREAM_FEATURES[name] for name in (ROW_ID, AUDIO, TEXT, CONTINUATION, SECONDS)})
+TEACHER_COLUMNS = (TEACHER_IDS, TEACHER_LOGPROBS)
+
+
+def with_teacher(features: Features, teacher_k: int | None) -> Features:
+    """`features` plus the cached teacher's columns of `teacher_k` tokens per position (none when None), typed as
+    step 1 writes them."""
+    if teacher_k is None:
+        return features
+    types = {TEACHER_IDS: "int32", TEACHER_LOGPROBS: "float16"}
+    return Features({**features, **{name: List(List(Value(types[name]), length=teacher_k)) for name in types}})
 
 
 def stream_continuations(
-    name: str, split: str, corpus: int, instruction: str, metadata: dict, duration_column: str = "duration"
+    rows: IterableDataset,
+    corpus: int,
+    instruction: str,
+    metadata: dict,
+    duration_column: str = "duration",
+    teacher_k: int | None = None,
 ) -> IterableDataset:
-    """One continuation dataset as a stream of `STREAM_FEATURES` rows.
+    """One continuation dataset (`rows`: step 1's output, streamed) as a stream of `STREAM_FEATURES` rows, with its
+    cached teacher of `teacher_k` tokens when given (`with_teacher`).
 
     A dataset made with `--embed_audio` streams its own shards. Otherwise its (text-only) rows are read into memory
     and the source corpus named in `metadata["source"]` is streamed, keeping the rows that have a continuation.
     `duration_column` (seconds) is read when the dataset, or its source corpus, has it.
     """
-    rows = load_dataset(name, split=split, streaming=True)
     labels = {CORPUS: corpus, INSTRUCTION: instruction}
+    teacher_columns = list(TEACHER_COLUMNS) if teacher_k is not None else []
     if AUDIO in (rows.column_names or []):
-        stream = rows.select_columns([ROW_ID, AUDIO, TEXT, CONTINUATION, *optional(duration_column, rows.column_names)])
-        stream = stream.cast_column(AUDIO, AUDIO_STORAGE)
+        columns = [ROW_ID, AUDIO, TEXT, CONTINUATION, *optional(duration_column, rows.column_names), *teacher_columns]
+        stream = rows.select_columns(columns).cast_column(AUDIO, AUDIO_STORAGE)
         if duration_column in stream.column_names:
             stream = stream.rename_column(duration_column, SECONDS).cast_column(SECONDS, Value("float64"))
         else:
             labels[SECONDS] = None
     else:
-        continuations = {row[ROW_ID]: (row[TEXT], row[CONTINUATION]) for row in rows}
+        continuations, teacher = read_continuations(rows, teacher_columns)
         source = CorpusArguments(**metadata["source"])
         shards = parquet_shards(source)
         generator, gen_kwargs = joined_shard_rows, {"shards": shards}
         if shards is None:  # not parquet: one shard, numbered as it streams
             generator, gen_kwargs = joined_rows, {"audio": open_audio_stream(source, duration_column)}
-        gen_kwargs.update(continuations=continuations, duration_column=duration_column)
+        gen_kwargs.update(continuations=continuations, duration_column=duration_column, teacher=teacher)
         gen_kwargs["normalize_transcripts"] = metadata.get("normalize_transcripts", False)
-        stream = IterableDataset.from_generator(generator, gen_kwargs=gen_kwargs, features=JOINED_FEATURES)
+        features = with_teacher(JOINED_FEATURES, teacher_k)
+        stream = IterableDataset.from_generator(generator, gen_kwargs=gen_kwargs, features=features)
     # Row by row: a batched map would make each row's key its whole batch's keys, which the buffer's map joins again.
-    return stream.map(partial(label_row, labels=labels), features=STREAM_FEATURES)
+    return stream.map(partial(label_row, labels=labels), features=with_teacher(STREAM_FEATURES, teacher_k))
+
+
+def read_continuations(rows: IterableDataset, teacher_columns: list[str]) -> tuple[dict, pa.Table | None]:
+    """Step 1's text-only rows in memory: row id -> (transcript, continuation, position), and the `teacher_columns`
+    (the cached teacher's, or none: None) as one Arrow table, as compact as stored, whose row `position` is that
+    row's."""
+    continuations, tables, position = {}, [], 0
+    for table in rows.select_columns([ROW_ID, TEXT, CONTINUATION, *teacher_columns]).with_format("arrow").iter(10_000):
+        for row_id, text, continuation in zip(
+            *(table.column(name).to_pylist() for name in (ROW_ID, TEXT, CONTINUATION))
+        ):
+            continuations[row_id] = (text, continuation, position)
+            position += 1
+        tables.append(table.select(teacher_columns))
+    teacher = pa.concat_tables(tables).combine_chunks() if teacher_columns and tables else None
+    return continuations, teacher
 
 
 def optional(column: str, columns: list[str] | None) -> list[str]:
@@ -134,10 +180,14 @@ def parquet_shards(source: CorpusArguments) -> list[dict] | None:
 
 
 def joined_shard_rows(
-    shards: list[dict], continuations: dict, duration_column: str, normalize_transcripts: bool = False
+    shards: list[dict],
+    continuations: dict,
+    duration_column: str,
+    normalize_transcripts: bool = False,
+    teacher: pa.Table | None = None,
 ):
-    """The rows of these source files that have a continuation, numbered from each file's first row id; a row whose
-    transcript is not the one step 1 read there is refused (the source changed since)."""
+    """The rows of these source files that have a continuation (`read_continuations`), numbered from each file's
+    first row id; a row whose transcript is not the one step 1 read there is refused (the source changed since)."""
     normalize = transcript_normalizer(normalize_transcripts)
     for shard in shards:
         columns = [shard["audio"], shard["text"], *optional(duration_column, shard["names"])]
@@ -148,7 +198,8 @@ def joined_shard_rows(
             row_id = shard["offset"] + index
             if row_id in continuations:
                 check_transcript(row_id, continuations[row_id][0], row[shard["text"]], normalize, shard["file"])
-                yield joined_row(row_id, row[shard["audio"]], continuations[row_id], row.get(duration_column))
+                seconds = row.get(duration_column)
+                yield joined_row(row_id, row[shard["audio"]], continuations[row_id], seconds, teacher)
 
 
 def check_transcript(row_id: int, recorded: str, now, normalize, name: str) -> None:
@@ -157,13 +208,19 @@ def check_transcript(row_id: int, recorded: str, now, normalize, name: str) -> N
         raise source_changed(name, [(row_id, recorded, now)])
 
 
-def joined_row(row_id: int, audio: dict, continuation: tuple[str, str], seconds: float | None) -> dict:
-    """A joined row; `audio` is the source's `{"bytes", "path"}` cell, or a path."""
-    text, continuation = continuation
+def joined_row(
+    row_id: int, audio: dict, continuation: tuple[str, str, int], seconds: float | None, teacher: pa.Table | None
+) -> dict:
+    """A joined row; `audio` is the source's `{"bytes", "path"}` cell, or a path; `continuation` a value of
+    `read_continuations`, whose position picks the row's cached teacher from `teacher` (when not None)."""
+    text, continuation, position = continuation
     audio = (
         {"bytes": None, "path": audio} if isinstance(audio, str) else {"bytes": audio["bytes"], "path": audio["path"]}
     )
-    return {ROW_ID: row_id, AUDIO: audio, TEXT: text, CONTINUATION: continuation, SECONDS: seconds}
+    row = {ROW_ID: row_id, AUDIO: audio, TEXT: text, CONTINUATION: continuation, SECONDS: seconds}
+    if teacher is not None:
+        row.update({name: teacher.column(name)[position].as_py() for name in teacher.column_names})
+    return row
 
 
 def open_audio_stream(source: CorpusArguments, duration_column: str = "duration") -> IterableDataset:
@@ -184,14 +241,20 @@ def open_audio_stream(source: CorpusArguments, duration_column: str = "duration"
     return stream.take(source.max_samples) if source.max_samples is not None else stream
 
 
-def joined_rows(audio: IterableDataset, continuations: dict, duration_column: str, normalize_transcripts: bool = False):
-    """Rows of the source stream that have a continuation, with its row id, transcript and continuation; a row whose
-    transcript is not the one step 1 read there is refused."""
+def joined_rows(
+    audio: IterableDataset,
+    continuations: dict,
+    duration_column: str,
+    normalize_transcripts: bool = False,
+    teacher: pa.Table | None = None,
+):
+    """Rows of the source stream that have a continuation, with its row id, transcript and continuation (and cached
+    teacher); a row whose transcript is not the one step 1 read there is refused."""
     normalize = transcript_normalizer(normalize_transcripts)
     for row_id, row in enumerate(audio):
         if row_id in continuations:
             check_transcript(row_id, continuations[row_id][0], row[TEXT], normalize, "the source corpus")
-            yield joined_row(row_id, row[AUDIO], continuations[row_id], row.get(duration_column))
+            yield joined_row(row_id, row[AUDIO], continuations[row_id], row.get(duration_column), teacher)
 
 
 def clip_seconds(audio: dict) -> float:
@@ -247,5 +310,5 @@ def training_stream(
         batch_size=max(shuffle_buffer_size, group_rows),
         with_indices=True,
         fn_kwargs={"seed": seed, "group_rows": group_rows, "max_seconds": max_audio_seconds},
-        features=STREAM_FEATURES,
+        features=stream.features,
     )

@@ -52,6 +52,7 @@ from objectives_blsp import (
     TEACHER_SOURCES,
     cached_teacher_problem,
     needs_teacher,
+    teacher_description,
     use_cached_teacher,
 )
 from processing_blsp import PROMPT_LAYOUTS
@@ -389,8 +390,9 @@ def main(args: list[str] | None = None):
         dataset is None or TEACHER_IDS in (dataset.column_names or []) for dataset in (train_dataset, eval_dataset)
     )
     cached_teacher = use_cached_teacher(
-        training_args, cached_teacher_problem(training_args, metadatas, prompt, has_cache, data_args.streaming)
+        training_args, cached_teacher_problem(training_args, metadatas, prompt, has_cache)
     )
+    teacher = teacher_description(training_args, cached_teacher, metadatas)
     bases = adapter_only_bases(model_args, model.config) if model_args.save_adapter_only else None
     if training_args.padding_free and model.config.speech_compression:
         raise ValueError(
@@ -419,7 +421,7 @@ def main(args: list[str] | None = None):
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=processor,
-        model_card_builder=partial(build_model_card, model_args, data_args, instructions, trainable),
+        model_card_builder=partial(build_model_card, model_args, data_args, instructions, trainable, teacher=teacher),
         trained_rows_log=trained_rows_path(training_args) if data_args.log_trained_rows else None,
     )
     trainer.add_callback(RecordModels(fingerprints))

@@ -9,7 +9,7 @@ import logging
 from functools import partial
 
 import datasets
-from datasets import Audio, concatenate_datasets
+from datasets import Audio, concatenate_datasets, load_dataset
 
 from data_blsp import (
     AUDIO,
@@ -25,7 +25,7 @@ from data_blsp import (
 )
 from objectives_blsp import check_columns
 from processing_blsp import CONTINUATION_INSTRUCTION
-from streaming_blsp import clip_seconds, stream_continuations, training_stream
+from streaming_blsp import TEACHER_COLUMNS, clip_seconds, stream_continuations, training_stream
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,16 @@ logger = logging.getLogger(__name__)
 def dataset_instruction(data_args, metadata: dict) -> str:
     """The command-line instruction, else the dataset's recorded one, else BLSP's continuation instruction."""
     return data_args.instruction or metadata.get("instruction") or CONTINUATION_INSTRUCTION
+
+
+def shared_teacher_k(features: list) -> int | None:
+    """k when every dataset (by its `features`) holds a cached teacher of k tokens per position, else None: the
+    teacher's columns are then left out of every dataset (and the KL objective runs the live teacher)."""
+    widths = set()
+    for dataset_features in features:
+        ids = (dataset_features or {}).get(TEACHER_IDS)  # List(List(Value("int32"), length=k)), as step 1 writes it
+        widths.add(ids.feature.length if ids is not None else None)
+    return widths.pop() if len(widths) == 1 and None not in widths else None
 
 
 def audio_duration_ms(audio: dict) -> dict:
@@ -64,9 +74,10 @@ def prepare_dataset(
         parts.append(dataset.add_column("instruction", [instruction] * len(dataset)))
         metadatas.append(metadata)
     duration = data_args.duration_column_name
-    for column in (duration, TEACHER_IDS, TEACHER_LOGPROBS):  # kept only when every dataset has it
-        if not all(column in part.column_names for part in parts):
-            parts = [part.remove_columns([column]) if column in part.column_names else part for part in parts]
+    if not all(duration in part.column_names for part in parts):  # kept only when every dataset has it
+        parts = [part.remove_columns([duration]) if duration in part.column_names else part for part in parts]
+    if shared_teacher_k([part.features for part in parts]) is None:
+        parts = [part.remove_columns([name for name in TEACHER_COLUMNS if name in part.column_names]) for part in parts]
     dataset = concatenate_datasets(parts)
     if "continuation" in dataset.column_names:
         before = len(dataset)
@@ -99,16 +110,17 @@ def truncate(dataset: datasets.Dataset | None, max_samples: int | None) -> datas
 
 
 def stream_datasets(data_args, training_args):
-    """The training rows as one stream (see streaming_blsp) and the datasets' prompt metadata."""
+    """The training rows as one stream (see streaming_blsp) and the datasets' prompt metadata. The rows carry the
+    cached teacher when every dataset holds one of the same k (as `prepare_dataset`'s do)."""
+    names = data_args.dataset_name
+    opened = [load_dataset(name, split=data_args.dataset_split, streaming=True) for name in names]
+    teacher_k = shared_teacher_k([rows.features for rows in opened])
     streams, metadatas = [], []
-    for index, name in enumerate(data_args.dataset_name):
+    for index, (name, rows) in enumerate(zip(names, opened)):
         metadata = continuations_metadata(None, name)
         instruction = dataset_instruction(data_args, metadata)
-        streams.append(
-            stream_continuations(
-                name, data_args.dataset_split, index, instruction, metadata, data_args.duration_column_name
-            )
-        )
+        duration = data_args.duration_column_name
+        streams.append(stream_continuations(rows, index, instruction, metadata, duration, teacher_k))
         metadatas.append(metadata)
     stream = training_stream(
         streams,

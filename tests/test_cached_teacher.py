@@ -2,8 +2,10 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from datasets import load_dataset
@@ -12,6 +14,7 @@ from transformers import AutoTokenizer
 
 import generate_continuations
 import train_adapter
+import training_data_blsp
 from data_blsp import CONTINUATIONS_METADATA_FILE, TEACHER_IDS, TEACHER_LOGPROBS
 from modeling_blsp import BlspForConditionalGeneration
 from objectives_blsp import TrainingStep, kl_term
@@ -26,7 +29,7 @@ SMALL_K = 8
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def step_one(speech_corpus, llm: str, output_dir: str, top_k: int) -> str:
+def step_one(speech_corpus, llm: str, output_dir: str, top_k: int, *flags: str) -> str:
     """Continuations of the clips by `llm`, left-padded batches of 3, with a cached teacher of `top_k`."""
     clips, rows = speech_corpus
     corpus = os.path.join(output_dir + "-corpus.jsonl")
@@ -36,7 +39,7 @@ def step_one(speech_corpus, llm: str, output_dir: str, top_k: int) -> str:
     generate_continuations.main(
         ["--dataset_name", corpus, "--llm_name_or_path", llm, "--output_dir", output_dir, "--batch_size", "3"]
         + ["--max_new_tokens", str(MAX_NEW_TOKENS), "--teacher_top_k", str(top_k)]
-        + ["--teacher_temperature", str(TEMPERATURE)]
+        + ["--teacher_temperature", str(TEMPERATURE), *flags]
     )
     return output_dir
 
@@ -51,6 +54,13 @@ def full_cache(speech_corpus, responsive_llm, tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def small_cache(speech_corpus, responsive_llm, tmp_path_factory) -> str:
     return step_one(speech_corpus, responsive_llm, str(tmp_path_factory.mktemp("small") / "out"), SMALL_K)
+
+
+@pytest.fixture(scope="module")
+def embedded_cache(speech_corpus, responsive_llm, tmp_path_factory) -> str:
+    """`small_cache` with a copy of the audio (`--embed_audio`)."""
+    output_dir = str(tmp_path_factory.mktemp("embedded") / "out")
+    return step_one(speech_corpus, responsive_llm, output_dir, SMALL_K, "--embed_audio")
 
 
 def test_step_one_writes_the_cache_compactly_and_records_it(full_cache, small_cache, responsive_llm):
@@ -215,3 +225,85 @@ def test_padding_free_batch_gives_the_padded_loss_and_gradients(blsp, full_cache
     torch.testing.assert_close(packed, padded, rtol=1e-4, atol=0)
     for packed_grad, padded_grad in zip(packed_grads, padded_grads):  # per tensor: entries near 0 are sums that cancel
         assert (packed_grad - padded_grad).norm() <= 1e-4 * padded_grad.norm()
+
+
+def streamed_and_map_style(caches: list[str], output_dir: str) -> tuple[list[dict], list[dict]]:
+    """Step 2's training rows of `caches`, streamed (in the stream's order) and map-style."""
+    data_args = train_adapter.DataArguments(dataset_name=caches, streaming=True)
+    training_args = train_adapter.BlspTrainingArguments(output_dir=output_dir, report_to="none")
+    stream, _ = training_data_blsp.stream_datasets(data_args, training_args)
+    mapped, _ = training_data_blsp.prepare_dataset(caches, "train", data_args, {"kl"}, "length")
+    assert (TEACHER_IDS in stream.column_names) == (TEACHER_IDS in mapped.column_names)
+    return list(stream), list(mapped)
+
+
+@pytest.mark.parametrize("layout", ["joined", "embedded"])
+def test_streamed_rows_give_the_map_style_cached_teacher(layout, small_cache, embedded_cache, blsp, tmp_path):
+    """Streamed, the rows carry step 1's cached teacher (text-only output joined with the source corpus by row id,
+    or an --embed_audio output's own shards): collated, the batch equals the map-style rows' tensor for tensor."""
+    streamed, mapped = streamed_and_map_style([small_cache if layout == "joined" else embedded_cache], str(tmp_path))
+    mapped = {row["row_id"]: row for row in mapped}
+    assert sorted(row["row_id"] for row in streamed) == sorted(mapped) and len(streamed) > 1
+    collator = SpeechPromptCollator(blsp[1], with_teacher=True, cached_teacher=True)
+    streamed_batch = collator(streamed)
+    map_style_batch = collator([mapped[row["row_id"]] for row in streamed])
+    assert set(streamed_batch) - {"row_ids"} == set(map_style_batch)  # streamed rows are logged by (corpus, row id)
+    assert "cached_teacher_ids" in map_style_batch
+    for key, value in map_style_batch.items():
+        assert torch.equal(torch.as_tensor(streamed_batch[key]), torch.as_tensor(value)), key
+
+
+def test_streamed_training_reads_the_cached_teacher(
+    tiny_checkpoints, responsive_llm, small_cache, monkeypatch, tmp_path
+):
+    """One step on every row (one batch): streamed with --teacher auto, the step reads the cached teacher (no
+    teacher forward) and its loss is the map-style run's, up to float32 summation order (the stream brings the same
+    rows in another order within the batch: relative 1e-5); the model card says which teacher it learnt from."""
+
+    def no_live_teacher(*args, **kwargs):
+        raise AssertionError("the live teacher ran")
+
+    monkeypatch.setattr(BlspTrainer, "teacher_logits", no_live_teacher)
+    objective = ("--loss", "kl", "--kl_temperature", str(TEMPERATURE))
+    losses = {}
+    for name, flags in (("map_style", ("--teacher", "cached")), ("streamed", ("--teacher", "auto", "--streaming"))):
+        output_dir = str(tmp_path / name)
+        train_adapter.main(
+            model_flags(tiny_checkpoints, responsive_llm) + run_flags(small_cache, output_dir, 1, *objective, *flags)
+        )
+        losses[name] = logged_losses(output_dir)
+        with open(os.path.join(output_dir, "README.md")) as file:
+            assert f"| teacher | cached (top-{SMALL_K}, temperature {TEMPERATURE}, from step 1) |" in file.read()
+    assert len(losses["streamed"]) == 1
+    assert losses["streamed"] == pytest.approx(losses["map_style"], rel=1e-5, abs=0)
+
+
+def without_teacher(output_dir: str, copy_dir: str) -> str:
+    """A copy of a text-only step 1 output as step 1 writes it without --teacher_top_k."""
+    shutil.copytree(output_dir, copy_dir)
+    data = os.path.join(copy_dir, "data")
+    for name in os.listdir(data):
+        table = pq.read_table(os.path.join(data, name)).drop_columns([TEACHER_IDS, TEACHER_LOGPROBS])
+        pq.write_table(table.replace_schema_metadata(None), os.path.join(data, name))
+    with open(os.path.join(copy_dir, CONTINUATIONS_METADATA_FILE)) as file:
+        settings = json.load(file)
+    with open(os.path.join(copy_dir, CONTINUATIONS_METADATA_FILE), "w") as file:
+        json.dump({**settings, "teacher_top_k": 0, "teacher_temperature": None}, file)
+    return copy_dir
+
+
+def test_mixed_datasets_stream_the_teacher_as_map_style_does(
+    small_cache, full_cache, tiny_checkpoints, responsive_llm, tmp_path
+):
+    """Datasets of which only some hold a cached teacher, or hold them of different top-k: streamed as map-style,
+    their rows carry none (so --teacher auto runs the live teacher) and --teacher cached says why it cannot."""
+    uncached = without_teacher(small_cache, str(tmp_path / "uncached"))
+    for caches in ([small_cache, uncached], [small_cache, full_cache]):
+        streamed, mapped = streamed_and_map_style(caches, str(tmp_path))
+        assert streamed and not any(TEACHER_IDS in row for row in streamed + mapped)
+    flags = ("--loss", "kl", "--kl_temperature", str(TEMPERATURE), "--streaming", "--teacher", "cached")
+    with pytest.raises(ValueError, match="not every dataset holds a cached teacher of the same top-k"):
+        train_adapter.main(
+            model_flags(tiny_checkpoints, responsive_llm)
+            + run_flags(small_cache, str(tmp_path / "model"), 1, *flags, "--dataset_name", small_cache, uncached)
+        )

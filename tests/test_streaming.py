@@ -155,7 +155,8 @@ def test_step1_reads_no_audio_over_http_and_writes_no_copy(
         source = CorpusArguments(**json.load(file)["source"])
     shards = streaming_blsp.parquet_shards(source)
     assert [shard["offset"] for shard in shards] == [0, NUM_ROWS // NUM_SHARDS]
-    continuations = {row["row_id"]: (row["text"], row["continuation"]) for row in rows}
+    step1 = load_dataset(str(tmp_path / "out"), split="train", streaming=True)
+    continuations, _ = streaming_blsp.read_continuations(step1, [])
     first = next(streaming_blsp.joined_shard_rows(shards[1:], continuations, "duration"))
     assert (first["row_id"], first["text"]) == (NUM_ROWS // NUM_SHARDS, rows[NUM_ROWS // NUM_SHARDS]["text"])
     assert first["audio"]["bytes"] == shipped_clips(8)[(NUM_ROWS // NUM_SHARDS) % 8]["bytes"]

@@ -183,6 +183,7 @@ def test_trained_model_loads_with_auto_classes_and_pipeline(ce_run, speech_corpu
         "```python",
     ):
         assert section in card
+    assert "| teacher |" not in card  # cross-entropy has no teacher (KL runs: "live", or "cached (top-K, ...)")
 
 
 @pytest.mark.parametrize("loss", ["kl", "ce+kl"])
@@ -194,6 +195,8 @@ def test_distillation_losses_fall(
         model_flags(tiny_checkpoints, responsive_llm) + run_flags(dataset, str(tmp_path), 30, "--loss", loss)
     )
     assert_loss_falls(str(tmp_path))
+    with open(os.path.join(tmp_path, "README.md")) as file:
+        assert "| teacher | live |" in file.read()  # the datasets hold no cached teacher
 
 
 def test_ctc_warm_up_trains_the_adapter_without_running_the_llm(
