@@ -5,8 +5,11 @@
         --corpus english/data/train --rows 8 --top_k 64
 
 Step 1 runs on `--rows` transcripts with and without `--teacher_top_k` (interleaved `--repeats`; tokens/s of each,
-best of the repeats, and the output size), then step 2's KL objective on that batch (an untrained adapter) with the
-live teacher and the cached one: their loss values, the adapter gradients' cosine, and the top-k agreement.
+best of the repeats, and the output size), then step 2's KL objective on that batch (the student: an untrained
+adapter, or the checkpoint `--blsp`) with the live teacher and the cached one: their loss values, the adapter
+gradients' cosine, and the top-k agreement.
+`--sweep_top_k 64 1024 16384` adds, for each k and temperature 1 and 2, the cached KL the live teacher's top k
+(float16, as step 1 stores them) would give on that batch, against the live KL: the k a teacher needs for a bound.
 """
 
 import argparse
@@ -24,7 +27,7 @@ import generate_continuations  # noqa: E402
 import train_adapter  # noqa: E402
 from data_blsp import CorpusArguments, continuations_metadata, join_audio, load_source  # noqa: E402
 from modeling_blsp import BlspForConditionalGeneration  # noqa: E402
-from objectives_blsp import TrainingStep, kl_term  # noqa: E402
+from objectives_blsp import TrainingStep, kl_divergence_sum, kl_term, top_k_kl_divergence_sum  # noqa: E402
 from processing_blsp import BlspProcessor  # noqa: E402
 from training_blsp import BlspTrainer, SpeechPromptCollator  # noqa: E402
 
@@ -45,6 +48,8 @@ def main():
     parser.add_argument("--top_k", type=int, default=64)
     parser.add_argument("--max_new_tokens", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--blsp", default=None, help="A trained BLSP checkpoint as the student (default: untrained).")
+    parser.add_argument("--sweep_top_k", type=int, nargs="*", default=[], help="Top-k sizes to compare at T = 1, 2.")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="cached-teacher-")
     speeds = {0: [], args.top_k: []}
@@ -62,8 +67,13 @@ def main():
     dataset = join_audio(dataset, metadata["source"])
     rows = [{**row, "instruction": metadata["instruction"]} for row in dataset]
     torch.manual_seed(0)
-    model = BlspForConditionalGeneration.from_speech_text_pretrained(args.whisper, args.llm).eval()
-    processor = BlspProcessor.from_speech_text_pretrained(args.whisper, args.llm, config=model.config)
+    if args.blsp:
+        bases = {"speech_model_name_or_path": args.whisper, "text_model_name_or_path": args.llm}
+        model = BlspForConditionalGeneration.from_pretrained(args.blsp, **bases).float().eval()
+        processor = BlspProcessor.from_pretrained(args.blsp)
+    else:
+        model = BlspForConditionalGeneration.from_speech_text_pretrained(args.whisper, args.llm).eval()
+        processor = BlspProcessor.from_speech_text_pretrained(args.whisper, args.llm, config=model.config)
     processor.prompt_layout = metadata["prompt_layout"]
     training_args = train_adapter.BlspTrainingArguments(output_dir=work, use_cpu=True, report_to="none", loss="kl")
     trainer = BlspTrainer(model=model, args=training_args)
@@ -77,6 +87,8 @@ def main():
         loss.backward()
         gradient = torch.cat([parameter.grad.flatten() for parameter in model.adapter.parameters()])
         results[cached] = (float(loss), gradient, step.teacher)
+        if not cached:
+            student_logits = step.student[1].detach()
     (live, live_gradient, live_logits), (cache, cache_gradient, (ids, logprobs)) = results[False], results[True]
     live_logprobs = torch.log_softmax(live_logits.float() / training_args.kl_temperature, -1)
     same_ids = (live_logprobs.topk(args.top_k, -1).indices == ids).all(-1).float().mean()
@@ -90,6 +102,17 @@ def main():
         f"positions {ids.shape[0]}: top-{args.top_k} ids equal at {same_ids:.1%}, max |log-prob difference| "
         f"{difference:.2e}; teacher tail mass at T={training_args.kl_temperature}: mean {tail.mean():.3f}"
     )
+    for temperature in (1.0, 2.0) if args.sweep_top_k else ():
+        exact = float(kl_divergence_sum(student_logits, live_logits, temperature))
+        teacher = torch.log_softmax(live_logits.float() / temperature, -1)
+        for top_k in args.sweep_top_k:
+            values, ids = teacher.topk(top_k, -1)
+            bound = float(top_k_kl_divergence_sum(student_logits, ids, values.half(), temperature))
+            tail = 1 - values.exp().sum(-1).mean()
+            print(
+                f"T={temperature:g} top-{top_k}: KL {bound:.4f} vs live {exact:.4f} ({bound / exact - 1:+.2%}), "
+                f"tail {tail:.3f}"
+            )
 
 
 if __name__ == "__main__":
