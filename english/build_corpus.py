@@ -34,7 +34,6 @@ import os
 import random
 import re
 import shutil
-from contextlib import nullcontext
 
 import numpy as np
 import soundfile
@@ -149,22 +148,22 @@ def clip_plan(
         "test_heldout_festival_voice": lambda: (FESTIVAL, HELD_OUT_FESTIVAL_VOICE, rng.choice(TRAIN_SPEEDS)),
         "test_piper": lambda: (PIPER, PIPER_VOICE, rng.choice(TRAIN_SPEEDS)),
     }
-    plan = {}
-    for split, voice in voices.items():
-        rows = []
-        for index, sentence in enumerate(train if split == "train" else test):
-            synthesizer, name, speed = voice()
-            row = {"file_name": f"{index:05d}.flac", **sentence, "synthesizer": synthesizer, "voice": name}
-            rows.append({**row, "speed": speed, **draw_recording(rng)})
-        plan[split] = rows
+    plan = {split: plan_rows(train if split == "train" else test, voice, rng) for split, voice in voices.items()}
     extra_rng = random.Random(seed + 2)
-    plan["train_extra"] = [
-        {"file_name": f"{index:05d}.flac", **sentence, "synthesizer": synthesizer, "voice": name, "speed": speed}
-        | draw_recording(extra_rng)
-        for index, sentence in enumerate(extra)
-        for synthesizer, name, speed in [(*pick_training_voice(extra_rng), extra_rng.choice(TRAIN_SPEEDS))]
-    ]
+    plan["train_extra"] = plan_rows(
+        extra, lambda: (*pick_training_voice(extra_rng), extra_rng.choice(TRAIN_SPEEDS)), extra_rng
+    )
     return plan
+
+
+def plan_rows(sentences: list[dict], voice, rng: random.Random) -> list[dict]:
+    """One split's rows: each sentence with a drawn `voice()` (synthesizer, voice, speed) and recording conditions."""
+    rows = []
+    for index, sentence in enumerate(sentences):
+        synthesizer, name, speed = voice()
+        row = {"file_name": f"{index:05d}.flac", **sentence, "synthesizer": synthesizer, "voice": name}
+        rows.append({**row, "speed": speed, **draw_recording(rng)})
+    return rows
 
 
 def speak_piper(rows: list[dict]) -> list[np.ndarray]:
@@ -193,8 +192,11 @@ def write_split(directory: str, rows: list[dict], seed: tuple[int, ...], num_wor
     speech = [None] * len(rows)
     size = -(-len(others) // max(1, num_workers)) or 1
     chunks = [[rows[index] for index in others[start : start + size]] for start in range(0, len(others), size)]
-    with multiprocessing.Pool(min(num_workers, len(chunks))) if len(chunks) > 1 else nullcontext() as pool:
-        spoken = pool.map(speak_rows, chunks) if pool else [speak_rows(chunk) for chunk in chunks]
+    if len(chunks) > 1:
+        with multiprocessing.Pool(len(chunks)) as pool:
+            spoken = pool.map(speak_rows, chunks)
+    else:
+        spoken = [speak_rows(chunk) for chunk in chunks]
     for index, samples in zip(others, (samples for chunk in spoken for samples in chunk)):
         speech[index] = samples
     for index, samples in zip(piper, speak_piper([rows[index] for index in piper]) if piper else []):

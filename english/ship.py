@@ -54,9 +54,9 @@ def record_answers(output_dir: str, rows: list[dict], bases: dict) -> dict:
     WER against the transcripts)."""
     clips = [os.path.join(output_dir, EXAMPLES_DIR, row["file_name"]) for row in rows]
     recorded = {"instruction": TRANSCRIBE_INSTRUCTION, "max_new_tokens": ANSWER_TOKENS}
-    for key, layout in (("answers", None), ("instruction_first", "instruction_first")):
-        processor = BlspProcessor.from_pretrained(output_dir, **({"prompt_layout": layout} if layout else {}))
-        speech_llm = pipeline(model=output_dir, processor=processor, trust_remote_code=True, model_kwargs=bases)
+    speech_llm = pipeline(model=output_dir, trust_remote_code=True, model_kwargs=bases)
+    for key, layout in (("answers", speech_llm.processor.prompt_layout), ("instruction_first", "instruction_first")):
+        speech_llm.processor.prompt_layout = layout  # one model load for both layouts
         answers = speech_llm(clips, instruction=TRANSCRIBE_INSTRUCTION, max_new_tokens=ANSWER_TOKENS, batch_size=4)
         recorded[key] = {row["file_name"]: answer["generated_text"] for row, answer in zip(rows, answers)}
     predictions = [recorded["instruction_first"][row["file_name"]] for row in rows]

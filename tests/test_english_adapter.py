@@ -33,14 +33,13 @@ bases = {"speech_model_name_or_path": whisper, "text_model_name_or_path": llm}
 model = AutoModel.from_pretrained(path, trust_remote_code=True, **bases)
 processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
 with open(f"{path}/examples/metadata.jsonl") as file:
-    rows = [json.loads(line) for line in file][::3]  # every third: Piper, Piper, held-out espeak-ng, held-out festival
+    every_row = [json.loads(line) for line in file]
+rows = every_row[::3]  # every third: Piper, Piper, held-out espeak-ng, held-out festival
 clips = [soundfile.read(f"{path}/examples/{row['file_name']}", dtype="float32")[0] for row in rows]
 speech_llm = pipeline(model=path, trust_remote_code=True, model_kwargs=bases)
 answers = speech_llm(clips, instruction=instruction, max_new_tokens=max_new_tokens, batch_size=4)
 first = processor(text=processor.render_prompt(instruction), audio=clips[0])
 tokens = model.generate(**first, do_sample=False, max_new_tokens=max_new_tokens)[0, first["input_ids"].shape[1]:]
-with open(f"{path}/examples/metadata.jsonl") as file:
-    every_row = [json.loads(line) for line in file]
 instruction_first = AutoProcessor.from_pretrained(path, trust_remote_code=True, prompt_layout="instruction_first")
 speech_llm = pipeline(model=path, processor=instruction_first, trust_remote_code=True, model_kwargs=bases)
 transcripts = speech_llm(
