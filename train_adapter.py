@@ -38,6 +38,7 @@ import torch
 import transformers
 from transformers import TrainingArguments, set_seed
 
+from augmentation_blsp import AugmentationArguments, SpeechAugmentation
 from data_blsp import (
     TEACHER_IDS,
     agreed_setting,
@@ -345,9 +346,11 @@ class BlspTrainingArguments(TrainingArguments):
 # ----------------------------------------------------------------------------------------------------- main
 
 
-def parse_arguments(args: list[str] | None = None) -> tuple[ModelArguments, DataArguments, BlspTrainingArguments]:
+def parse_arguments(
+    args: list[str] | None = None,
+) -> tuple[ModelArguments, DataArguments, BlspTrainingArguments, AugmentationArguments]:
     """Command-line flags, or one .json/.yaml file holding them."""
-    return parse_script_arguments((ModelArguments, DataArguments, BlspTrainingArguments), args)
+    return parse_script_arguments((ModelArguments, DataArguments, BlspTrainingArguments, AugmentationArguments), args)
 
 
 def setup_logging(training_args: TrainingArguments):
@@ -363,7 +366,7 @@ def setup_logging(training_args: TrainingArguments):
 
 
 def main(args: list[str] | None = None):
-    model_args, data_args, training_args = parse_arguments(args)
+    model_args, data_args, training_args, augmentation_args = parse_arguments(args)
     check_one_training(training_args)
     setup_logging(training_args)
     with training_args.main_process_first(desc="checking the output folder"):
@@ -417,6 +420,11 @@ def main(args: list[str] | None = None):
             cached_teacher=cached_teacher,
             with_ctc_labels="ctc" in training_args.loss_terms,
             rejects_path=audio_rejects_path(training_args),
+            augmentation=SpeechAugmentation(
+                augmentation_args, processor.feature_extractor.sampling_rate, training_args.seed
+            )
+            if augmentation_args.enabled
+            else None,
         ),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,

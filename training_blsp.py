@@ -3,6 +3,7 @@
 and wires these together.
 """
 
+import dataclasses
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
+from augmentation_blsp import SpeechAugmentation
 from data_blsp import (
     ROW_ID,
     TEACHER_IDS,
@@ -69,6 +71,9 @@ class SpeechPromptCollator:
     with_ctc_labels: bool = False
     """Also give the transcript's tokens, padded with -100, under `ctc_labels` (the `ctc` objective)."""
     rejects_path: str | None = None
+    augmentation: SpeechAugmentation | None = None
+    """Training only: speed and band of each decoded clip, masks on its features (`BlspTrainer` drops it when
+    evaluating)."""
 
     def readable_rows(self, rows: list[dict]) -> tuple[list[dict], list]:
         """The rows whose audio decodes to a usable clip, and those clips."""
@@ -84,7 +89,7 @@ class SpeechPromptCollator:
                 self.record_reject(row, error)
                 continue
             kept.append(row)
-            clips.append(clip)
+            clips.append(self.augmentation.waveform(clip) if self.augmentation else clip)
         return kept, clips
 
     def record_reject(self, row: dict, error: AudioInputError):
@@ -107,6 +112,10 @@ class SpeechPromptCollator:
             audio=clips,
             text_target=responses,
         )
+        if self.augmentation:
+            student["input_features"] = self.augmentation.features(
+                student["input_features"], student["input_features_mask"]
+            )
         batch.update(student)
         if self.with_teacher and self.cached_teacher:
             batch.update(self.cached_teacher_tensors(kept, student["labels"]))
@@ -338,6 +347,16 @@ class BlspTrainer(Trainer):
         self.term_sums, self.term_count = {}, 0
         # The loss is normalized by `num_items_in_batch` (the whole accumulated batch's response tokens).
         self.loss_is_scaled_for_ga = True
+
+    def _get_dataloader(self, *args, is_training: bool = False, **kwargs):
+        """Evaluation batches without the training collator's augmentation."""
+        collator = self.data_collator
+        if not is_training and getattr(collator, "augmentation", None) is not None:
+            self.data_collator = dataclasses.replace(collator, augmentation=None)
+        try:
+            return super()._get_dataloader(*args, is_training=is_training, **kwargs)
+        finally:
+            self.data_collator = collator
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset

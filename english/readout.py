@@ -1,6 +1,7 @@
 """What a CTC-trained adapter hands the LLM, read without the LLM: with `speech_compression="ctc"` the kept frames'
 top tokens (greedy CTC through the LLM's token embeddings) are the words the LLM receives. Their WER against the
-transcript, per held-out split, is the adapter's own recognition, the ceiling of everything the LLM does with speech.
+transcript, per split, is the adapter's own recognition, the ceiling of everything the LLM does with speech: on
+`dev` (training voices, sentences in no other split: runs are chosen on it), held-out voices and real human speech.
 
     python -m english.readout --blsp english/models/blsp-whisper-tiny.en-smollm2-135m \
         --speech_model_name_or_path converted/whisper-tiny.en --text_model_name_or_path converted/smollm2-135m-instruct
@@ -39,7 +40,9 @@ def main():
     parser.add_argument("--speech_model_name_or_path", default=None)
     parser.add_argument("--text_model_name_or_path", default=None)
     parser.add_argument("--data_dir", default=os.path.join(ENGLISH_DIR, "data"))
-    parser.add_argument("--splits", nargs="*", default=list(TEST_SPLITS))
+    parser.add_argument(
+        "--splits", nargs="*", default=["dev", *TEST_SPLITS], help="`dev` chooses runs; others: held out."
+    )
     parser.add_argument("--max_samples", type=int, default=None)
     parser.add_argument("--examples", type=int, default=3, help="Clips printed per split with their readout.")
     args = parser.parse_args()

@@ -27,13 +27,30 @@ from world.run import save_untrained_blsp
 
 ENGLISH_DIR = os.path.dirname(os.path.abspath(__file__))
 SAMPLING_RATE = 16000
-TRANSCRIBE_INSTRUCTION = "Repeat the following text."
+PROMPTS = {
+    "transcribe": ("Repeat the following text.", None),
+    "question": ("{question}", 8),
+    "continue": (CONTINUATION_INSTRUCTION, 40),
+}
+"""Each task's instruction (the question task's formats the row's question) and its `max_new_tokens` (None: from the
+clips' length, `transcription_tokens`): the same for every system, chosen by `python -m english.prompts` on training
+sentences so that the LLM reading the transcript is a real ceiling."""
+
+
+def transcription_tokens(durations: list[float]) -> int:
+    """Room for a transcript of the longest clip: 5 tokens a second (speech rarely passes 3 words a second) + 8."""
+    return min(160, int(8 + 5 * max(durations)))
+
+
 ANSWER_WORDS = 3
 """An answer counts when the expected word is among the reply's first words ("Dog." and "The dog." both count)."""
 
 
 def write_evaluation_set(data_dir: str, split: str, output_dir: str, asr, max_samples: int | None) -> str:
-    """The split as jsonl (audio path, transcript, question, answer) plus whisper's transcript, written once."""
+    """The split as jsonl (audio path, transcript, question prompt, answer) plus whisper's transcript, written once.
+
+    Rows without a question (real speech that names no category word) get an empty prompt; the question task skips
+    them (`question_set`)."""
     path = os.path.join(output_dir, f"{split}.jsonl")
     if os.path.exists(path):
         return path
@@ -44,9 +61,22 @@ def write_evaluation_set(data_dir: str, split: str, output_dir: str, asr, max_sa
     transcripts = [output["text"].strip() for output in asr(clips, batch_size=8)]
     with open(path + ".tmp", "w", encoding="utf-8") as file:
         for row, clip, transcript in zip(rows, audio, transcripts):
-            record = {key: row[key] for key in ("text", "question", "answer", "voice")}
+            question = PROMPTS["question"][0].format(question=row["question"]) if row.get("question") else ""
+            record = {key: row[key] for key in ("text", "duration")}
+            record.update(question=question, answer=row.get("answer", ""))
             file.write(json.dumps({**record, "audio": clip, "asr_transcript": transcript}) + "\n")
     os.replace(path + ".tmp", path)
+    return path
+
+
+def question_set(evaluation_set: str) -> str:
+    """The evaluation set's rows that carry a question, written once beside it."""
+    path = evaluation_set.replace(".jsonl", "-questions.jsonl")
+    if not os.path.exists(path):
+        with open(evaluation_set, encoding="utf-8") as file:
+            rows = [line for line in file if json.loads(line)["question"]]
+        with open(path, "w", encoding="utf-8") as file:
+            file.writelines(rows)
     return path
 
 
@@ -69,23 +99,28 @@ def run_task(system: dict, evaluation_set: str, task: str, output_dir: str, args
     """Generate one system's replies for one task on one evaluation set (kept when already there)."""
     if os.path.exists(os.path.join(output_dir, "metrics.json")):
         return read_predictions(output_dir)
-    instructions = {"transcribe": TRANSCRIBE_INSTRUCTION, "continue": CONTINUATION_INSTRUCTION, "question": None}
+    instruction, max_new_tokens = PROMPTS[task]
+    question = task == "question"
+    if max_new_tokens is None:
+        with open(evaluation_set, encoding="utf-8") as file:
+            max_new_tokens = transcription_tokens([json.loads(line)["duration"] for line in file])
     evaluation_args = scoring.EvaluationArguments(
         model_name_or_path=system["path"],
         output_dir=output_dir,
         input=system["input"],
-        task="answer" if task == "question" else task,
-        instruction=instructions[task],
-        instruction_column_name="question" if task == "question" else None,
-        reference_column_name="answer" if task == "question" else None,
+        task="answer" if question else task,
+        instruction=None if question else instruction,
+        instruction_column_name="question" if question else None,
+        reference_column_name="answer" if question else None,
         asr_transcript_column_name="asr_transcript" if system["input"] == "cascade" else None,
         prompt_layout=args.prompt_layout,
         speech_model_name_or_path=args.asr,
         text_model_name_or_path=args.llm,
         batch_size=args.batch_size,
-        max_new_tokens={"transcribe": 40, "question": 8, "continue": 40}[task],
+        max_new_tokens=max_new_tokens,
     )
-    scoring.evaluate(CorpusArguments(dataset_name=evaluation_set), evaluation_args)
+    dataset = question_set(evaluation_set) if question else evaluation_set
+    scoring.evaluate(CorpusArguments(dataset_name=dataset), evaluation_args)
     return read_predictions(output_dir)
 
 

@@ -26,7 +26,7 @@ STEP2 = ["--speech_encoder_name_or_path", "w", "--llm_name_or_path", "l", "--dat
 def test_step_flags_have_one_name_in_both_steps(flags, tmp_path):
     corpus_args, args = generate_continuations.parse_arguments([*STEP1, *flags])
     assert (corpus_args.split, corpus_args.max_samples, args.length_grouping_rows) == ("dev", 7, 32)
-    _, data_args, _ = train_adapter.parse_arguments([*STEP2, "--output_dir", str(tmp_path), *flags])
+    _, data_args, _, _ = train_adapter.parse_arguments([*STEP2, "--output_dir", str(tmp_path), *flags])
     assert (data_args.dataset_split, data_args.max_train_samples, data_args.duration_group_rows) == ("dev", 7, 32)
     evaluation_flags = ["--dataset_name", "d", "--model_name_or_path", "m", "--output_dir", "o", *flags[:4]]
     corpus_args, _ = parse_script_arguments((CorpusArguments, evaluate_blsp.EvaluationArguments), evaluation_flags)
@@ -40,7 +40,7 @@ def test_recipe_files_parse_with_their_scripts():
     corpus_args, args = generate_continuations.parse_arguments(run.as_flags({**step1, "output_dir": "out"}))
     assert os.path.isdir(corpus_args.dataset_name) and os.path.isdir(args.llm_name_or_path)
     step2 = run.read_recipe(run.STEP2_RECIPE)
-    model_args, _, training_args = train_adapter.parse_arguments(run.as_flags({**step2, "dataset_name": "c"}))
+    model_args, _, training_args, _ = train_adapter.parse_arguments(run.as_flags({**step2, "dataset_name": "c"}))
     assert os.path.isdir(model_args.speech_encoder_name_or_path)
     assert (training_args.max_steps, training_args.learning_rate) == (3000, 1e-3)
     assert run.TRAINING == {"max_steps": 3000, "batch_size": 16, "learning_rate": 1e-3}
@@ -50,7 +50,7 @@ def test_the_step2_example_recipe_parses():
     with open(os.path.join(ROOT, "configs", "train_adapter.yaml"), encoding="utf-8") as file:
         settings = yaml.safe_load(file)
     assert settings.pop("bf16") is True  # parsed on GPUs only
-    model_args, data_args, training_args = train_adapter.parse_arguments(run.as_flags(settings))
+    model_args, data_args, training_args, _ = train_adapter.parse_arguments(run.as_flags(settings))
     assert model_args.llm_name_or_path == "Qwen/Qwen2.5-7B-Instruct" and data_args.dataset_name == [
         "outputs/continuations-librispeech-clean-100"
     ]

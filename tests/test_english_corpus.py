@@ -1,9 +1,13 @@
-"""The English corpus plan (`english.build_corpus`): held-out sentences stay out of training, and adding extra
-training sentences changes no other split's clips."""
+"""The English corpus plan (`english.build_corpus`): held-out and dev sentences stay out of training, adding extra
+training sentences changes no other split's clips, and the real-speech split holds spoken prompts only."""
 
+import gzip
+
+import numpy as np
 import pytest
+import soundfile
 
-from english.build_corpus import QUESTION, clip_plan, question_for, wordnet_sentences
+from english.build_corpus import QUESTION, clip_plan, question_for, real_speech_rows, wordnet_sentences
 
 ANIMALS = ["dog", "cat", "horse", "sheep", "goat", "duck"]
 PLACES = [
@@ -42,3 +46,50 @@ def test_extra_training_sentences_change_no_other_split(wordnet_dir):
     assert len(test) == 4 and not test & train and not {row["text"] for row in extra} & (test | train)
     with pytest.raises(ValueError, match="extra training sentences"):
         clip_plan(num_train=10, num_test=4, seed=0, num_extra_train=13, wordnet_dir=wordnet_dir)
+
+
+def test_dev_sentences_are_in_no_other_split_and_do_not_move_with_the_extra_ones(wordnet_dir):
+    plan = clip_plan(num_train=4, num_test=4, seed=0, wordnet_dir=wordnet_dir, num_dev=3)
+    more = clip_plan(num_train=4, num_test=4, seed=0, num_extra_train=3, wordnet_dir=wordnet_dir, num_dev=3)
+    dev = [row["text"] for row in plan["dev"]]
+    assert len(dev) == 3 and dev == [row["text"] for row in more["dev"]]
+    others = {row["text"] for split, rows in more.items() if split != "dev" for row in rows}
+    assert not set(dev) & others
+    with pytest.raises(ValueError, match="dev sentences"):
+        clip_plan(num_train=4, num_test=4, seed=0, num_extra_train=16, wordnet_dir=wordnet_dir, num_dev=3)
+
+
+def test_real_speech_rows_keep_spoken_prompts_only(tmp_path):
+    """Prompts as the asterisk packages ship them: annotations dropped, `#` read as "pound", tones, silences, missing
+    and over-long recordings left out with the reason, a question only where one category word is named."""
+    sounds = tmp_path / "sounds"
+    (sounds / "digits").mkdir(parents=True)
+    (sounds / "silence").mkdir()
+    lengths = {"hello": 1.0, "digits/7": 0.5, "beep": 0.2, "silence/1": 1.0, "long-menu": 31.0, "called": 1.0}
+    for name, seconds in lengths.items():
+        soundfile.write(sounds / f"{name}.wav", np.zeros(int(8000 * seconds), dtype=np.float32), 8000)
+    transcripts = [
+        "; Core Asterisk Sounds in English",
+        "hello: Enter the dog name (slowly), then press #.",
+        "digits/7: seven",
+        "beep: [this is a simple beep tone]",
+        "silence/1: (1 second of silence)",
+        "long-menu: Press one for sales.",
+        "called: Will be called back.",
+        "missing: Never recorded.",
+    ]
+    with gzip.open(tmp_path / "sounds.txt.gz", "wt", encoding="utf-8") as file:
+        file.write("\n".join(transcripts) + "\n")
+    rows, left_out = real_speech_rows(str(sounds), str(tmp_path / "sounds.txt.gz"))
+    assert [(row["source"], row["text"], row.get("answer")) for row in rows] == [
+        ("called", "Will be called back.", None),
+        ("digits/7", "seven", "seven"),
+        ("hello", "Enter the dog name, then press pound.", "dog"),
+    ]
+    assert rows[1]["file_name"] == "digits-7.flac"
+    assert left_out == {
+        "beep": "no speech (a tone or silence)",
+        "long-menu": "longer than 30 s",
+        "missing": "no recording",
+        "silence/1": "no speech (a tone or silence)",
+    }

@@ -275,11 +275,11 @@ def test_step2_joins_the_audio_back_or_trains_from_the_embedded_copy(
 def test_one_dataset_flag_name_with_the_old_one_as_alias(tmp_path):
     model = ["--speech_encoder_name_or_path", "w", "--llm_name_or_path", "l", "--output_dir", str(tmp_path)]
     for flag in ("--dataset_name", "--dataset_name_or_path"):
-        _, data_args, _ = train_adapter.parse_arguments([*model, flag, "a", "b"])
+        _, data_args, _, _ = train_adapter.parse_arguments([*model, flag, "a", "b"])
         assert data_args.dataset_name == ["a", "b"]
     settings = {"speech_encoder_name_or_path": "w", "llm_name_or_path": "l", "output_dir": str(tmp_path)}
     (tmp_path / "old.yaml").write_text(yaml.safe_dump({**settings, "dataset_name_or_path": "c"}))
-    _, data_args, _ = train_adapter.parse_arguments([str(tmp_path / "old.yaml")])
+    _, data_args, _, _ = train_adapter.parse_arguments([str(tmp_path / "old.yaml")])
     assert data_args.dataset_name == ["c"]
     corpus_args, _ = generate_continuations.parse_arguments(
         ["--dataset_name", "d", "--llm_name_or_path", "l"]

@@ -1,0 +1,89 @@
+"""Training-time speech augmentation for step 2: speed perturbation and telephone band on the waveform (soxr),
+SpecAugment-style time and frequency masks on the log-mel features. Only the training collator applies it.
+
+Speed perturbation (Ko et al., 2015) resamples a clip as if it had been recorded at `factor` times the rate: tempo
+and pitch change together, so every clip also stands for a new speaker. The telephone band resamples the clip to 8 kHz
+and back (nothing above 4 kHz survives), as in telephone recordings. SpecAugment (Park et al., 2019) replaces random
+spans of frames and of mel bins with the clip's mean feature value.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import soxr
+import torch
+
+TELEPHONE_RATE = 8000
+
+
+@dataclass
+class AugmentationArguments:
+    """Speech augmentation of step 2's training batches (none by default)."""
+
+    speed_perturbation: list[float] = field(
+        default_factory=list,
+        metadata={"help": "Speed factors drawn per clip, e.g. 0.9 1.0 1.1 (tempo and pitch change together)."},
+    )
+    telephone_band_probability: float = field(
+        default=0.0, metadata={"help": "Chance that a clip is resampled to 8 kHz and back (telephone band)."}
+    )
+    num_time_masks: int = field(default=0, metadata={"help": "SpecAugment: time masks per clip."})
+    max_time_mask_frames: int = field(default=30, metadata={"help": "SpecAugment: widest time mask (10 ms frames)."})
+    num_frequency_masks: int = field(default=0, metadata={"help": "SpecAugment: frequency masks per clip."})
+    max_frequency_mask_bins: int = field(default=15, metadata={"help": "SpecAugment: widest frequency mask (bins)."})
+
+    def __post_init__(self):
+        if any(factor <= 0 for factor in self.speed_perturbation):
+            raise ValueError(f"--speed_perturbation factors must be positive, got {self.speed_perturbation}.")
+        if not 0.0 <= self.telephone_band_probability <= 1.0:
+            raise ValueError(f"--telephone_band_probability must be in [0, 1], got {self.telephone_band_probability}.")
+        if min(self.num_time_masks, self.max_time_mask_frames, self.num_frequency_masks) < 0:
+            raise ValueError("SpecAugment's mask counts and widths must be at least 0.")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.speed_perturbation or self.telephone_band_probability or self.masks)
+
+    @property
+    def masks(self) -> bool:
+        return bool(self.num_time_masks and self.max_time_mask_frames) or bool(
+            self.num_frequency_masks and self.max_frequency_mask_bins
+        )
+
+
+class SpeechAugmentation:
+    """Draws each clip's augmentation from its own generator (`seed`), in the collator's process."""
+
+    def __init__(self, args: AugmentationArguments, sampling_rate: int, seed: int = 0):
+        self.args, self.sampling_rate = args, sampling_rate
+        self.rng = np.random.default_rng(seed)
+
+    def waveform(self, clip: np.ndarray) -> np.ndarray:
+        """The clip, sped up or slowed down by a drawn factor, and band-limited to 4 kHz with the set chance."""
+        if self.args.speed_perturbation:
+            factor = float(self.rng.choice(self.args.speed_perturbation))
+            if factor != 1.0:
+                clip = soxr.resample(clip, self.sampling_rate * factor, self.sampling_rate)
+        if self.rng.random() < self.args.telephone_band_probability:
+            narrow = soxr.resample(clip, self.sampling_rate, TELEPHONE_RATE)
+            clip = soxr.resample(narrow, TELEPHONE_RATE, self.sampling_rate)
+        return clip.astype(np.float32)
+
+    def features(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(batch, mel, frames) features with SpecAugment's masks inside each clip's valid frames (`mask`)."""
+        if not self.args.masks:
+            return features
+        features = features.clone()
+        for row, length in enumerate(mask.sum(-1).tolist()):
+            mean = features[row, :, :length].mean()
+            spans = [(self.args.num_time_masks, self.args.max_time_mask_frames, length, 2)]
+            spans.append((self.args.num_frequency_masks, self.args.max_frequency_mask_bins, features.shape[1], 1))
+            for count, widest, size, axis in spans:
+                for _ in range(count):
+                    width = int(self.rng.integers(0, min(widest, size) + 1))
+                    start = int(self.rng.integers(0, size - width + 1))
+                    if axis == 2:
+                        features[row, :, start : start + width] = mean
+                    else:
+                        features[row, start : start + width, :length] = mean
+        return features

@@ -1,0 +1,83 @@
+"""Choose each task's prompt so that the LLM reading the reference transcript is a real ceiling, on training
+sentences only (no held-out split is read): candidate instructions and layouts, scored with text input.
+
+    python -m english.prompts [--llm converted/smollm2-135m-instruct] [--num_sentences 40]
+
+Transcription candidates are scored by WER against the sentence; question candidates by the share of replies that
+hold the answer word among their first words (`english.score.answer_accuracy`), on the first training sentences that
+carry a category question (`english.build_corpus.question_for`). The prompts `english.score` uses (`PROMPTS` there)
+are the best rows of this table for SmolLM2-135M-Instruct; the table is in `english/README.md`.
+"""
+
+import argparse
+import json
+import os
+
+from english.build_corpus import question_for
+from english.score import ANSWER_WORDS, PROMPTS, answer_accuracy, transcription_tokens
+from evaluation_blsp import EvaluationArguments, Generator, score
+
+ENGLISH_DIR = os.path.dirname(os.path.abspath(__file__))
+CANDIDATES = [
+    ("transcribe", "Repeat the following text.", "speech_first"),
+    ("transcribe", "Repeat the following text.", "instruction_first"),
+    ("transcribe", "Please transcribe the following audio.", "instruction_first"),
+    ("transcribe", "Repeat the following text exactly, word for word, and write nothing else.", "instruction_first"),
+    ("question", "{question}", "speech_first"),
+    ("question", "{question}", "instruction_first"),
+    ("question", "Answer the question about the following text. {question}", "instruction_first"),
+    ("question", "{question} Reply with the word from the text only.", "instruction_first"),
+]
+"""(task, instruction, layout): the layout says where the text (at evaluation: the speech) goes."""
+
+
+def training_rows(data_dir: str, count: int) -> tuple[list[dict], list[dict]]:
+    """The first `count` sentences of `train`, and the first `count` of them with a question."""
+    with open(os.path.join(data_dir, "train", "metadata.jsonl"), encoding="utf-8") as file:
+        rows = [json.loads(line) for line in file]
+    questions = []
+    for row in rows:
+        qa = question_for(row["text"])
+        if qa:
+            questions.append({**row, "question": qa[0], "answer": qa[1]})
+    return rows[:count], questions[:count]
+
+
+def generate(llm: str, layout: str, instructions: list[str], texts: list[str], max_new_tokens: int) -> list[str]:
+    args = EvaluationArguments(
+        model_name_or_path=llm, output_dir="unused", input="text", prompt_layout=layout, max_new_tokens=max_new_tokens
+    )
+    generator = Generator(args)
+    replies = []
+    for start in range(0, len(texts), 20):
+        replies += generator.generate(instructions[start : start + 20], texts[start : start + 20])
+    return replies
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--llm", default="converted/smollm2-135m-instruct")
+    parser.add_argument("--data_dir", default=os.path.join(ENGLISH_DIR, "data"))
+    parser.add_argument("--num_sentences", type=int, default=40)
+    args = parser.parse_args()
+    sentences, questions = training_rows(args.data_dir, args.num_sentences)
+    lines = ["| task | instruction | layout | text input (training sentences) |", "|---|---|---|---|"]
+    for task, instruction, layout in CANDIDATES:
+        rows = sentences if task == "transcribe" else questions
+        texts = [row["text"] for row in rows]
+        if task == "transcribe":
+            tokens = transcription_tokens([row["duration"] for row in rows])
+            replies = generate(args.llm, layout, [instruction] * len(texts), texts, tokens)
+            result = f"WER {score(replies, texts)['wer']:.1f}"
+        else:
+            instructions = [instruction.format(question=row["question"]) for row in rows]
+            replies = generate(args.llm, layout, instructions, texts, PROMPTS["question"][1])
+            records = [{"prediction": reply, "reference": row["answer"]} for reply, row in zip(replies, rows)]
+            result = f"answer in first {ANSWER_WORDS} words {answer_accuracy(records)[0]:.1f}%"
+        lines.append(f"| {task} | {instruction} | {layout} | {result} |")
+        print(lines[-1], flush=True)
+    print(f"{len(sentences)} sentences, {len(questions)} questions\n" + "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
