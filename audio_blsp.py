@@ -30,6 +30,10 @@ def describe_source(source) -> str:
     return "audio array"
 
 
+MIN_AUDIO_SECONDS = 0.025
+"""The shortest clip every door accepts (processor, steps 1 and 2, evaluation, the demo, serve): one 25 ms window of
+Whisper's log-mel, 400 samples at 16 kHz (its feature extractor fails at 200 samples or fewer)."""
+
 URL_TIMEOUT_SECONDS = 30
 """How long an audio URL may take to answer (each network operation), so that a dead server cannot hang a job."""
 
@@ -126,6 +130,12 @@ def load_audio(source, target_sampling_rate: int, sampling_rate: int | None = No
             raise AudioInputError(f"its sampling rate {rate!r} is not a positive number of samples per second")
         if rate != target_sampling_rate:
             samples = soxr.resample(samples, rate, target_sampling_rate).astype(np.float32, copy=False)
+        min_samples = round(MIN_AUDIO_SECONDS * target_sampling_rate)
+        if len(samples) < min_samples:
+            raise AudioInputError(
+                f"it is too short ({len(samples)} samples at {target_sampling_rate} Hz; at least {min_samples}, "
+                f"{1000 * MIN_AUDIO_SECONDS:g} ms, are needed)"
+            )
     except AudioInputError as error:
         raise AudioInputError(f"Bad {describe_source(source)}: {error}.") from None
     return samples

@@ -13,10 +13,10 @@ from transformers import AutoFeatureExtractor, AutoTokenizer, BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
 try:
-    from .audio_blsp import AudioInputError, load_audio
+    from .audio_blsp import MIN_AUDIO_SECONDS, AudioInputError, load_audio
     from .configuration_blsp import BlspConfig, conv_output_length
 except ImportError:  # imported as a top-level module by this repository's scripts
-    from audio_blsp import AudioInputError, load_audio
+    from audio_blsp import MIN_AUDIO_SECONDS, AudioInputError, load_audio
     from configuration_blsp import BlspConfig, conv_output_length
 
 CONTINUATION_INSTRUCTION = "Continue the following text in a coherent and engaging style with less than 40 words."
@@ -319,13 +319,13 @@ class BlspProcessor(ProcessorMixin):
         stack into a batch (as `pipeline("any-to-any", batch_size=...)` stacks them); the model encodes only the
         longest real length of a batch (`encoder_padding="longest"`).
         """
-        hop = self.feature_extractor.hop_length
         windows, tokens_per_clip = [], []
+        min_samples = round(MIN_AUDIO_SECONDS * self.sampling_rate)
         for clip in clips:
-            if len(clip) < hop:
+            if len(clip) < min_samples:
                 raise AudioInputError(
-                    f"Bad audio array: it is too short ({len(clip)} samples; at least {hop}, i.e. "
-                    f"{1000 * hop // self.sampling_rate} ms, are needed)."
+                    f"Bad audio array: it is too short ({len(clip)} samples; at least {min_samples}, i.e. "
+                    f"{1000 * MIN_AUDIO_SECONDS:g} ms, are needed)."
                 )
             tokens_per_clip.append(self.num_speech_tokens(len(clip)))
             bounds = np.cumsum([0] + window_lengths(len(clip), self.feature_extractor.n_samples))

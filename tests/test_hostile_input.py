@@ -1,0 +1,234 @@
+"""Issue 30: non-finite values never train, and one minimum clip length rejects a row, never the job."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import soundfile
+import torch
+from safetensors.torch import load_file, save_file
+from test_cached_teacher import TEMPERATURE, step_one
+from test_train_adapter import logged_losses, model_flags, run_flags, write_dataset
+from transformers import AutoConfig
+
+import generate_continuations
+import train_adapter
+from audio_blsp import MIN_AUDIO_SECONDS
+from data_blsp import CONTINUATIONS_METADATA_FILE, TEACHER_IDS, TEACHER_LOGPROBS, CorpusArguments
+from evaluation_blsp import EvaluationArguments, evaluate
+from processing_blsp import AudioInputError, BlspProcessor
+from training_blsp import NonFiniteTrainingError, StopOnNonFiniteGradients
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SHORT_CLIPS = (160, 180, 200, 399)
+"""Samples at 16 kHz: below one 25 ms Whisper window (the feature extractor itself fails at 200 or fewer)."""
+
+
+def rejects(output_dir: str) -> list[dict]:
+    with open(os.path.join(output_dir, "audio_rejects-00000.jsonl")) as file:
+        return [json.loads(line) for line in file]
+
+
+# ----------------------------------------------------------------------------------------------------- group 3
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--teacher_temperature", "0"), ("--teacher_temperature", "-1"), ("--teacher_temperature", "nan")]
+    + [("--temperature", "0"), ("--temperature", "-0.5")],
+)
+def test_step1_refuses_temperatures_at_or_below_zero(flag, value, tmp_path):
+    argv = ["--dataset_name", "corpus", "--llm_name_or_path", "llm", "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(ValueError, match=f"{flag} must be a finite number above 0"):
+        generate_continuations.parse_arguments([*argv, "--teacher_top_k", "4", flag, value])
+
+
+def test_step1_refuses_a_top_k_beyond_the_vocabulary_before_writing(speech_corpus, responsive_llm, tmp_path):
+    vocabulary = AutoConfig.from_pretrained(responsive_llm).vocab_size
+    output_dir = str(tmp_path / "out")
+    with pytest.raises(ValueError, match=f"--teacher_top_k {vocabulary + 1} is beyond the {vocabulary}-token"):
+        step_one(speech_corpus, responsive_llm, output_dir, vocabulary + 1)
+    assert not os.path.exists(output_dir)
+
+
+@pytest.mark.parametrize("value", [0.0, -2.0, float("nan")])
+def test_step2_refuses_a_kl_temperature_at_or_below_zero(value, tmp_path):
+    with pytest.raises(ValueError, match="--kl_temperature must be a finite number above 0"):
+        train_adapter.BlspTrainingArguments(output_dir=str(tmp_path), kl_temperature=value, report_to="none")
+
+
+@pytest.fixture(scope="module")
+def cache(speech_corpus, responsive_llm, tmp_path_factory) -> str:
+    """Step 1's output with a cached top-4 teacher."""
+    return step_one(speech_corpus, responsive_llm, str(tmp_path_factory.mktemp("cache") / "out"), 4)
+
+
+def edited_cache(cache: str, directory: str, edit_rows=None, recorded_k: int | None = None) -> str:
+    """A copy of `cache` whose teacher columns are changed by `edit_rows(ids, logprobs)` (lists of row arrays), or
+    whose metadata records another k."""
+    shutil.copytree(cache, directory)
+    if edit_rows is not None:
+        (name,) = os.listdir(os.path.join(directory, "data"))
+        path = os.path.join(directory, "data", name)
+        table = pq.read_table(path)
+        ids = [np.array(row, dtype=np.int32) for row in table[TEACHER_IDS].to_pylist()]
+        logprobs = [np.array(row, dtype=np.float16) for row in table[TEACHER_LOGPROBS].to_pylist()]
+        edit_rows(ids, logprobs)
+        for column, rows in ((TEACHER_IDS, ids), (TEACHER_LOGPROBS, logprobs)):
+            field = table.schema.field(column)
+            column_rows = pa.array([row.tolist() for row in rows], type=field.type)
+            table = table.set_column(table.schema.get_field_index(column), field, column_rows)
+        pq.write_table(table, path)
+    if recorded_k is not None:
+        metadata_path = os.path.join(directory, CONTINUATIONS_METADATA_FILE)
+        with open(metadata_path) as file:
+            metadata = json.load(file)
+        with open(metadata_path, "w") as file:
+            json.dump({**metadata, "teacher_top_k": recorded_k}, file)
+    return directory
+
+
+def poison(ids: list[np.ndarray], logprobs: list[np.ndarray]) -> None:
+    """Row 0: a NaN log-probability; row 1: a token id beyond the vocabulary; row 2: a negative id; row 3: a
+    log-probability above 0."""
+    logprobs[0][0, 1] = np.nan
+    ids[1][0, 0] = 10**6
+    ids[2][-1, 2] = -3
+    logprobs[3][1, 0] = 0.5
+
+
+def test_step2_rejects_rows_of_an_unusable_cached_teacher_and_trains_on_the_others(
+    cache, tiny_checkpoints, responsive_llm, tmp_path
+):
+    dataset = edited_cache(cache, str(tmp_path / "poisoned"), edit_rows=poison)
+    output_dir = str(tmp_path / "model")
+    flags = (
+        "--loss",
+        "kl",
+        "--kl_temperature",
+        str(TEMPERATURE),
+        "--teacher",
+        "cached",
+        "--max_skipped_fraction",
+        "0.6",
+    )
+    train_adapter.main(model_flags(tiny_checkpoints, responsive_llm) + run_flags(dataset, output_dir, 1, *flags))
+    by_row = {record["row_id"]: record for record in rejects(output_dir)}
+    assert sorted(by_row) == [0, 1, 2, 3]
+    assert {record["reason"] for record in by_row.values()} == {"unusable_teacher"}
+    assert "not finite or above 0" in by_row[0]["detail"] and "not finite or above 0" in by_row[3]["detail"]
+    assert "outside the LLM's vocabulary" in by_row[1]["detail"] and "outside" in by_row[2]["detail"]
+    assert all(np.isfinite(loss) for loss in logged_losses(output_dir))
+    weights = load_file(os.path.join(output_dir, "model.safetensors"))
+    assert all(torch.isfinite(value).all() for value in weights.values())
+
+
+def test_step2_refuses_a_cache_holding_another_k_than_recorded(cache, tiny_checkpoints, responsive_llm, tmp_path):
+    dataset = edited_cache(cache, str(tmp_path / "relabelled"), recorded_k=8)
+    output_dir = tmp_path / "model"
+    flags = ("--loss", "kl", "--kl_temperature", str(TEMPERATURE))
+    with pytest.raises(ValueError, match="records a cached teacher of top-8 but its .* column holds 4 tokens"):
+        train_adapter.main(
+            model_flags(tiny_checkpoints, responsive_llm) + run_flags(dataset, str(output_dir), 1, *flags)
+        )
+    assert not (output_dir / "model.safetensors").exists()
+
+
+def test_a_nan_loss_stops_training_and_saves_nothing(initial_blsp, speech_corpus, tmp_path):
+    checkpoint = str(tmp_path / "nan_adapter")
+    shutil.copytree(initial_blsp, checkpoint)
+    weights = load_file(os.path.join(checkpoint, "model.safetensors"))
+    name = next(key for key in weights if key.startswith("adapter.") and weights[key].ndim == 2)
+    weights[name][0, 0] = float("nan")
+    save_file(weights, os.path.join(checkpoint, "model.safetensors"), metadata={"format": "pt"})
+    dataset = write_dataset(str(tmp_path / "rows"), speech_corpus, True)
+    output_dir = tmp_path / "model"
+    with pytest.raises(NonFiniteTrainingError, match="Optimizer step 1: the loss is nan.*nothing was saved"):
+        train_adapter.main(["--model_name_or_path", checkpoint, *run_flags(dataset, str(output_dir), 2)])
+    assert not (output_dir / "model.safetensors").exists() and not (output_dir / "README.md").exists()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_gradient_stops_before_the_optimizer_step(bad):
+    model = torch.nn.Linear(2, 2)
+    model.weight.grad = torch.zeros(2, 2)
+    model.bias.grad = torch.tensor([0.0, bad])
+    state = type("State", (), {"global_step": 4})()
+    with pytest.raises(NonFiniteTrainingError, match=f"Optimizer step 5: the gradient norm is {bad}"):
+        StopOnNonFiniteGradients().on_pre_optimizer_step(None, state, None, model=model)
+    model.bias.grad = torch.zeros(2)
+    StopOnNonFiniteGradients().on_pre_optimizer_step(None, state, None, model=model)  # finite: goes on
+
+
+# ----------------------------------------------------------------------------------------------------- group 4
+
+
+def short_clips(directory) -> list[str]:
+    """WAV clips of `SHORT_CLIPS` samples of noise at 16 kHz."""
+    names = []
+    for samples in SHORT_CLIPS:
+        names.append(f"short_{samples}.wav")
+        noise = np.random.default_rng(samples).uniform(-0.5, 0.5, samples).astype(np.float32)
+        soundfile.write(os.path.join(directory, names[-1]), noise, 16000)
+    return names
+
+
+def test_the_processor_refuses_clips_under_the_minimum_naming_them(saved_blsp, tmp_path):
+    assert round(MIN_AUDIO_SECONDS * 16000) == 400
+    processor = BlspProcessor.from_pretrained(saved_blsp["qwen2"])
+    prompt = processor.render_prompt("Describe the audio.")
+    for name in short_clips(tmp_path):
+        with pytest.raises(AudioInputError, match=rf"Bad audio file '.*{name}': it is too short .* at least 400"):
+            processor(text=prompt, audio=str(tmp_path / name))
+    processor(text=prompt, audio=np.random.default_rng(0).uniform(-0.5, 0.5, 400).astype(np.float32))
+
+
+def test_step2_rejects_short_clips_by_row_and_trains_on_the_others(initial_blsp, speech_corpus, tmp_path):
+    source, rows = speech_corpus
+    for row in rows[:4]:
+        shutil.copy(os.path.join(source, row["file_name"]), tmp_path / row["file_name"])
+    names = short_clips(tmp_path)
+    corpus = (str(tmp_path), rows[:4] + [{"file_name": name, "text": "the cat"} for name in names])
+    dataset = write_dataset(str(tmp_path / "rows"), corpus, True)
+    output_dir = str(tmp_path / "model")
+    flags = run_flags(dataset, output_dir, 1, "--max_skipped_fraction", "0.6")
+    train_adapter.main(["--model_name_or_path", initial_blsp, *flags])
+    assert sorted(record["row_id"] for record in rejects(output_dir)) == [4, 5, 6, 7]
+    assert all("too short" in record["detail"] for record in rejects(output_dir))
+    with open(os.path.join(output_dir, "train_results.json")) as file:
+        assert json.load(file)["train_rows"] == 4
+
+
+def test_evaluation_rejects_short_clips_by_row(saved_blsp, speech_corpus, tmp_path):
+    source, rows = speech_corpus
+    shutil.copy(os.path.join(source, rows[0]["file_name"]), tmp_path / rows[0]["file_name"])
+    names = short_clips(tmp_path)
+    records = [rows[0], *({"file_name": name, "text": "the cat"} for name in names)]
+    (tmp_path / "metadata.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    args = EvaluationArguments(model_name_or_path=saved_blsp["qwen2"], output_dir=str(tmp_path / "eval"), batch_size=5)
+    args.max_new_tokens = 2
+    metrics = evaluate(CorpusArguments(dataset_name=str(tmp_path)), args)
+    assert (metrics["scored"], metrics["rejected"]) == (1, len(SHORT_CLIPS))
+    assert [reject["row_id"] for reject in metrics["rejects"]] == [1, 2, 3, 4]
+    assert all("too short" in reject["reason"] for reject in metrics["rejects"])
+
+
+def test_step1_checking_audio_rejects_short_clips_by_row(speech_corpus, tiny_checkpoints, tmp_path):
+    source, rows = speech_corpus
+    shutil.copy(os.path.join(source, rows[0]["file_name"]), tmp_path / rows[0]["file_name"])
+    names = short_clips(tmp_path)
+    records = [rows[0], *({"file_name": name, "text": "the cat"} for name in names)]
+    (tmp_path / "metadata.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    output_dir = str(tmp_path / "out")
+    summary = generate_continuations.main(
+        ["--dataset_name", str(tmp_path), "--llm_name_or_path", tiny_checkpoints["llama"], "--output_dir", output_dir]
+        + ["--max_new_tokens", "2", "--check_audio", "--min_audio_seconds", "0"]
+    )
+    assert (summary["accepted"], summary["rejected"]) == (1, len(SHORT_CLIPS))
+    with open(os.path.join(output_dir, "rejects.jsonl")) as file:
+        assert all("too short" in json.loads(line)["detail"] for line in file)
