@@ -1,8 +1,12 @@
 """Issue 30: non-finite values never train, and one minimum clip length rejects a row, never the job."""
 
+import base64
+import http.server
 import json
 import os
 import shutil
+import threading
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -15,11 +19,13 @@ from test_cached_teacher import TEMPERATURE, step_one
 from test_train_adapter import logged_losses, model_flags, run_flags, write_dataset
 from transformers import AutoConfig
 
+import audio_blsp
 import generate_continuations
 import train_adapter
 from audio_blsp import MIN_AUDIO_SECONDS
 from data_blsp import CONTINUATIONS_METADATA_FILE, TEACHER_IDS, TEACHER_LOGPROBS, CorpusArguments
 from evaluation_blsp import EvaluationArguments, evaluate
+from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import AudioInputError, BlspProcessor
 from training_blsp import NonFiniteTrainingError, StopOnNonFiniteGradients
 
@@ -232,3 +238,120 @@ def test_step1_checking_audio_rejects_short_clips_by_row(speech_corpus, tiny_che
     assert (summary["accepted"], summary["rejected"]) == (1, len(SHORT_CLIPS))
     with open(os.path.join(output_dir, "rejects.jsonl")) as file:
         assert all("too short" in json.loads(line)["detail"] for line in file)
+
+
+# ----------------------------------------------------------------------------------------------------- groups 1, 2, 7
+
+
+def audio_turn(source) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "audio", "url": source}, {"type": "text", "text": "Transcribe."}]}]
+
+
+def refusal(processor, source) -> str:
+    with pytest.raises(AudioInputError) as error:
+        processor.apply_chat_template(audio_turn(source))
+    return str(error.value)
+
+
+def test_a_conversation_reads_only_the_audio_it_carries(saved_blsp, speech_corpus, tmp_path):
+    """Paths and URLs are refused without touching the file system or network (the same words for a file that exists,
+    one that does not and a closed port); carried audio is read; an allowed folder's files are read, a FIFO never."""
+    processor = BlspProcessor.from_pretrained(saved_blsp["qwen2"])
+    clip = os.path.join(speech_corpus[0], speech_corpus[1][0]["file_name"])
+    missing = os.path.join(speech_corpus[0], "no_such_clip.flac")
+    messages = {source: refusal(processor, source) for source in (clip, missing, "http://127.0.0.1:1/x")}
+    assert len({message.replace(repr(source), "X") for source, message in messages.items()}) == 1
+    assert "read only from the locations the operator allows" in messages[clip]
+    with open(clip, "rb") as file:
+        data = file.read()
+    carried = processor.apply_chat_template(audio_turn(f"data:audio/flac;base64,{base64.b64encode(data).decode()}"))
+    assert torch.equal(
+        carried["input_ids"], processor.apply_chat_template(audio_turn(base64.b64encode(data).decode()))["input_ids"]
+    )
+    processor.audio_locations = [speech_corpus[0]]
+    assert torch.equal(processor.apply_chat_template(audio_turn(clip))["input_ids"], carried["input_ids"])
+    assert "operator allows" in refusal(processor, os.path.join(speech_corpus[0], "..", "elsewhere.flac"))
+    fifo = os.path.join(tmp_path, "fifo.wav")
+    os.mkfifo(fifo)
+    processor.audio_locations = [str(tmp_path)]
+    assert "not a regular file" in refusal(processor, fifo)
+
+
+@pytest.fixture
+def audio_server():
+    """A local HTTP server: `/big` sends 5,000 bytes at once, `/slow` a byte every 0.2 s for a minute."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            if self.path == "/big":
+                self.wfile.write(b"\0" * 5000)
+                return
+            try:
+                for _ in range(300):
+                    self.wfile.write(b"\0")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except ConnectionError:  # the client gave up, as it should
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_an_allowed_url_is_read_within_a_size_cap_and_a_total_deadline(saved_blsp, audio_server, monkeypatch):
+    monkeypatch.setattr(audio_blsp, "MAX_URL_BYTES", 1000)
+    monkeypatch.setattr(audio_blsp, "URL_TIMEOUT_SECONDS", 1)
+    processor = BlspProcessor.from_pretrained(saved_blsp["qwen2"])
+    processor.audio_locations = [audio_server + "/"]
+    assert "larger than" in refusal(processor, audio_server + "/big")
+    assert "took more than 1 s to download" in refusal(processor, audio_server + "/slow")
+
+
+def header_only_wav(path, frames: int, rate: int) -> str:
+    """A 16-bit WAV of `frames` samples of noise whose header says `rate` Hz."""
+    noise = np.random.default_rng(0).uniform(-0.5, 0.5, frames).astype(np.float32)
+    soundfile.write(path, noise, rate, subtype="PCM_16")
+    return str(path)
+
+
+def test_a_clips_length_is_checked_from_its_header_before_it_is_decoded(saved_blsp, tmp_path, monkeypatch):
+    """A 30 KB WAV whose header says 1 Hz (8 h 20 min at 16 kHz) and one within the hour but beyond the LLM's
+    positions are refused before a sample is decoded, whether carried in a conversation or given directly."""
+    processor = BlspProcessor.from_pretrained(saved_blsp["qwen2"])
+    limit = processor.context_limit
+    assert limit is not None and limit < 3600
+    hours = header_only_wav(tmp_path / "hours.wav", 30_000, 1)
+    beyond_context = header_only_wav(tmp_path / "long.wav", 2 * limit, 2)  # limit seconds: ~3 tokens a second
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the clip was decoded")
+
+    monkeypatch.setattr(soundfile.SoundFile, "read", no_decoding)
+    with open(hours, "rb") as file:
+        carried = base64.b64encode(file.read()).decode()
+    assert "30000.0 s long, beyond the processor's max_audio_seconds (3600 s)" in refusal(processor, carried)
+    with pytest.raises(AudioInputError, match=rf"long.wav'.*speech tokens, beyond the LLM's {limit} positions"):
+        processor(text=processor.render_prompt("Transcribe."), audio=beyond_context)
+    monkeypatch.undo()
+    processor.max_audio_seconds = 0.5
+    with pytest.raises(
+        AudioInputError, match="beyond the processor's max_audio_seconds"
+    ):  # an array, before resampling
+        processor(text=processor.render_prompt("Transcribe."), audio={"array": np.ones(800), "sampling_rate": 1000})
+
+
+def test_generate_refuses_a_prompt_beyond_the_llms_positions(saved_blsp):
+    model = BlspForConditionalGeneration.from_pretrained(saved_blsp["qwen2"]).eval()
+    limit = model.config.text_config.max_position_embeddings
+    input_ids = torch.ones(1, limit - 4, dtype=torch.long)
+    with pytest.raises(ValueError, match=rf"{limit - 4} tokens \(0 of them speech\) \+ 8 new tokens = {limit + 4} "):
+        model.generate(input_ids=input_ids, max_new_tokens=8)
+    assert model.generate(input_ids=input_ids, max_new_tokens=4, do_sample=False).shape[1] <= limit
