@@ -93,14 +93,16 @@ def read_audio_file(source, check_length=None) -> tuple[np.ndarray, int]:
     before anything is decoded."""
     if isinstance(source, str) and source.startswith("data:"):
         header, _, payload = source.partition(",")
-        source = decode_base64(payload) if header.endswith(";base64") else None
-        if source is None:
+        if not header.endswith(";base64"):
             raise AudioInputError("a data: URI must hold base64 audio (data:audio/wav;base64,...)")
+        source = decode_base64(payload)
+        if source is None:
+            raise AudioInputError("its base64 audio does not decode; send the file's bytes in base64")
     elif isinstance(source, str) and source.startswith(REMOTE):
         source = fetch_url(source)
     elif isinstance(source, str) and not os.path.exists(source):
         source = decode_base64(source)
-        if source is None:
+        if source is None or len(source) < 44:  # shorter than any audio header: a path, such as "abcd"
             raise AudioInputError("the file does not exist; check the path")
     elif isinstance(source, str) and not os.path.isfile(source):
         raise AudioInputError("it is not a regular file (a folder, FIFO or device); give an audio file")
@@ -145,16 +147,18 @@ def is_allowed(location: str, allowed: list[str]) -> bool:
 
 
 def carried_audio(source, allowed: list[str]):
-    """A conversation's audio source, unchanged, when it may be read: what the request carries (an array, bytes, a
-    `data:` URI, base64) or a path or URL inside the operator's `allowed` locations. Anything else is refused without
-    touching the file system or the network (no existence oracle, no port scan)."""
+    """A conversation's audio source when it may be read: what the request carries (an array, bytes, a `data:` URI;
+    base64, returned decoded) or a path or URL inside the operator's `allowed` locations. Anything else is refused
+    without touching the file system or the network (no existence oracle, no port scan)."""
     location = source.get("path") if isinstance(source, dict) else source
     carried = isinstance(source, dict) and any(source.get(key) is not None for key in ("array", "raw", "bytes"))
     if carried or not isinstance(location, (str, os.PathLike)):
         return source
     location = os.fspath(location)
-    if location.startswith("data:") or (not location.startswith(REMOTE) and decode_base64(location) is not None):
+    if isinstance(source, str) and source.startswith("data:"):
         return source
+    if isinstance(source, str) and not source.startswith(REMOTE) and decode_base64(source) is not None:
+        return decode_base64(source)  # as bytes: "//etc/shadow" is valid base64 too, and must stay unread
     if is_allowed(location, allowed):
         return source
     raise AudioInputError(
@@ -188,8 +192,8 @@ def load_audio(source, target_sampling_rate: int, sampling_rate: int | None = No
 
     try:
         samples, rate = audio_array_and_rate(source, sampling_rate, check_header)
-        if samples.dtype == object or not np.issubdtype(samples.dtype, np.number):
-            raise AudioInputError(f"expected numbers, got an array of {samples.dtype}")
+        if samples.dtype == object or not np.issubdtype(samples.dtype, np.number) or np.iscomplexobj(samples):
+            raise AudioInputError(f"expected real numbers, got an array of {samples.dtype}")
         samples = to_mono(to_float(samples))
         if samples.size == 0:
             raise AudioInputError("it is empty (0 samples)")

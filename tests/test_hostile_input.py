@@ -355,3 +355,18 @@ def test_generate_refuses_a_prompt_beyond_the_llms_positions(saved_blsp):
     with pytest.raises(ValueError, match=rf"{limit - 4} tokens \(0 of them speech\) \+ 8 new tokens = {limit + 4} "):
         model.generate(input_ids=input_ids, max_new_tokens=8)
     assert model.generate(input_ids=input_ids, max_new_tokens=4, do_sample=False).shape[1] <= limit
+
+
+def test_base64_looking_paths_in_a_request_stay_unread_and_short_missing_paths_are_called_missing(saved_blsp):
+    """`//etc//hosts` is valid base64: in a conversation it is decoded as such, never opened; given directly, a short
+    missing path ("abcd", valid base64 of 3 bytes) is reported missing, bad base64 in a data: URI as bad base64."""
+    processor = BlspProcessor.from_pretrained(saved_blsp["qwen2"])
+    assert os.path.exists("//etc//hosts") and audio_blsp.decode_base64("//etc//hosts") is not None
+    message = refusal(processor, "//etc//hosts")
+    assert "could not decode it as audio" in message and "audio file" not in message  # bytes, not a file, were read
+    with pytest.raises(AudioInputError, match="'abcd': the file does not exist; check the path"):
+        processor.load_audio("abcd")
+    with pytest.raises(AudioInputError, match="its base64 audio does not decode"):
+        processor.load_audio("data:audio/wav;base64,not base64!")
+    with pytest.raises(AudioInputError, match="expected real numbers, got an array of complex64"):
+        processor.load_audio(np.ones(800, dtype=np.complex64))
