@@ -157,8 +157,9 @@ def carried_audio(source, allowed: list[str]):
     location = os.fspath(location)
     if isinstance(source, str) and source.startswith("data:"):
         return source
-    if isinstance(source, str) and not source.startswith(REMOTE) and decode_base64(source) is not None:
-        return decode_base64(source)  # as bytes: "//etc/shadow" is valid base64 too, and must stay unread
+    decoded = decode_base64(source) if isinstance(source, str) and not source.startswith(REMOTE) else None
+    if decoded is not None:
+        return decoded  # as bytes: "//etc//hosts" is valid base64 too, and must stay unread
     if is_allowed(location, allowed):
         return source
     raise AudioInputError(
