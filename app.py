@@ -116,7 +116,7 @@ class SpeechChat:
     def inputs(self, conversation: list[dict], max_new_tokens: int):
         """The model inputs of `conversation`, or a ValueError (an `AudioInputError` for audio) saying why not."""
         system = [{"role": "system", "content": self.processor.system_prompt}] if self.processor.system_prompt else []
-        inputs = self.processor.apply_chat_template(system + conversation)
+        inputs = self.processor.apply_chat_template(system + self.processor.read_audio_items(conversation))
         speech_tokens = int((inputs["input_ids"] == self.processor.speech_token_id).sum())
         prompt_tokens = inputs["input_ids"].shape[1] - speech_tokens
         limit = getattr(self.model.config.text_config, "max_position_embeddings", None)

@@ -158,6 +158,12 @@ class ContinuationArguments:
             raise ValueError("--push_to_hub needs --hub_dataset_id.")
         if self.teacher_top_k < 0:
             raise ValueError(f"--teacher_top_k must be 0 (off) or a number of tokens, got {self.teacher_top_k}.")
+        for name in ("temperature", "teacher_temperature"):
+            if not 0 < getattr(self, name) < float("inf"):  # NaN fails every comparison
+                raise ValueError(
+                    f"--{name} must be a finite number above 0, got {getattr(self, name)}: at 0 or below the "
+                    "log-probabilities are NaN or inverted (greedy decoding is --do_sample false)."
+                )
         if self.teacher_top_k and self.backend == "vllm" and self.teacher_temperature != 1.0:
             raise ValueError("--backend vllm gives log-probabilities at temperature 1: pass --teacher_temperature 1.")
         if self.backend == "vllm" and importlib.util.find_spec("vllm") is None:

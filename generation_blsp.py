@@ -154,8 +154,15 @@ class VllmGenerator:
 
 
 def check_context(args) -> None:
-    """Refuse `--max_prompt_tokens` + `--max_new_tokens` beyond the LLM's positions (continuations would be cut)."""
+    """Refuse `--max_prompt_tokens` + `--max_new_tokens` beyond the LLM's positions (continuations would be cut), and
+    a `--teacher_top_k` beyond its vocabulary."""
     config = AutoConfig.from_pretrained(args.llm_name_or_path, trust_remote_code=args.trust_remote_code)
+    vocabulary = getattr(config.get_text_config(), "vocab_size", None)
+    if vocabulary is not None and args.teacher_top_k > vocabulary:
+        raise ValueError(
+            f"--teacher_top_k {args.teacher_top_k} is beyond the {vocabulary}-token vocabulary of "
+            f"{args.llm_name_or_path!r}: pass at most {vocabulary} (the whole distribution)."
+        )
     limit = getattr(config.get_text_config(), "max_position_embeddings", None)
     if limit is not None and args.max_prompt_tokens + args.max_new_tokens > limit:
         raise ValueError(

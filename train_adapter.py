@@ -336,6 +336,11 @@ class BlspTrainingArguments(TrainingArguments):
             raise ValueError(f"--max_skipped_fraction must be in [0, 1], got {self.max_skipped_fraction}.")
         if self.remove_unused_columns:
             raise ValueError("train_adapter.py decodes audio in its collator: --remove_unused_columns must be False.")
+        if not 0 < self.kl_temperature < float("inf"):  # NaN fails every comparison
+            raise ValueError(
+                f"--kl_temperature must be a finite number above 0, got {self.kl_temperature}: at 0 the KL is NaN, "
+                "below 0 it rewards the teacher's least likely tokens."
+            )
 
     @property
     def loss_terms(self) -> set[str]:
@@ -420,6 +425,7 @@ def main(args: list[str] | None = None):
             cached_teacher=cached_teacher,
             with_ctc_labels="ctc" in training_args.loss_terms,
             rejects_path=audio_rejects_path(training_args),
+            vocab_size=model.config.text_config.vocab_size,
             augmentation=SpeechAugmentation(
                 augmentation_args, processor.feature_extractor.sampling_rate, training_args.seed
             )

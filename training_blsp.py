@@ -11,10 +11,11 @@ import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
-from transformers import PreTrainedConfig, Trainer
+from transformers import PreTrainedConfig, Trainer, TrainerCallback
 from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
@@ -59,7 +60,8 @@ class SpeechPromptCollator:
 
     Student: the prompt with the speech in place of the transcript, then the response (continuation, else transcript)
     and EOS as labels. Teacher (KL only, keys prefixed `teacher_`): the same prompt with the transcript, same response.
-    Rows whose audio cannot be decoded are skipped, logged and counted under `num_skipped_rows`.
+    Rows whose audio cannot be decoded, or whose cached teacher is unusable, are skipped, logged, recorded in
+    `rejects_path` and counted under `num_skipped_rows`.
     """
 
     processor: BlspProcessor
@@ -74,33 +76,59 @@ class SpeechPromptCollator:
     augmentation: SpeechAugmentation | None = None
     """Training only: speed and band of each decoded clip, masks on its features (`BlspTrainer` drops it when
     evaluating)."""
+    vocab_size: int | None = None
+    """The LLM's vocabulary (its logits' width): cached teacher ids must be below it (None: only not negative)."""
 
-    def readable_rows(self, rows: list[dict]) -> tuple[list[dict], list]:
-        """The rows whose audio decodes to a usable clip, and those clips."""
+    def usable_rows(self, rows: list[dict]) -> tuple[list[dict], list]:
+        """The rows whose audio decodes to a usable clip (and, read from the cache, whose teacher is usable), and
+        those clips."""
         kept, clips = [], []
-        min_samples = self.processor.feature_extractor.hop_length
         for row in rows:
+            problem = self.teacher_problem(row) if self.with_teacher and self.cached_teacher else None
+            if problem is not None:
+                logger.warning("Skipping row %s: %s", row.get(ROW_ID), problem)
+                self.record_reject(row, ("unusable_teacher", problem))
+                continue
             try:
-                clip = self.processor.load_audio(row["audio"])
-                if len(clip) < min_samples:
-                    raise AudioInputError(f"Bad audio {row['audio'].get('path')!r}: only {len(clip)} samples.")
+                clip = self.processor.load_audio(row["audio"])  # refuses clips under MIN_AUDIO_SECONDS
             except AudioInputError as error:
                 logger.warning("Skipping a row: %s", error)
-                self.record_reject(row, error)
+                self.record_reject(row, ("unusable_audio", str(error)))
                 continue
             kept.append(row)
             clips.append(self.augmentation.waveform(clip) if self.augmentation else clip)
         return kept, clips
 
-    def record_reject(self, row: dict, error: AudioInputError):
-        """Append the skipped row (row id when streamed, audio source, reason) to `rejects_path`, if set."""
+    def teacher_problem(self, row: dict) -> str | None:
+        """Why a row's cached teacher cannot be trained on (None when it can): one (k) position per response token
+        and the end, finite log-probabilities at most 0, token ids inside the vocabulary."""
+        response = self.processor.tokenizer(row.get("continuation") or row["text"], add_special_tokens=False)
+        positions = len(response["input_ids"]) + 1
+        try:
+            ids, logprobs = np.asarray(row[TEACHER_IDS]), np.asarray(row[TEACHER_LOGPROBS], dtype=np.float32)
+        except ValueError:  # ragged
+            return "its cached teacher is not a (positions, k) array"
+        if ids.ndim != 2 or ids.shape != logprobs.shape or ids.shape[0] != positions:
+            return (
+                f"its cached teacher has shape {ids.shape} (log-probs {logprobs.shape}) but its response has "
+                f"{positions} tokens (continuation and EOS): step 1 ran another tokenizer or the response was "
+                "changed. Make the continuations again with this LLM, or train with --teacher live."
+            )
+        if not np.isfinite(logprobs).all() or (logprobs > 0).any():
+            return "its cached teacher holds log-probabilities that are not finite or above 0"
+        if ids.size and (ids.min() < 0 or (self.vocab_size is not None and ids.max() >= self.vocab_size)):
+            return f"its cached teacher holds token ids outside the LLM's vocabulary (0 to {self.vocab_size})"
+        return None
+
+    def record_reject(self, row: dict, reason: tuple[str, str]):
+        """Append the skipped row (row id, audio source, reason) to `rejects_path`, if set."""
         if self.rejects_path is not None:
-            record = reject_record(row.get(ROW_ID, -1), audio_source(row["audio"]), ("unusable_audio", str(error)))
+            record = reject_record(row.get(ROW_ID, -1), audio_source(row["audio"]), reason)
             with open(self.rejects_path, "a", encoding="utf-8") as file:  # rare: one short line, opened each time
                 file.write(json.dumps(record) + "\n")
 
     def __call__(self, rows: list[dict]) -> dict:
-        kept, clips = self.readable_rows(rows)
+        kept, clips = self.usable_rows(rows)
         batch = {SKIPPED_ROWS_KEY: torch.tensor(len(rows) - len(kept))}
         if not kept:
             return batch
@@ -118,7 +146,7 @@ class SpeechPromptCollator:
             )
         batch.update(student)
         if self.with_teacher and self.cached_teacher:
-            batch.update(self.cached_teacher_tensors(kept, student["labels"]))
+            batch.update(self.cached_teacher_tensors(kept))
         elif self.with_teacher:
             teacher = self.processor(
                 text=[self.processor.render_prompt(row["instruction"], row["text"]) for row in kept],
@@ -133,21 +161,11 @@ class SpeechPromptCollator:
         return batch
 
     @staticmethod
-    def cached_teacher_tensors(rows: list[dict], labels: torch.Tensor) -> dict:
-        """The rows' cached teachers concatenated in reading order, checked against their response lengths."""
-        learned = (labels != IGNORE_INDEX).sum(-1).tolist()
-        ids, logprobs = [], []
-        for row, length in zip(rows, learned):
-            row_ids = torch.tensor(row[TEACHER_IDS], dtype=torch.long)
-            if row_ids.shape[0] != length:
-                raise ValueError(
-                    f"Row {row.get(ROW_ID)}: its cached teacher covers {row_ids.shape[0]} positions but its response "
-                    f"has {length} tokens (continuation and EOS): step 1 ran another tokenizer or the response was "
-                    "changed. Train with --teacher live, or make the continuations again with this LLM."
-                )
-            ids.append(row_ids)
-            logprobs.append(torch.tensor(row[TEACHER_LOGPROBS], dtype=torch.float16))
-        return dict(zip(CACHED_TEACHER_KEYS, (torch.cat(ids), torch.cat(logprobs))))
+    def cached_teacher_tensors(rows: list[dict]) -> dict:
+        """The rows' cached teachers (checked by `teacher_problem`) concatenated in reading order."""
+        ids = torch.cat([torch.tensor(row[TEACHER_IDS], dtype=torch.long) for row in rows])
+        logprobs = torch.cat([torch.tensor(row[TEACHER_LOGPROBS], dtype=torch.float16) for row in rows])
+        return dict(zip(CACHED_TEACHER_KEYS, (ids, logprobs)))
 
 
 def prepare_output_dir(args) -> str | None:
@@ -176,7 +194,7 @@ def prepare_output_dir(args) -> str | None:
 
 
 def check_usable_rows(trained: int, skipped: int, args, final: bool = False):
-    """Stop when more than `args.max_skipped_fraction` of the rows seen had unusable audio.
+    """Stop when more than `args.max_skipped_fraction` of the rows seen had unusable audio (or cached teacher).
 
     During training the check waits for `MIN_ROWS_BEFORE_CHECK` rows on this process; at the end (`final`, counts of
     every process) it always applies, so a run on no usable row never saves a model.
@@ -184,9 +202,10 @@ def check_usable_rows(trained: int, skipped: int, args, final: bool = False):
     seen = trained + skipped
     if (seen >= MIN_ROWS_BEFORE_CHECK or final) and (trained == 0 or skipped > args.max_skipped_fraction * seen):
         raise ValueError(
-            f"Only {trained} of {seen} rows had usable audio ({skipped} skipped, more than --max_skipped_fraction "
-            f"{args.max_skipped_fraction}). The reasons are in {args.output_dir}/audio_rejects-*.jsonl: fix the "
-            "audio column, paths or codec, or raise --max_skipped_fraction."
+            f"Only {trained} of {seen} rows had usable audio and teacher ({skipped} skipped, more than "
+            f"--max_skipped_fraction {args.max_skipped_fraction}). The reasons are in "
+            f"{args.output_dir}/audio_rejects-*.jsonl: fix the audio column, paths, codec or cached teacher, or raise "
+            "--max_skipped_fraction."
         )
 
 
@@ -335,8 +354,33 @@ def pack_rows(inputs: dict, labels: torch.Tensor) -> tuple[dict, torch.Tensor, t
     return packed, keep, labels[keep + 1][None]
 
 
+class NonFiniteTrainingError(RuntimeError):
+    """A loss or gradient norm that is not finite: training stops before the optimizer step, saving nothing."""
+
+
+def non_finite_error(what: str, value, step: int) -> NonFiniteTrainingError:
+    return NonFiniteTrainingError(
+        f"Optimizer step {step}: the {what} is {value}. Training stopped before the weights changed and nothing was "
+        "saved (checkpoints already in --output_dir are of earlier, finite steps). Look for non-finite values in "
+        "the model or data, lower --learning_rate, or train in bf16 rather than fp16."
+    )
+
+
+class StopOnNonFiniteGradients(TrainerCallback):
+    """Stops training before the optimizer step when the gradient norm of the trainable parameters is not finite, so
+    that no NaN reaches the weights. (Not under fp16 loss scaling, whose scaler skips such steps itself; DeepSpeed
+    keeps gradients in its own buffers, where only the loss check applies.)"""
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        gradients = [parameter.grad for parameter in model.parameters() if parameter.grad is not None]
+        norm = torch.nn.utils.get_total_norm(gradients) if gradients else None
+        if norm is not None and not torch.isfinite(norm):
+            raise non_finite_error("gradient norm", float(norm), state.global_step + 1)
+
+
 class BlspTrainer(Trainer):
-    """A `Trainer` with the BLSP objectives, logits only on response positions, and skipped-row counting."""
+    """A `Trainer` with the BLSP objectives, logits only on response positions, skipped-row counting, and a stop at
+    the first loss or gradient norm that is not finite."""
 
     def __init__(self, *args, model_card_builder=None, trained_rows_log: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -347,6 +391,15 @@ class BlspTrainer(Trainer):
         self.term_sums, self.term_count = {}, 0
         # The loss is normalized by `num_items_in_batch` (the whole accumulated batch's response tokens).
         self.loss_is_scaled_for_ga = True
+        if self.accelerator.scaler is None:
+            self.add_callback(StopOnNonFiniteGradients())
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """The Trainer's step, stopped (before any optimizer step) by a loss that is not finite."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss):
+            raise non_finite_error("loss", float(loss), self.state.global_step + 1)
+        return loss
 
     def _get_dataloader(self, *args, is_training: bool = False, **kwargs):
         """Evaluation batches without the training collator's augmentation."""

@@ -45,6 +45,19 @@ def shared_teacher_k(features: list) -> int | None:
     return widths.pop() if len(widths) == 1 and None not in widths else None
 
 
+def check_recorded_teacher_k(name: str, metadata: dict, features) -> None:
+    """Refuse a dataset whose cached teacher holds another k per position than step 1 recorded (the data was
+    edited or mixed: the KL bound and the model card would be wrong)."""
+    ids = (features or {}).get(TEACHER_IDS)
+    recorded = metadata.get("teacher_top_k")
+    if ids is not None and recorded and ids.feature.length != recorded:
+        raise ValueError(
+            f"Dataset {name!r} records a cached teacher of top-{recorded} but its {TEACHER_IDS!r} column holds "
+            f"{ids.feature.length} tokens per position: make the continuations again with generate_continuations.py "
+            "(--teacher_top_k), or remove the teacher columns and train with --teacher live."
+        )
+
+
 def audio_duration_ms(audio: dict) -> dict:
     """Duration of a `{"path", "bytes"}` audio cell from its header (no decoding); 0 when unreadable (the collator
     skips and counts the row)."""
@@ -62,6 +75,7 @@ def prepare_dataset(
     for name in names:
         dataset = load_source(CorpusArguments(dataset_name=name, split=split))
         metadata = continuations_metadata(dataset, name)
+        check_recorded_teacher_k(name, metadata, dataset.features)
         if "audio" not in dataset.column_names and "source" in metadata:  # step 1 kept no copy of the audio
             dataset = join_audio(dataset, metadata["source"], metadata.get("normalize_transcripts", False))
         check_columns(dataset.column_names, name, loss_terms)
@@ -118,6 +132,7 @@ def stream_datasets(data_args, training_args):
     streams, metadatas = [], []
     for index, (name, rows) in enumerate(zip(names, opened)):
         metadata = continuations_metadata(None, name)
+        check_recorded_teacher_k(name, metadata, rows.features)
         instruction = dataset_instruction(data_args, metadata)
         duration = data_args.duration_column_name
         streams.append(stream_continuations(rows, index, instruction, metadata, duration, teacher_k))

@@ -72,8 +72,8 @@ QWEN25_05B = dict(
 class PublishedRecipeCollator(training_blsp.SpeechPromptCollator):
     """The original recipe's inputs: each clip zero-padded to 30 s; no bookkeeping key for the stock `Trainer`."""
 
-    def readable_rows(self, rows: list[dict]) -> tuple[list[dict], list]:
-        kept, clips = super().readable_rows(rows)
+    def usable_rows(self, rows: list[dict]) -> tuple[list[dict], list]:
+        kept, clips = super().usable_rows(rows)
         window = self.processor.feature_extractor.n_samples
         return kept, [np.pad(clip, (0, window - len(clip))) for clip in clips]
 

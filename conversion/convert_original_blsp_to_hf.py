@@ -17,6 +17,7 @@ python conversion/convert_original_blsp_to_hf.py --checkpoint_dir blsp_lslm_7b -
 import argparse
 import json
 import os
+import shutil
 import sys
 
 import torch
@@ -124,14 +125,34 @@ def rename_weights(state: dict[str, torch.Tensor], config: BlspConfig) -> dict[s
     return renamed
 
 
-def convert(checkpoint_dir: str, output_dir: str, dtype: str = "float32") -> str:
-    """Write our checkpoint of the original BLSP release in `checkpoint_dir` to `output_dir`."""
+def check_folders(checkpoint_dir: str, output_dir: str, overwrite: bool) -> None:
+    """Refuse to write into the release itself, or over a non-empty folder unless `overwrite`; refuse a release
+    lacking its tokenizer or feature extractor before anything is written."""
+    if os.path.realpath(output_dir) == os.path.realpath(checkpoint_dir):
+        raise ValueError(f"--output_dir {output_dir!r} is the release itself: give another folder.")
+    if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
+        raise ValueError(
+            f"--output_dir {output_dir!r} already holds files (another model?): pass --overwrite_output_dir to "
+            "replace them, or give an empty folder."
+        )
+    needed = {"a tokenizer (tokenizer.model or tokenizer.json)": ("tokenizer.model", "tokenizer.json")}
+    needed["the feature extractor (preprocessor_config.json)"] = ("preprocessor_config.json",)
+    for what, names in needed.items():
+        if not any(os.path.isfile(os.path.join(checkpoint_dir, name)) for name in names):
+            raise FileNotFoundError(f"{checkpoint_dir!r} lacks {what}: copy it from the original release.")
+
+
+def convert(checkpoint_dir: str, output_dir: str, dtype: str = "float32", overwrite: bool = False) -> str:
+    """Write our checkpoint of the original BLSP release in `checkpoint_dir` to `output_dir`, atomically: every input
+    is read before anything is written, into a staging folder that then replaces `output_dir`."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     config = convert_config(read_original_config(checkpoint_dir))
+    check_folders(checkpoint_dir, output_dir, overwrite)
     if not os.path.isfile(os.path.join(checkpoint_dir, "tokenizer.json")) and not is_sentencepiece_available():
         raise ImportError("reading the release's Llama tokenizer (tokenizer.model) needs: pip install sentencepiece")
     tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir)
+    feature_extractor = WhisperFeatureExtractor.from_pretrained(checkpoint_dir)
     config.speech_token_id = add_speech_token(tokenizer, config.speech_token)
     state = rename_weights(read_original_weights(checkpoint_dir), config)
     if dtype != "auto":
@@ -153,15 +174,19 @@ def convert(checkpoint_dir: str, output_dir: str, dtype: str = "float32") -> str
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=pad_token_id,
     )
-    model.save_pretrained(output_dir)
     processor = BlspProcessor(
-        feature_extractor=WhisperFeatureExtractor.from_pretrained(checkpoint_dir),
+        feature_extractor=feature_extractor,
         tokenizer=tokenizer,
         speech_token=config.speech_token,
         speech_downsampling=config.speech_downsampling,
         **ORIGINAL_PROCESSOR,
     )
-    processor.save_pretrained(output_dir)
+    staging = output_dir.rstrip(os.sep) + ".converting"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    processor.save_pretrained(staging)
+    shutil.rmtree(output_dir, ignore_errors=True)
+    os.replace(staging, output_dir)
     return output_dir
 
 
@@ -175,8 +200,11 @@ def main(argv: list[str] | None = None) -> None:
         choices=DTYPES,
         help="saved dtype: float32 (default) is what the original computed in; auto keeps the stored one",
     )
+    parser.add_argument(
+        "--overwrite_output_dir", action="store_true", help="replace the files of a non-empty --output_dir"
+    )
     args = parser.parse_args(argv)
-    print(convert(args.checkpoint_dir, args.output_dir, args.dtype))
+    print(convert(args.checkpoint_dir, args.output_dir, args.dtype, args.overwrite_output_dir))
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ def test_pipeline_takes_a_conversation(saved_blsp, qwen2, clip_paths):
     conversation = [user_turn(INSTRUCTION, clip_paths[0])]
     answer = speech_llm(conversation, max_new_tokens=6)
     assert answer == speech_llm(clip_paths[0], instruction=INSTRUCTION, max_new_tokens=6)
-    inputs = processor.apply_chat_template(conversation)
+    inputs = processor.apply_chat_template(processor.read_audio_items(conversation))
     generated = model.generate(**inputs, do_sample=False, max_new_tokens=6)[:, inputs["input_ids"].shape[1] :]
     assert answer["generated_text"] == processor.decode(generated[0], skip_special_tokens=True).strip()
 

@@ -10,12 +10,14 @@ answers are words (a random tiny LLM answers bytes that a stream cannot split in
 import base64
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 
+import numpy as np
 import pytest
 import soundfile
 from launching import free_port
@@ -65,12 +67,15 @@ print(json.dumps({
 """
 
 
-def fresh_env(tmp_path) -> dict[str, str]:
-    """A user's environment: the project not importable, offline, caches of its own, no CLI update check."""
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+def fresh_env(tmp_path, audio_locations: list[str] = ()) -> dict[str, str]:
+    """A user's environment: the project not importable, offline, caches of its own, no CLI update check; the
+    folders a conversation's audio paths may be read from (none: the server's default)."""
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "BLSP_AUDIO_LOCATIONS")}
     env.update(
         HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), HF_HUB_DISABLE_UPDATE_CHECK="1", OMP_NUM_THREADS="1"
     )
+    if audio_locations:
+        env["BLSP_AUDIO_LOCATIONS"] = ",".join(audio_locations)
     return env
 
 
@@ -128,7 +133,7 @@ def answers(checkpoint, adapter_only_checkpoint, clips, tmp_path_factory) -> dic
             json.dumps(GREEDY),
         ],
         cwd=workdir,
-        env=fresh_env(workdir),
+        env=fresh_env(workdir, sorted({os.path.dirname(clip) for clip in clips})),  # any-to-any reads the paths
         capture_output=True,
         text=True,
         timeout=600,
@@ -173,17 +178,13 @@ def wait_until_healthy(url: str, process: subprocess.Popen, log_path, timeout: f
     pytest.fail(f"transformers serve did not answer /health within {timeout} s")
 
 
-def chat_completion(url: str, model: str, clip: str, audio_format: str | None, stream: bool):
-    """POST an OpenAI chat completion whose user message holds the clip as base64 `input_audio` and the instruction."""
-    with open(clip, "rb") as file:
-        input_audio = {"data": base64.b64encode(file.read()).decode()}
-    if audio_format:
-        input_audio["format"] = audio_format
-    content = [{"type": "input_audio", "input_audio": input_audio}, {"type": "text", "text": INSTRUCTION}]
+def post_chat(url: str, model: str, audio_part: dict, stream: bool = False, max_tokens: int | None = None) -> str:
+    """POST an OpenAI chat completion whose user message holds `audio_part` and the instruction; the response body."""
+    content = [audio_part, {"type": "text", "text": INSTRUCTION}]
     body = {
         "model": model,
         "messages": [{"role": "user", "content": content}],
-        "max_tokens": GREEDY["max_new_tokens"],
+        "max_tokens": max_tokens or GREEDY["max_new_tokens"],
         "temperature": 0,
         "stream": stream,
     }
@@ -191,7 +192,26 @@ def chat_completion(url: str, model: str, clip: str, audio_format: str | None, s
         f"{url}/v1/chat/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
     )
     with urllib.request.urlopen(request, timeout=300) as response:
-        text = response.read().decode()
+        return response.read().decode()
+
+
+def input_audio(clip: str, audio_format: str | None = None) -> dict:
+    """The clip as an OpenAI `input_audio` part: base64, with a format when given."""
+    with open(clip, "rb") as file:
+        part = {"data": base64.b64encode(file.read()).decode()}
+    return {"type": "input_audio", "input_audio": {**part, **({"format": audio_format} if audio_format else {})}}
+
+
+def refusal(url: str, model: str, audio_part: dict, max_tokens: int | None = None) -> tuple[int, str]:
+    """The HTTP status and body of a request the server must refuse (an error, never an answer)."""
+    with pytest.raises(urllib.error.HTTPError) as error:
+        post_chat(url, model, audio_part, max_tokens=max_tokens)
+    return error.value.code, error.value.read().decode()
+
+
+def chat_completion(url: str, model: str, clip: str, audio_format: str | None, stream: bool):
+    """POST an OpenAI chat completion whose user message holds the clip as base64 `input_audio` and the instruction."""
+    text = post_chat(url, model, input_audio(clip, audio_format), stream=stream)
     if not stream:
         return json.loads(text)
     return [json.loads(line[len("data: ") :]) for line in text.splitlines() if line.startswith("data: ")]
@@ -232,6 +252,25 @@ def test_transformers_serve_answers_chat_completions_with_audio(answers, checkpo
         assert len([delta for delta in deltas if delta.get("content")]) > 1  # token by token, not one piece
         assert streamed.strip() == ours[0]
         assert chunks[-1]["choices"][0]["finish_reason"] == "stop"  # the answer ended with EOS
+
+        # Issue 30: a request reads only the audio it carries; its length and context are checked before work.
+        secret = tmp_path / "secret.wav"
+        shutil.copy(clips[0], secret)
+        locations = (str(secret), str(tmp_path / "missing.wav"), "http://127.0.0.1:1/x")
+        refused = [refusal(url, checkpoint, {"type": "audio_url", "audio_url": {"url": where}}) for where in locations]
+        # The same refusal whether the file exists or not, or the port is closed: no file oracle, no port scan.
+        assert len({(status, body.replace(where, "X")) for (status, body), where in zip(refused, locations)}) == 1
+        assert refused[0][0] == 400 and "read only from the locations the operator allows" in refused[0][1]
+        hours = tmp_path / "hours.wav"  # 30 KB whose header says 1 Hz: 8 h 20 min at 16 kHz
+        soundfile.write(hours, np.zeros(30_000, dtype=np.float32), 1, subtype="PCM_16")
+        status, body = refusal(url, checkpoint, input_audio(str(hours), "wav"))
+        assert status == 400 and "beyond the processor's max_audio_seconds (3600 s)" in body
+        status, body = refusal(url, checkpoint, input_audio(clips[0], "wav"), max_tokens=1000)
+        assert status >= 400
+        with open(log_path) as log:
+            assert "lower max_new_tokens (max_tokens when served)" in body + log.read()
+        completion = chat_completion(url, checkpoint, clips[0], "wav", stream=False)  # the server still answers
+        assert completion["choices"][0]["message"]["content"].strip() == ours[0]
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -6,6 +6,7 @@ written from its code (sentencepiece tokenization, 30 s features, unmasked encod
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -219,3 +220,25 @@ def test_converter_rejects_a_folder_that_is_not_the_original_release(converted, 
         convert_main(["--checkpoint_dir", converted, "--output_dir", str(tmp_path / "out")])
     with pytest.raises(FileNotFoundError, match="config.json"):
         convert_main(["--checkpoint_dir", str(tmp_path), "--output_dir", str(tmp_path / "out")])
+
+
+def test_converter_refuses_its_input_another_model_and_a_release_lacking_a_file(original, converted, tmp_path):
+    """Nothing is written over the release, over another model without --overwrite_output_dir, or at all when the
+    release lacks its tokenizer or feature extractor; with the flag the output is replaced whole."""
+    with pytest.raises(ValueError, match="is the release itself"):
+        convert_main(["--checkpoint_dir", original, "--output_dir", original])
+    other_model = str(tmp_path / "other")
+    shutil.copytree(converted, other_model)
+    with pytest.raises(ValueError, match="already holds files .*--overwrite_output_dir"):
+        convert_main(["--checkpoint_dir", original, "--output_dir", other_model])
+    for name, what in (("tokenizer.model", "a tokenizer"), ("preprocessor_config.json", "the feature extractor")):
+        release = str(tmp_path / f"without-{name}")
+        shutil.copytree(original, release)
+        os.remove(os.path.join(release, name))
+        output_dir = tmp_path / f"out-{name}"
+        with pytest.raises(FileNotFoundError, match=f"lacks {what}"):
+            convert_main(["--checkpoint_dir", release, "--output_dir", str(output_dir)])
+        assert not output_dir.exists()
+    (tmp_path / "other" / "stale.txt").write_text("from another model")
+    convert_main(["--checkpoint_dir", original, "--output_dir", other_model, "--overwrite_output_dir"])
+    assert sorted(os.listdir(other_model)) == sorted(os.listdir(converted))

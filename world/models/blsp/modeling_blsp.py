@@ -404,6 +404,27 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
         mixture = nn.functional.softmax(logits[:, 1:].float(), dim=-1).to(embeddings.dtype) @ embeddings
         return mixture, attention_mask.masked_fill(left_out, 0)
 
+    def generate(self, inputs=None, generation_config=None, **kwargs):
+        """`GenerationMixin.generate`, refusing a prompt (speech tokens included) that with the tokens to generate
+        exceeds the LLM's positions, which it would otherwise answer with nothing or noise, silently (the check of
+        `pipeline("any-to-any")` and of `transformers serve`'s `max_tokens`)."""
+        prompt = inputs if inputs is not None else kwargs.get("input_ids", kwargs.get("inputs_embeds"))
+        limit = getattr(self.config.text_config, "max_position_embeddings", None)
+        if prompt is not None and limit is not None:
+            config = generation_config or self.generation_config
+            length, new_tokens = prompt.shape[1], kwargs.get("max_new_tokens", config.max_new_tokens)
+            if new_tokens is None:
+                new_tokens = kwargs.get("max_length", config.max_length) - length
+            total = length + new_tokens
+            if total > limit:
+                speech = int((prompt == self.config.speech_token_id).sum(-1).max()) if prompt.dim() == 2 else 0
+                raise ValueError(
+                    f"The prompt is too long for this model: {length} tokens ({speech} of them speech) + "
+                    f"{new_tokens} new tokens = {total} positions, beyond the LLM's {limit}. Split the audio into "
+                    "shorter clips or lower max_new_tokens (max_tokens when served)."
+                )
+        return super().generate(inputs, generation_config, **kwargs)
+
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):
         """After a prefill with `speech_compression`, later steps attend, and count positions, without the frames
         left out."""

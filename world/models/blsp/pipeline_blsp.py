@@ -26,7 +26,8 @@ class BlspPipeline(Pipeline):
     conversation (a list of `{"role", "content"}` messages whose content may hold `{"type": "audio", "path"|"audio"|
     "url"|"array": ...}` and `{"type": "text", "text": ...}` items, rendered by the processor's `apply_chat_template`),
     or a list of any of these (processed in batches of `batch_size`). Returns `{"generated_text": str}` per input: the
-    assistant's answer.
+    assistant's answer. Its inputs are the caller's own: paths and URLs are read (`pipeline("any-to-any")` and
+    `transformers serve` read only the audio a conversation carries, unless the processor's `audio_locations` allow).
 
     Example:
 
@@ -74,7 +75,7 @@ class BlspPipeline(Pipeline):
         if all(conversations):
             if instruction is not None:
                 raise ValueError("`instruction` is for audio inputs; a conversation carries its own text.")
-            return self.processor.apply_chat_template(items)
+            return self.processor.apply_chat_template([self.processor.read_audio_items(item) for item in items])
         if any(conversations):
             raise ValueError("Give a list of conversations or a list of audio inputs, not a mix of both.")
         prompts = [self.processor.render_prompt(instruction)] * len(items)

@@ -5,18 +5,38 @@ transcripts), step 2 (training on speech) and inference all render their prompts
 """
 
 import itertools
+import os
 import re
 
 import numpy as np
-import torch
 from transformers import AutoFeatureExtractor, AutoTokenizer, BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
 try:
-    from .audio_blsp import AudioInputError, load_audio
+    from .audio_blsp import (
+        AUDIO_LOCATIONS_ENV,
+        MAX_AUDIO_SECONDS,
+        MIN_AUDIO_SECONDS,
+        AudioInputError,
+        carried_audio,
+        load_audio,
+        log_mel,
+        pad_log_mels,
+        window_lengths,
+    )
     from .configuration_blsp import BlspConfig, conv_output_length
 except ImportError:  # imported as a top-level module by this repository's scripts
-    from audio_blsp import AudioInputError, load_audio
+    from audio_blsp import (
+        AUDIO_LOCATIONS_ENV,
+        MAX_AUDIO_SECONDS,
+        MIN_AUDIO_SECONDS,
+        AudioInputError,
+        carried_audio,
+        load_audio,
+        log_mel,
+        pad_log_mels,
+        window_lengths,
+    )
     from configuration_blsp import BlspConfig, conv_output_length
 
 CONTINUATION_INSTRUCTION = "Continue the following text in a coherent and engaging style with less than 40 words."
@@ -33,46 +53,6 @@ FEATURE_PADDINGS = ("longest", "max_length")
 PROMPT_TOKENIZATIONS = ("whole", "segments")
 IGNORE_INDEX = -100
 HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "revision", "token")
-
-
-def window_lengths(num_samples: int, window_samples: int) -> list[int]:
-    """Split a clip into the fewest windows of at most `window_samples`, of near-equal length (no tiny tail)."""
-    num_windows = max(1, -(-num_samples // window_samples))
-    base, extra = divmod(num_samples, num_windows)
-    return [base + 1] * extra + [base] * (num_windows - extra)
-
-
-def log_mel(feature_extractor, samples: np.ndarray, padding: str = "longest") -> np.ndarray:
-    """Whisper log-mel of one clip of at most 30 s, featurised alone, one frame per hop.
-
-    `padding="longest"`: the clip's frames only; `"max_length"`: the feature extractor's 30 s window, padding included
-    (the clip's silence padded on its right, as Whisper pads it, whatever side the extractor pads batches on).
-    """
-    num_frames = len(samples) // feature_extractor.hop_length
-    if padding == "max_length":
-        samples = np.pad(samples, (0, feature_extractor.n_samples - len(samples)))
-    features = feature_extractor(
-        samples, sampling_rate=feature_extractor.sampling_rate, padding="longest", return_tensors="np"
-    )["input_features"][0]
-    return features if padding == "max_length" else features[:, :num_frames]
-
-
-def pad_log_mels(
-    features: list[np.ndarray], frame_counts: list[int] | None = None, num_frames: int | None = None
-) -> dict[str, torch.Tensor]:
-    """Zero-pad (mel, frames) features to `num_frames` (default: the longest): `input_features` and
-    `input_features_mask`, 1 on real frames.
-
-    Real frames are the first `frame_counts[i]` of feature i (default: all of its frames).
-    """
-    num_frames = num_frames or max(feature.shape[-1] for feature in features)
-    frame_counts = frame_counts or [feature.shape[-1] for feature in features]
-    padded = np.zeros((len(features), features[0].shape[0], num_frames), dtype=np.float32)
-    mask = np.zeros((len(features), num_frames), dtype=np.int64)
-    for index, (feature, frames) in enumerate(zip(features, frame_counts)):
-        padded[index, :, : feature.shape[-1]] = feature
-        mask[index, :frames] = 1
-    return {"input_features": torch.from_numpy(padded), "input_features_mask": torch.from_numpy(mask)}
 
 
 def build_messages(
@@ -221,6 +201,10 @@ class BlspProcessor(ProcessorMixin):
         self.feature_padding = feature_padding
         self.speech_separator = speech_separator
         self.prompt_tokenization = prompt_tokenization
+        # The operator's limits on request audio (not saved with the processor).
+        self.audio_locations = [entry for entry in os.environ.get(AUDIO_LOCATIONS_ENV, "").split(",") if entry]
+        self.max_audio_seconds = MAX_AUDIO_SECONDS
+        self.context_limit = None  # the LLM's positions, when loaded with its config
         super().__init__(feature_extractor, tokenizer, chat_template=chat_template)
 
     @classmethod
@@ -251,6 +235,7 @@ class BlspProcessor(ProcessorMixin):
         except (OSError, ValueError):  # a processor saved without a model
             return processor
         processor.check_speech_token(config)
+        processor.context_limit = getattr(config.text_config, "max_position_embeddings", None)
         return processor
 
     def check_speech_token(self, config: BlspConfig) -> None:
@@ -276,7 +261,9 @@ class BlspProcessor(ProcessorMixin):
         if config is not None:
             kwargs.setdefault("speech_token", config.speech_token)
             kwargs.setdefault("speech_downsampling", config.speech_downsampling)
-        return cls(feature_extractor=feature_extractor, tokenizer=tokenizer, **kwargs)
+        processor = cls(feature_extractor=feature_extractor, tokenizer=tokenizer, **kwargs)
+        processor.context_limit = getattr(getattr(config, "text_config", None), "max_position_embeddings", None)
+        return processor
 
     @property
     def sampling_rate(self) -> int:
@@ -287,8 +274,28 @@ class BlspProcessor(ProcessorMixin):
         return ["input_ids", "attention_mask", "input_features", "input_features_mask"]
 
     def load_audio(self, source, sampling_rate: int | None = None) -> np.ndarray:
-        """One clip as float32 mono at the feature extractor's rate (decoded, mixed down, resampled)."""
-        return load_audio(source, self.sampling_rate, sampling_rate)
+        """One clip as float32 mono at the feature extractor's rate (decoded, mixed down, resampled); its length,
+        read from the header first, within `check_length`."""
+        return load_audio(source, self.sampling_rate, sampling_rate, self.check_length)
+
+    def check_length(self, num_samples: int) -> None:
+        """Refuse a clip longer than `max_audio_seconds`, or whose speech tokens alone exceed the LLM's positions."""
+        seconds = num_samples / self.sampling_rate
+        if seconds > self.max_audio_seconds:
+            raise AudioInputError(
+                f"it is {seconds:.1f} s long, beyond the processor's max_audio_seconds ({self.max_audio_seconds:g} s); "
+                "split it into shorter clips"
+            )
+        if self.context_limit is not None and seconds > 30 * (self.context_limit + 1):  # >= 1 token per 30 s window
+            tokens = f"more than {self.context_limit}"
+        elif self.context_limit is not None and self.num_speech_tokens(num_samples) > self.context_limit:
+            tokens = str(self.num_speech_tokens(num_samples))
+        else:
+            return
+        raise AudioInputError(
+            f"it is too long for this model: {seconds:.1f} s, {tokens} speech tokens, beyond the LLM's "
+            f"{self.context_limit} positions; split it into shorter clips"
+        )
 
     def frame_count(self, num_samples: int) -> int:
         """Real log-mel frames of a window: whole hops, or the feature extractor's count (hops rounded up)."""
@@ -319,13 +326,13 @@ class BlspProcessor(ProcessorMixin):
         stack into a batch (as `pipeline("any-to-any", batch_size=...)` stacks them); the model encodes only the
         longest real length of a batch (`encoder_padding="longest"`).
         """
-        hop = self.feature_extractor.hop_length
         windows, tokens_per_clip = [], []
+        min_samples = round(MIN_AUDIO_SECONDS * self.sampling_rate)
         for clip in clips:
-            if len(clip) < hop:
+            if len(clip) < min_samples:
                 raise AudioInputError(
-                    f"Bad audio array: it is too short ({len(clip)} samples; at least {hop}, i.e. "
-                    f"{1000 * hop // self.sampling_rate} ms, are needed)."
+                    f"Bad audio array: it is too short ({len(clip)} samples; at least {min_samples}, i.e. "
+                    f"{1000 * MIN_AUDIO_SECONDS:g} ms, are needed)."
                 )
             tokens_per_clip.append(self.num_speech_tokens(len(clip)))
             bounds = np.cumsum([0] + window_lengths(len(clip), self.feature_extractor.n_samples))
@@ -428,6 +435,24 @@ class BlspProcessor(ProcessorMixin):
             batch["labels"] = [[IGNORE_INDEX] * (length - len(row)) + row for row in labels]
         return batch
 
+    def read_audio_items(self, conversation: list[dict]) -> list[dict]:
+        """`conversation` with every audio item read now and carried as an array: for code whose conversations are
+        its own (our pipeline, the app), whose paths and URLs are not a client's."""
+        return [
+            message
+            if isinstance(message["content"], str)
+            else {
+                **message,
+                "content": [
+                    {"type": "audio", "array": self.load_audio(flatten_content([item])[1][0])}
+                    if item.get("type") == "audio"
+                    else item
+                    for item in message["content"]
+                ],
+            }
+            for message in conversation
+        ]
+
     def apply_chat_template(
         self,
         conversation: list[dict] | list[list[dict]],
@@ -437,6 +462,10 @@ class BlspProcessor(ProcessorMixin):
         **kwargs,
     ):
         """Render chat conversations whose content may hold `{"type": "audio", "path"|"audio"|"url": ...}` items.
+
+        A conversation is a request: its audio is read only when it carries it (an array, bytes, base64 or a `data:`
+        URI) or names a path or URL inside `audio_locations` (the operator's allow-list, default from
+        `BLSP_AUDIO_LOCATIONS`: none); `read_audio_items` reads a trusted conversation's files first.
 
         Chat LLMs use their own chat template; base LLMs BLSP's `###[Human]:...###[Assistant]:` template.
         Returns the prompt string(s) with `tokenize=False`, else the model inputs of `self(text=..., audio=...)`.
@@ -454,6 +483,7 @@ class BlspProcessor(ProcessorMixin):
             prompts.append(render_conversation(self.tokenizer, flat, add_generation_prompt))
         if not tokenize:
             return prompts[0] if isinstance(conversation[0], dict) else prompts
+        audios = [carried_audio(audio, self.audio_locations) for audio in audios]
         return self(text=prompts, audio=audios or None, sampling_rate=sampling_rate, **kwargs)
 
     def batch_decode(self, *args, **kwargs):
