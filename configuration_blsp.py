@@ -34,6 +34,12 @@ class BlspConfig(PreTrainedConfig):
             Width of the adapter's residual bottleneck.
         adapter_layer_norm_eps (`float`, defaults to 1e-5):
             Epsilon of the adapter's final LayerNorm.
+        adapter_num_transformer_layers (`int`, defaults to 0):
+            Pre-norm self-attention layers after the subsampler (at the speech tokens' rate, the LLM's width), which
+            let each speech token see the whole clip. Their output projections start at zero, so layers added to a
+            trained adapter start as the identity and training goes on from what it had learned.
+        adapter_num_attention_heads (`int`, defaults to 8), adapter_intermediate_size (`int`, *optional*):
+            Heads and feed-forward width of those layers (default width: twice the LLM's hidden size).
         speech_token (`str`, defaults to `"<speech>"`), speech_token_id (`int`, *optional*):
             The placeholder that the processor expands into one token per adapter frame.
         encoder_padding (`"longest"`, `"max_length"` or `"unmasked"`, defaults to `"longest"`):
@@ -80,6 +86,9 @@ class BlspConfig(PreTrainedConfig):
     adapter_conv_stride: int = 2
     adapter_bottleneck_dim: int = 512
     adapter_layer_norm_eps: float = 1e-5
+    adapter_num_transformer_layers: int = 0
+    adapter_num_attention_heads: int = 8
+    adapter_intermediate_size: int | None = None
     speech_token: str = "<speech>"
     speech_token_id: int | None = None
     encoder_padding: Literal["longest", "max_length", "unmasked"] = "longest"

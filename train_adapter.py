@@ -110,6 +110,13 @@ class ModelArguments:
             "choices": ["ctc"],
         },
     )
+    adapter_num_transformer_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Self-attention layers in the adapter (BlspConfig.adapter_num_transformer_layers); layers added "
+            "to a trained adapter start as the identity. Default: the checkpoint's (none for a new model)."
+        },
+    )
     dtype: str = dtype_field(" Trainable parameters are kept in float32.")
     trust_remote_code: bool = field(
         default=False,

@@ -238,7 +238,9 @@ def load_model_and_processor(model_args, prompt_layout, system_prompt):
         check_model_type(
             path, "blsp", "Pass --speech_encoder_name_or_path and --llm_name_or_path to build a new BLSP model."
         )
-        model = BlspForConditionalGeneration.from_pretrained(path, dtype=model_args.dtype)
+        layers = model_args.adapter_num_transformer_layers
+        architecture = {} if layers is None else {"adapter_num_transformer_layers": layers}
+        model = BlspForConditionalGeneration.from_pretrained(path, dtype=model_args.dtype, **architecture)
         # Our own classes load the checkpoint; code it ships (a tokenizer class file) runs only with consent.
         processor = BlspProcessor.from_pretrained(path, trust_remote_code=model_args.trust_remote_code)
         if model_args.encoder_padding is not None:
@@ -247,7 +249,11 @@ def load_model_and_processor(model_args, prompt_layout, system_prompt):
         speech, text = model_args.speech_encoder_name_or_path, model_args.llm_name_or_path
         check_model_type(speech, "whisper", "--speech_encoder_name_or_path must be a Whisper checkpoint.")
         model = BlspForConditionalGeneration.from_speech_text_pretrained(
-            speech, text, dtype=model_args.dtype, encoder_padding=model_args.encoder_padding or "longest"
+            speech,
+            text,
+            dtype=model_args.dtype,
+            encoder_padding=model_args.encoder_padding or "longest",
+            adapter_num_transformer_layers=model_args.adapter_num_transformer_layers or 0,
         )
         processor = BlspProcessor.from_speech_text_pretrained(speech, text, config=model.config)
     if model_args.speech_compression is not None:

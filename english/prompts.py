@@ -27,6 +27,11 @@ CANDIDATES = [
     ("question", "{question}", "instruction_first"),
     ("question", "Answer the question about the following text. {question}", "instruction_first"),
     ("question", "{question} Reply with the word from the text only.", "instruction_first"),
+    (
+        "question",
+        'Example: in "we painted the red door", which colour is mentioned? red. Now the text. {question}',
+        "instruction_first",
+    ),
 ]
 """(task, instruction, layout): the layout says where the text (at evaluation: the speech) goes."""
 
@@ -59,10 +64,12 @@ def main():
     parser.add_argument("--llm", default="converted/smollm2-135m-instruct")
     parser.add_argument("--data_dir", default=os.path.join(ENGLISH_DIR, "data"))
     parser.add_argument("--num_sentences", type=int, default=40)
+    parser.add_argument("--candidates", nargs="*", type=int, default=None, help="Score only these rows (0-based).")
     args = parser.parse_args()
     sentences, questions = training_rows(args.data_dir, args.num_sentences)
     lines = ["| task | instruction | layout | text input (training sentences) |", "|---|---|---|---|"]
-    for task, instruction, layout in CANDIDATES:
+    chosen = [CANDIDATES[index] for index in args.candidates] if args.candidates is not None else CANDIDATES
+    for task, instruction, layout in chosen:
         rows = sentences if task == "transcribe" else questions
         texts = [row["text"] for row in rows]
         if task == "transcribe":

@@ -45,6 +45,7 @@ def main():
     )
     parser.add_argument("--max_samples", type=int, default=None)
     parser.add_argument("--examples", type=int, default=3, help="Clips printed per split with their readout.")
+    parser.add_argument("--output_dir", default=None, help="Also write each split's readouts here (<split>.jsonl).")
     args = parser.parse_args()
     bases = {"speech_model_name_or_path": args.speech_model_name_or_path}
     bases["text_model_name_or_path"] = args.text_model_name_or_path
@@ -63,6 +64,12 @@ def main():
             readouts += read_out(model, processor, clips)
         for row, readout in list(zip(rows, readouts))[: args.examples]:
             print(f"{split}: {row['text']!r} -> {readout!r}")
+        if args.output_dir:
+            os.makedirs(args.output_dir, exist_ok=True)
+            with open(os.path.join(args.output_dir, f"{split}.jsonl"), "w", encoding="utf-8") as file:
+                for row, readout in zip(rows, readouts):
+                    record = {"file_name": row["file_name"], "text": row["text"], "readout": readout}
+                    file.write(json.dumps(record) + "\n")
         wer = scoring.score(readouts, [row["text"] for row in rows])["wer"]
         lines.append(f"| {split} | {len(rows)} | {wer:.1f} |")
     print("\n".join(lines))
