@@ -63,11 +63,10 @@ class BlspModalityAdapter(nn.Module):
     def __init__(self, config: BlspConfig):
         super().__init__()
         speech_dim, text_dim = config.speech_config.d_model, config.text_config.hidden_size
-        kernel, stride = config.adapter_conv_kernel_size, config.adapter_conv_stride
-        layers = config.adapter_num_conv_layers
+        layers = config.adapter_downsampling
         self.convs = nn.ModuleList(
-            nn.Conv1d(speech_dim, 2 * (text_dim if index == layers - 1 else speech_dim), kernel, stride, kernel // 2)
-            for index in range(layers)
+            nn.Conv1d(speech_dim, 2 * (text_dim if index == len(layers) - 1 else speech_dim), kernel, stride, padding)
+            for index, (kernel, stride, padding) in enumerate(layers)
         )
         width, heads = config.adapter_intermediate_size or 2 * text_dim, config.adapter_num_attention_heads
         self.layers = nn.ModuleList(

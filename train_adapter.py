@@ -110,6 +110,14 @@ class ModelArguments:
             "choices": ["ctc"],
         },
     )
+    adapter_conv_stride: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Strides of the adapter's convolutions, one per layer (BlspConfig.adapter_conv_stride), also to "
+            "change a trained adapter's (stride 1 instead of 2 doubles a layer's output rate; its weights keep "
+            "their meaning). Default: the checkpoint's (2 each for a new model)."
+        },
+    )
     adapter_num_transformer_layers: int | None = field(
         default=None,
         metadata={
