@@ -1,11 +1,16 @@
-"""The adapter's self-attention layers (`adapter_num_transformer_layers`): added to a trained adapter they start as
-the identity, a clip's speech embeddings do not depend on its batch, and they survive a save and a load."""
+"""Changing a trained adapter's architecture: self-attention layers (`adapter_num_transformer_layers`) added to it
+start as the identity, keep clips apart and survive a save and a load; a halved stride gives twice the speech tokens
+with the same weights, and the processor follows."""
+
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from configuration_blsp import BlspConfig
 from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import BlspProcessor
+from training_blsp import load_model_and_processor
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -45,3 +50,28 @@ def test_attention_keeps_clips_apart_and_round_trips(initial_blsp, clips, tmp_pa
     loaded = BlspForConditionalGeneration.from_pretrained(tmp_path).eval()
     assert loaded.config.adapter_num_transformer_layers == 1
     torch.testing.assert_close(speech_embeddings(loaded, processor, clips), together)
+
+
+def test_a_trained_adapter_can_halve_its_last_stride_and_the_processor_follows(initial_blsp, clips):
+    """`--adapter_conv_stride 2 2 1` on a checkpoint: the same weights give twice the speech tokens, and the processor
+    that training saves with the model expands the placeholder to that count."""
+
+    def load(stride):
+        args = SimpleNamespace(
+            model_name_or_path=initial_blsp,
+            adapter_conv_stride=stride,
+            adapter_num_transformer_layers=None,
+            dtype=None,
+            trust_remote_code=False,
+            encoder_padding=None,
+            speech_compression=None,
+        )
+        return load_model_and_processor(args, None, None)
+
+    (eight, processor), (four, faster) = load(None), load([2, 2, 1])
+    assert four.config.adapter_conv_stride == [2, 2, 1] and faster.speech_downsampling[-1] == [5, 1, 2]
+    assert torch.equal(four.adapter.convs[-1].weight, eight.adapter.convs[-1].weight)
+    tokens = [speech_embeddings(*pair, clips[:1]).shape[0] for pair in ((eight, processor), (four, faster))]
+    assert tokens[1] in (2 * tokens[0] - 1, 2 * tokens[0])
+    with pytest.raises(ValueError, match="one stride per adapter convolution"):
+        BlspConfig(adapter_conv_stride=[2, 2])
