@@ -3,14 +3,16 @@
     python -m english.score --blsp runs/english/blsp-full --untrained [--output_dir runs/english/eval]
 
 Systems: the trained BLSP model (speech in), the same model with an untrained adapter, the LLM reading the reference
-transcript (text input, the upper bound) and the cascade (whisper-tiny.en's transcript -> the LLM). Tasks, each with
-one instruction for every system (the speech or the text before it, as in training):
-- transcribe: "Repeat the following text." scored by WER against the transcript;
-- question: the row's one-word question ("Which animal is mentioned? Answer with one word."), scored by accuracy: the
-  answer word is among the first three words of the reply (`exact` in the table: the reply is the word);
+transcript (text input, the ceiling) and the cascade (whisper-tiny.en's transcript -> the LLM). Tasks, each with one
+prompt for every system (`PROMPTS`, chosen by `python -m english.prompts` on training sentences; the instruction
+before the speech or text by default):
+- transcribe: "Repeat the following text exactly, word for word, and write nothing else." scored by WER;
+- question: the row's one-word question ("Which animal is mentioned? Answer with one word."), on the rows that carry
+  one, scored by accuracy: the answer word is among the first three words of the reply;
 - continue: BLSP's continuation instruction, scored by BLEU against the text-input model's continuation
   (agreement with the LLM reading the transcript; the text-input system scores 100 by definition).
-Every split is scored: training voices, the held-out espeak-ng and festival voices, and Piper's neural voice.
+Every split is scored: training voices, the held-out espeak-ng and festival voices, Piper's neural voice and real
+human speech (`test_real_speech`).
 """
 
 import argparse
@@ -28,7 +30,7 @@ from world.run import save_untrained_blsp
 ENGLISH_DIR = os.path.dirname(os.path.abspath(__file__))
 SAMPLING_RATE = 16000
 PROMPTS = {
-    "transcribe": ("Repeat the following text.", None),
+    "transcribe": ("Repeat the following text exactly, word for word, and write nothing else.", None),
     "question": ("{question}", 8),
     "continue": (CONTINUATION_INSTRUCTION, 40),
 }
@@ -55,7 +57,7 @@ def write_evaluation_set(data_dir: str, split: str, output_dir: str, asr, max_sa
     if os.path.exists(path):
         return path
     with open(os.path.join(data_dir, split, "metadata.jsonl"), encoding="utf-8") as file:
-        rows = [json.loads(line) for line in file][:max_samples]
+        rows = evenly_spaced([json.loads(line) for line in file], max_samples)
     audio = [os.path.join(os.path.abspath(data_dir), split, row["file_name"]) for row in rows]
     clips = [{"raw": load_audio(path, SAMPLING_RATE), "sampling_rate": SAMPLING_RATE} for path in audio]
     transcripts = [output["text"].strip() for output in asr(clips, batch_size=8)]
@@ -67,6 +69,15 @@ def write_evaluation_set(data_dir: str, split: str, output_dir: str, asr, max_sa
             file.write(json.dumps({**record, "audio": clip, "asr_transcript": transcript}) + "\n")
     os.replace(path + ".tmp", path)
     return path
+
+
+def evenly_spaced(rows: list[dict], count: int | None) -> list[dict]:
+    """`count` rows spread evenly over the split (all when None or more), plus every row that carries a question."""
+    if count is None or count >= len(rows):
+        return rows
+    step = len(rows) / count
+    chosen = {int(index * step) for index in range(count)}
+    return [row for index, row in enumerate(rows) if index in chosen or row.get("question")]
 
 
 def question_set(evaluation_set: str) -> str:
@@ -180,12 +191,17 @@ def main():
     parser.add_argument(
         "--systems", nargs="*", default=["blsp", "untrained", "text_input", "cascade"], help="Score only these."
     )
-    parser.add_argument("--max_samples", type=int, default=None)
+    parser.add_argument(
+        "--max_samples",
+        type=int,
+        default=None,
+        help="Rows per split, spread evenly over it (rows with a question are always kept).",
+    )
     parser.add_argument(
         "--prompt_layout",
-        default="speech_first",
+        default="instruction_first",
         choices=["speech_first", "instruction_first"],
-        help="Where the speech (or text) goes: before the instruction, as in training, or after it.",
+        help="Where the speech (or text) goes: after the instruction (chosen by english.prompts), or before it.",
     )
     parser.add_argument("--batch_size", type=int, default=20)
     args = parser.parse_args()

@@ -19,14 +19,20 @@ import shutil
 import torch
 from transformers import pipeline
 
+from english.score import PROMPTS
 from evaluation_blsp import score
 from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import BlspProcessor
 
 EXAMPLES_DIR = "examples"
-EXAMPLE_SPLITS = {"test_piper": 6, "test_heldout_voice": 3, "test_heldout_festival_voice": 3}
-"""Held-out clips shipped per split (Piper's neural voice first: the closest to a person here)."""
-TRANSCRIBE_INSTRUCTION = "Repeat the following text."
+EXAMPLE_SPLITS = {"test_real_speech": 4, "test_piper": 4, "test_heldout_voice": 2, "test_heldout_festival_voice": 2}
+"""Held-out clips shipped per split: real human speech first (asterisk's recorded prompts, CC-BY-SA-3.0), then Piper's
+neural voice, the closest to a person of the synthetic ones."""
+EXAMPLE_LICENSES = {
+    "test_real_speech": {"license": "CC-BY-SA-3.0", "origin": "Asterisk core sounds (Debian asterisk-core-sounds-en)"}
+}
+"""The shipped real clips' license and origin (the synthetic clips are the project's own)."""
+TRANSCRIBE_INSTRUCTION = PROMPTS["transcribe"][0]
 ANSWER_TOKENS = 24
 """Greedy tokens of each example clip's recorded answer (`examples/answers.json`, checked by the tests)."""
 
@@ -42,7 +48,7 @@ def copy_examples(data_dir: str, output_dir: str) -> list[dict]:
                 row = json.loads(line)
                 name = f"{split}-{row['file_name']}"
                 shutil.copyfile(os.path.join(data_dir, split, row["file_name"]), os.path.join(destination, name))
-                rows.append({**row, "file_name": name, "split": split})
+                rows.append({**row, "file_name": name, "split": split, **EXAMPLE_LICENSES.get(split, {})})
     with open(os.path.join(destination, "metadata.jsonl"), "w", encoding="utf-8") as file:
         file.writelines(json.dumps(row) + "\n" for row in rows)
     return rows
