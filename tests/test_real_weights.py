@@ -317,3 +317,23 @@ def test_step2_with_real_weights_lowers_the_loss(real_continuations, real_whispe
     print(f"step 2 losses: {losses}")
     # the same 3 rows every step at a constant learning rate: measured 1.71, 1.63, 1.43, 1.24
     assert all(later < earlier for earlier, later in zip(losses, losses[1:])) and losses[-1] < 0.85 * losses[0], losses
+
+
+def test_gguf_converter_joins_a_split_file_in_order(tmp_path, monkeypatch):
+    """`--gguf_path part1 part2 ...`: the parts are converted as the one file they make, in the order given."""
+    from conversion import convert_gguf_llm_to_hf as converter
+
+    parts = [tmp_path / f"model.part{index}" for index in (1, 2, 3)]
+    for index, part in enumerate(parts):
+        part.write_bytes(bytes([index]) * (index + 2))
+    seen = {}
+
+    def convert(path, output_dir, dtype):
+        with open(path, "rb") as file:
+            seen["bytes"] = file.read()
+
+    monkeypatch.setattr(converter, "convert", convert)
+    converter.convert_parts([str(part) for part in parts], str(tmp_path / "out"))
+    assert seen["bytes"] == b"\x00\x00" + b"\x01" * 3 + b"\x02" * 4
+    with pytest.raises(FileNotFoundError, match="every part"):
+        converter.convert_parts([str(parts[0]), str(tmp_path / "missing")], str(tmp_path / "out"))
