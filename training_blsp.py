@@ -231,22 +231,17 @@ def check_model_type(name_or_path: str, expected: str, hint: str):
         raise ValueError(f"{name_or_path!r} is a {model_type!r} checkpoint, not a {expected!r} one. {hint}")
 
 
-def adapter_architecture(model_args) -> dict:
-    """The adapter settings given on the command line (a checkpoint's own are kept otherwise)."""
-    names = ("adapter_conv_stride", "adapter_num_transformer_layers")
-    return {name: getattr(model_args, name) for name in names if getattr(model_args, name) is not None}
-
-
 def load_model_and_processor(model_args, prompt_layout, system_prompt):
-    """A new BLSP model (Whisper + LLM, new adapter) or an existing checkpoint, with its processor."""
+    """A new BLSP model (Whisper + LLM, new adapter) or an existing checkpoint, with its processor; the adapter
+    settings given on the command line replace the checkpoint's."""
+    names = ("adapter_conv_stride", "adapter_num_transformer_layers")
+    architecture = {name: getattr(model_args, name) for name in names if getattr(model_args, name) is not None}
     if model_args.model_name_or_path is not None:
         path = model_args.model_name_or_path
         check_model_type(
             path, "blsp", "Pass --speech_encoder_name_or_path and --llm_name_or_path to build a new BLSP model."
         )
-        model = BlspForConditionalGeneration.from_pretrained(
-            path, dtype=model_args.dtype, **adapter_architecture(model_args)
-        )
+        model = BlspForConditionalGeneration.from_pretrained(path, dtype=model_args.dtype, **architecture)
         # Our own classes load the checkpoint; code it ships (a tokenizer class file) runs only with consent.
         processor = BlspProcessor.from_pretrained(path, trust_remote_code=model_args.trust_remote_code)
         if model_args.encoder_padding is not None:
@@ -259,7 +254,7 @@ def load_model_and_processor(model_args, prompt_layout, system_prompt):
             text,
             dtype=model_args.dtype,
             encoder_padding=model_args.encoder_padding or "longest",
-            **adapter_architecture(model_args),
+            **architecture,
         )
         processor = BlspProcessor.from_speech_text_pretrained(speech, text, config=model.config)
     processor.speech_downsampling = [list(conv) for conv in model.config.speech_downsampling]

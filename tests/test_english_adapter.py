@@ -121,3 +121,23 @@ def test_app_serves_the_shipped_adapter_on_local_bases(real_whisper, real_llm, r
     turn = app.user_turn(recorded["instruction"], os.path.join(EXAMPLES, first), chat.processor.prompt_layout)
     *_, answer = chat.stream([turn], recorded["max_new_tokens"], temperature=0.0)
     assert answer == recorded["answers"][first]
+
+
+def test_the_cards_code_runs_as_written_offline(real_whisper, real_llm, tmp_path):
+    """The model card's Python block, run in a fresh process offline, from a folder where `converted/` holds the
+    bases (as the English recipe converts them) and `english/models/` the adapter, with the project not importable."""
+    with open(os.path.join(ADAPTER_DIR, "README.md"), encoding="utf-8") as file:
+        card = file.read()
+    code = card.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "converted").mkdir()
+    os.symlink(real_whisper, tmp_path / "converted" / "whisper-tiny.en")
+    os.symlink(real_llm, tmp_path / "converted" / "smollm2-135m-instruct")
+    (tmp_path / "english" / "models").mkdir(parents=True)
+    os.symlink(ADAPTER_DIR, tmp_path / "english" / "models" / os.path.basename(ADAPTER_DIR))
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
+    completed = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "generated_text" in completed.stdout
