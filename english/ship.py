@@ -82,6 +82,12 @@ def main():
     parser.add_argument("--text_hub_id", default="HuggingFaceTB/SmolLM2-135M-Instruct")
     parser.add_argument("--data_dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data"))
     parser.add_argument("--card", default=None, help="A model card (README.md) to ship instead of the checkpoint's.")
+    parser.add_argument(
+        "--prompt_layout",
+        default="instruction_first",
+        choices=["instruction_first", "speech_first"],
+        help="The shipped processor's layout (english.prompts chose the instruction first for SmolLM2).",
+    )
     args = parser.parse_args()
     bases = {key: getattr(args, key) for key in ("speech_model_name_or_path", "text_model_name_or_path")}
     model = BlspForConditionalGeneration.from_pretrained(
@@ -100,6 +106,7 @@ def main():
     # This project's processor class, not the checkpoint's copy of it: the shipped code is the current code.
     processor = BlspProcessor.from_pretrained(args.checkpoint)
     processor.tokenizer.init_kwargs.pop("local_files_only", None)  # HF_HUB_OFFLINE here is not the user's setting
+    processor.prompt_layout = args.prompt_layout
     processor.save_pretrained(args.output_dir)
     card = args.card or os.path.join(args.checkpoint, "README.md")
     if os.path.exists(card):

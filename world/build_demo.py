@@ -1,7 +1,7 @@
 """Train the demo checkpoint that `app.py` serves by default and record it in `world/demo_manifest.json`.
 
     python -m world.build_demo [--work_dir runs/demo] [--threads 1]
-    python -m world.build_demo --refresh_code   # only copy the four Hub code files anew (after editing them)
+    python -m world.build_demo --refresh_code   # only copy the six Hub code files anew (after editing them)
 
 Runs BLSP on the miniature world as `python -m world.run` does, with its recipe and settings (speech before the
 instruction, the KL objective, 3,000 steps): step 1
