@@ -28,6 +28,8 @@ EXAMPLES_DIR = "examples"
 EXAMPLE_SPLITS = {"test_real_speech": 4, "test_piper": 4, "test_heldout_voice": 2, "test_heldout_festival_voice": 2}
 """Held-out clips shipped per split: real human speech first (asterisk's recorded prompts, CC-BY-SA-3.0), then Piper's
 neural voice, the closest to a person of the synthetic ones."""
+EXAMPLE_MIN_WORDS = 5
+"""Examples are sentences (the real split also holds single words: "Activated.")."""
 EXAMPLE_LICENSES = {
     "test_real_speech": {"license": "CC-BY-SA-3.0", "origin": "Asterisk core sounds (Debian asterisk-core-sounds-en)"}
 }
@@ -38,14 +40,14 @@ ANSWER_TOKENS = 24
 
 
 def copy_examples(data_dir: str, output_dir: str) -> list[dict]:
-    """Copy the first clips of each held-out split into `output_dir/examples` with an audiofolder metadata.jsonl."""
+    """Copy the first sentences (`EXAMPLE_MIN_WORDS`) of each held-out split into `output_dir/examples`, with an
+    audiofolder metadata.jsonl."""
     destination = os.path.join(output_dir, EXAMPLES_DIR)
     os.makedirs(destination, exist_ok=True)
     rows = []
     for split, count in EXAMPLE_SPLITS.items():
         with open(os.path.join(data_dir, split, "metadata.jsonl"), encoding="utf-8") as file:
-            for line in list(file)[:count]:
-                row = json.loads(line)
+            for row in [row for row in map(json.loads, file) if len(row["text"].split()) >= EXAMPLE_MIN_WORDS][:count]:
                 name = f"{split}-{row['file_name']}"
                 shutil.copyfile(os.path.join(data_dir, split, row["file_name"]), os.path.join(destination, name))
                 rows.append({**row, "file_name": name, "split": split, **EXAMPLE_LICENSES.get(split, {})})

@@ -23,20 +23,55 @@ def length_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
     return torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]
 
 
-class BlspModalityAdapter(nn.Module):
-    """The published BLSP adapter: strided Conv1d + GLU layers (8x shorter), a residual bottleneck, LayerNorm.
+class BlspAdapterTransformerLayer(nn.Module):
+    """A pre-norm self-attention + feed-forward layer over the adapter's frames, padded frames masked out.
 
-    Padded frames are zeroed before every convolution, so a clip's output never depends on its batch.
+    `out_proj` and `fc2` are marked `zero_init`: a new layer adds nothing to its input until it is trained."""
+
+    def __init__(self, hidden_size: int, num_heads: int, intermediate_size: int, eps: float):
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"adapter_num_attention_heads ({num_heads}) must divide the LLM's width ({hidden_size}).")
+        self.num_heads = num_heads
+        self.attention_norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.qkv_proj = nn.Linear(hidden_size, 3 * hidden_size)
+        self.out_proj = nn.Linear(hidden_size, hidden_size)
+        self.feed_forward_norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.fc1 = nn.Linear(hidden_size, intermediate_size)
+        self.fc2 = nn.Linear(intermediate_size, hidden_size)
+        self.out_proj.zero_init = self.fc2.zero_init = True
+
+    def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(batch, frames, hidden) states and a (batch, frames) mask of valid frames -> the same shape."""
+        batch, frames, hidden = hidden_states.shape
+        qkv = self.qkv_proj(self.attention_norm(hidden_states)).view(batch, frames, 3, self.num_heads, -1)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4)
+        attended = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask[:, None, None, :])
+        hidden_states = hidden_states + self.out_proj(attended.transpose(1, 2).reshape(batch, frames, hidden))
+        feed_forward = self.fc2(nn.functional.gelu(self.fc1(self.feed_forward_norm(hidden_states))))
+        return hidden_states + feed_forward
+
+
+class BlspModalityAdapter(nn.Module):
+    """The published BLSP adapter: strided Conv1d + GLU layers (8x shorter), a residual bottleneck, LayerNorm; with
+    `adapter_num_transformer_layers`, self-attention layers between the convolutions and the bottleneck.
+
+    Padded frames are zeroed before every convolution and masked out of attention, so a clip's output never depends
+    on its batch.
     """
 
     def __init__(self, config: BlspConfig):
         super().__init__()
         speech_dim, text_dim = config.speech_config.d_model, config.text_config.hidden_size
-        kernel, stride = config.adapter_conv_kernel_size, config.adapter_conv_stride
-        layers = config.adapter_num_conv_layers
+        layers = config.adapter_downsampling
         self.convs = nn.ModuleList(
-            nn.Conv1d(speech_dim, 2 * (text_dim if index == layers - 1 else speech_dim), kernel, stride, kernel // 2)
-            for index in range(layers)
+            nn.Conv1d(speech_dim, 2 * (text_dim if index == len(layers) - 1 else speech_dim), kernel, stride, padding)
+            for index, (kernel, stride, padding) in enumerate(layers)
+        )
+        width, heads = config.adapter_intermediate_size or 2 * text_dim, config.adapter_num_attention_heads
+        self.layers = nn.ModuleList(
+            BlspAdapterTransformerLayer(text_dim, heads, width, config.adapter_layer_norm_eps)
+            for _ in range(config.adapter_num_transformer_layers)
         )
         self.bottleneck_down = nn.Linear(text_dim, config.adapter_bottleneck_dim, bias=False)
         self.bottleneck_up = nn.Linear(config.adapter_bottleneck_dim, text_dim, bias=False)
@@ -50,6 +85,8 @@ class BlspModalityAdapter(nn.Module):
             hidden_states = nn.functional.glu(conv(hidden_states), dim=1)
             lengths = lengths_after_conv(lengths, conv)
         hidden_states = hidden_states.transpose(1, 2)
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, length_mask(lengths, hidden_states.shape[1]))
         hidden_states = hidden_states + self.bottleneck_up(nn.functional.gelu(self.bottleneck_down(hidden_states)))
         return self.layer_norm(hidden_states), lengths
 
@@ -105,4 +142,10 @@ def encode_unmasked(
     return encoder(input_features).last_hidden_state[:, : int(lengths.max())], lengths
 
 
-__all__ = ["BlspModalityAdapter", "ctc_readout", "encode_unmasked", "encode_variable_length"]
+__all__ = [
+    "BlspAdapterTransformerLayer",
+    "BlspModalityAdapter",
+    "ctc_readout",
+    "encode_unmasked",
+    "encode_variable_length",
+]

@@ -28,12 +28,19 @@ class BlspConfig(PreTrainedConfig):
             Config of the causal language model (anything `AutoModelForCausalLM` builds).
         adapter_num_conv_layers (`int`, defaults to 3):
             Number of strided `Conv1d` + GLU layers of the adapter's subsampler.
-        adapter_conv_kernel_size (`int`, defaults to 5), adapter_conv_stride (`int`, defaults to 2):
-            Kernel and stride of each subsampler convolution (padding is `kernel // 2`).
+        adapter_conv_kernel_size (`int`, defaults to 5), adapter_conv_stride (`int` or `list[int]`, defaults to 2):
+            Kernel and stride of each subsampler convolution (padding is `kernel // 2`); a list gives one stride per
+            layer (`[2, 2, 1]`: 4x shorter than Whisper's states, twice the speech tokens of the default 8x).
         adapter_bottleneck_dim (`int`, defaults to 512):
             Width of the adapter's residual bottleneck.
         adapter_layer_norm_eps (`float`, defaults to 1e-5):
             Epsilon of the adapter's final LayerNorm.
+        adapter_num_transformer_layers (`int`, defaults to 0):
+            Pre-norm self-attention layers after the subsampler (at the speech tokens' rate, the LLM's width), which
+            let each speech token see the whole clip. Their output projections start at zero, so layers added to a
+            trained adapter start as the identity and training goes on from what it had learned.
+        adapter_num_attention_heads (`int`, defaults to 8), adapter_intermediate_size (`int`, *optional*):
+            Heads and feed-forward width of those layers (default width: twice the LLM's hidden size).
         speech_token (`str`, defaults to `"<speech>"`), speech_token_id (`int`, *optional*):
             The placeholder that the processor expands into one token per adapter frame.
         encoder_padding (`"longest"`, `"max_length"` or `"unmasked"`, defaults to `"longest"`):
@@ -77,9 +84,12 @@ class BlspConfig(PreTrainedConfig):
     text_config: dict | PreTrainedConfig | None = None
     adapter_num_conv_layers: int = 3
     adapter_conv_kernel_size: int = 5
-    adapter_conv_stride: int = 2
+    adapter_conv_stride: int | list[int] = 2
     adapter_bottleneck_dim: int = 512
     adapter_layer_norm_eps: float = 1e-5
+    adapter_num_transformer_layers: int = 0
+    adapter_num_attention_heads: int = 8
+    adapter_intermediate_size: int | None = None
     speech_token: str = "<speech>"
     speech_token_id: int | None = None
     encoder_padding: Literal["longest", "max_length", "unmasked"] = "longest"
@@ -93,6 +103,12 @@ class BlspConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         if self.encoder_padding not in ENCODER_PADDINGS:
             raise ValueError(f"encoder_padding must be one of {ENCODER_PADDINGS}, got {self.encoder_padding!r}.")
+        strides = self.adapter_conv_stride
+        if not isinstance(strides, int) and len(strides) != self.adapter_num_conv_layers:
+            raise ValueError(
+                f"adapter_conv_stride {list(strides)} must give one stride per adapter convolution "
+                f"(adapter_num_conv_layers={self.adapter_num_conv_layers}), or one int for all."
+            )
         if self.speech_compression not in (None, "ctc"):
             raise ValueError(f"speech_compression must be None or 'ctc', got {self.speech_compression!r}.")
         if self.adapter_only and not (self.speech_model_name_or_path and self.text_model_name_or_path):
@@ -106,8 +122,9 @@ class BlspConfig(PreTrainedConfig):
     @property
     def adapter_downsampling(self) -> tuple[tuple[int, int, int], ...]:
         """(kernel, stride, padding) of each adapter convolution."""
-        kernel = self.adapter_conv_kernel_size
-        return ((kernel, self.adapter_conv_stride, kernel // 2),) * self.adapter_num_conv_layers
+        kernel, strides = self.adapter_conv_kernel_size, self.adapter_conv_stride
+        strides = [strides] * self.adapter_num_conv_layers if isinstance(strides, int) else strides
+        return tuple((kernel, stride, kernel // 2) for stride in strides)
 
     @property
     def speech_downsampling(self) -> tuple[tuple[int, int, int], ...]:

@@ -108,6 +108,8 @@ class BlspPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Conv1d)):
             init.normal_(module.weight, std=0.02)
+            if getattr(module, "zero_init", False):  # the adapter's attention layers start as the identity
+                init.zeros_(module.weight)
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.LayerNorm):
