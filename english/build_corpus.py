@@ -45,6 +45,7 @@ import numpy as np
 import soundfile
 import soxr
 
+from processing_blsp import load_audio
 from world.build_speech import (
     ESPEAK,
     FESTIVAL,
@@ -124,6 +125,12 @@ def question_for(sentence: str) -> tuple[str, str] | None:
     return QUESTION.format(category=category), word
 
 
+def question_fields(sentence: str) -> dict[str, str]:
+    """A row's `question` and `answer` fields when the sentence names one category word (`question_for`), else none."""
+    qa = question_for(sentence)
+    return {"question": qa[0], "answer": qa[1]} if qa else {}
+
+
 def split_sentences(sentences: list[str], num_train: int, num_test: int, seed: int) -> tuple[list, list]:
     """Held-out sentences (each with a question) and training sentences, disjoint, drawn with `seed`.
 
@@ -131,9 +138,9 @@ def split_sentences(sentences: list[str], num_train: int, num_test: int, seed: i
     shuffled = random.Random(seed).sample(sentences, len(sentences))
     test, rest = [], []
     for sentence in shuffled:
-        qa = question_for(sentence)
-        if qa is not None and len(test) < num_test:
-            test.append({"text": sentence, "question": qa[0], "answer": qa[1]})
+        fields = question_fields(sentence)
+        if fields and len(test) < num_test:
+            test.append({"text": sentence, **fields})
         else:
             rest.append({"text": sentence})
     if len(test) < num_test or len(rest) < num_train:
@@ -176,7 +183,7 @@ def clip_plan(
         extra, lambda: (*pick_training_voice(extra_rng), extra_rng.choice(TRAIN_SPEEDS)), extra_rng
     )
     dev_rng = random.Random(seed + 3)
-    dev = [{**row, **dict(zip(("question", "answer"), question_for(row["text"]) or ()))} for row in dev]
+    dev = [{**row, **question_fields(row["text"])} for row in dev]
     plan["dev"] = plan_rows(dev, lambda: (*pick_training_voice(dev_rng), dev_rng.choice(TRAIN_SPEEDS)), dev_rng)
     return plan
 
@@ -266,10 +273,10 @@ def real_speech_rows(
         elif soundfile.info(path).duration > MAX_CLIP_SECONDS:
             left_out[name] = f"longer than {MAX_CLIP_SECONDS:.0f} s"
         else:
-            row = {"file_name": name.replace("/", "-") + ".flac", "source": name, "text": text}
-            qa = question_for(text)
-            qa = qa if qa and qa[1] != "back" else None  # "called back": here the adverb, never the body part
-            rows.append({**row, **({"question": qa[0], "answer": qa[1]} if qa else {})})
+            fields = question_fields(text)
+            if fields.get("answer") == "back":  # "called back": here the adverb, never the body part
+                fields = {}
+            rows.append({"file_name": name.replace("/", "-") + ".flac", "source": name, "text": text, **fields})
     return rows, left_out
 
 
@@ -278,8 +285,7 @@ def write_real_speech_split(directory: str, sounds_dir: str = ASTERISK_SOUNDS) -
     rows, left_out = real_speech_rows(sounds_dir)
     os.makedirs(directory, exist_ok=True)
     for row in rows:
-        samples, rate = soundfile.read(os.path.join(sounds_dir, row["source"] + ".wav"), dtype="float32")
-        samples = soxr.resample(samples, rate, SAMPLING_RATE) if rate != SAMPLING_RATE else samples
+        samples = load_audio(os.path.join(sounds_dir, row["source"] + ".wav"), SAMPLING_RATE)
         soundfile.write(os.path.join(directory, row["file_name"]), samples, SAMPLING_RATE, subtype="PCM_16")
         row["duration"] = round(len(samples) / SAMPLING_RATE, 3)
     with open(os.path.join(directory, "metadata.jsonl"), "w", encoding="utf-8") as file:

@@ -5,7 +5,7 @@ sentences only (no held-out split is read): candidate instructions and layouts, 
 
 Transcription candidates are scored by WER against the sentence; question candidates by the share of replies that
 hold the answer word among their first words (`english.score.answer_accuracy`), on the first training sentences that
-carry a category question (`english.build_corpus.question_for`). The prompts `english.score` uses (`PROMPTS` there)
+carry a category question (`english.build_corpus.question_fields`). The prompts `english.score` uses (`PROMPTS` there)
 are the best rows of this table for SmolLM2-135M-Instruct; the table is in `english/README.md`.
 """
 
@@ -13,7 +13,7 @@ import argparse
 import json
 import os
 
-from english.build_corpus import question_for
+from english.build_corpus import question_fields
 from english.score import ANSWER_WORDS, PROMPTS, answer_accuracy, transcription_tokens
 from evaluation_blsp import EvaluationArguments, Generator, score
 
@@ -40,11 +40,7 @@ def training_rows(data_dir: str, count: int) -> tuple[list[dict], list[dict]]:
     """The first `count` sentences of `train`, and the first `count` of them with a question."""
     with open(os.path.join(data_dir, "train", "metadata.jsonl"), encoding="utf-8") as file:
         rows = [json.loads(line) for line in file]
-    questions = []
-    for row in rows:
-        qa = question_for(row["text"])
-        if qa:
-            questions.append({**row, "question": qa[0], "answer": qa[1]})
+    questions = [{**row, **fields} for row in rows if (fields := question_fields(row["text"]))]
     return rows[:count], questions[:count]
 
 

@@ -2,14 +2,13 @@
 start as the identity, keep clips apart and survive a save and a load; a halved stride gives twice the speech tokens
 with the same weights, and the processor follows."""
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
 from configuration_blsp import BlspConfig
 from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import BlspProcessor
+from train_adapter import ModelArguments
 from training_blsp import load_model_and_processor
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -57,16 +56,8 @@ def test_a_trained_adapter_can_halve_its_last_stride_and_the_processor_follows(i
     that training saves with the model expands the placeholder to that count."""
 
     def load(stride):
-        args = SimpleNamespace(
-            model_name_or_path=initial_blsp,
-            adapter_conv_stride=stride,
-            adapter_num_transformer_layers=None,
-            dtype=None,
-            trust_remote_code=False,
-            encoder_padding=None,
-            speech_compression=None,
-        )
-        return load_model_and_processor(args, None, None)
+        model_args = ModelArguments(model_name_or_path=initial_blsp, adapter_conv_stride=stride)
+        return load_model_and_processor(model_args, None, None)
 
     (eight, processor), (four, faster) = load(None), load([2, 2, 1])
     assert four.config.adapter_conv_stride == [2, 2, 1] and faster.speech_downsampling[-1] == [5, 1, 2]
