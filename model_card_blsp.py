@@ -49,6 +49,7 @@ def hyperparameters(trainer: Trainer, model_args, trainable_parameters: int, tea
         "seed": args.seed,
         "trainable_parameters": trainable_parameters,
         "train_speech_encoder": model_args.train_speech_encoder,
+        "train_speech_encoder_top_layers": model_args.train_speech_encoder_top_layers,
     }
     values.update(objective_settings(args))
     if teacher is not None:

@@ -134,6 +134,13 @@ class ModelArguments:
         },
     )
     train_speech_encoder: bool = field(default=False, metadata={"help": "Also train the Whisper encoder."})
+    train_speech_encoder_top_layers: int = field(
+        default=0,
+        metadata={
+            "help": "Also train the Whisper encoder's top N layers and its final layer norm (the layers below stay "
+            "frozen). 0: none; --train_speech_encoder trains them all."
+        },
+    )
     lora_r: int = field(default=0, metadata={"help": "Rank of LoRA on the LLM; 0 leaves the LLM frozen."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha."})
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA inputs."})
@@ -184,7 +191,10 @@ class ModelArguments:
             )
         if new_model and (self.speech_encoder_name_or_path is None or self.llm_name_or_path is None):
             raise ValueError("A new BLSP model needs both --speech_encoder_name_or_path and --llm_name_or_path.")
-        if self.save_adapter_only and (self.train_speech_encoder or (self.lora_r and self.lora_save == "merged")):
+        if self.train_speech_encoder and self.train_speech_encoder_top_layers:
+            raise ValueError("--train_speech_encoder trains all encoder layers: drop --train_speech_encoder_top_layers")
+        trains_encoder = self.train_speech_encoder or self.train_speech_encoder_top_layers > 0
+        if self.save_adapter_only and (trains_encoder or (self.lora_r and self.lora_save == "merged")):
             raise ValueError(
                 "--save_adapter_only keeps the bases as published: it cannot hold a trained speech encoder or LoRA "
                 "merged into the LLM (use --lora_save adapter)."
@@ -424,7 +434,9 @@ def main(args: list[str] | None = None):
     if model_args.match_embedding_scale:
         factor = model.match_speech_scale_to_embeddings()
         logger.info("Adapter output scaled by %.4f to the LLM's embedding norm.", factor)
-    select_trainable_parameters(model, model_args.train_speech_encoder)
+    select_trainable_parameters(
+        model, model_args.train_speech_encoder, top_layers=model_args.train_speech_encoder_top_layers
+    )
     if model_args.lora_r:
         add_lora(model, model_args)
     keep_trainable_in_float32(model)

@@ -278,13 +278,20 @@ def adapter_only_bases(model_args, config) -> tuple[str, str]:
     return speech, text
 
 
-def select_trainable_parameters(model: BlspForConditionalGeneration, train_speech_encoder: bool):
-    """Freeze everything but the adapter (and the encoder when asked; its positional table stays frozen)."""
+def select_trainable_parameters(model: BlspForConditionalGeneration, train_speech_encoder: bool, top_layers: int = 0):
+    """Freeze everything but the adapter, and the encoder when asked: all of it but its positional table, or its
+    top `top_layers` layers and final layer norm."""
     model.requires_grad_(False)
     model.adapter.requires_grad_(True)
+    encoder = model.speech_encoder
     if train_speech_encoder:
-        model.speech_encoder.requires_grad_(True)
-        model.speech_encoder.embed_positions.requires_grad_(False)
+        encoder.requires_grad_(True)
+        encoder.embed_positions.requires_grad_(False)
+    elif top_layers:
+        if top_layers > len(encoder.layers):
+            raise ValueError(f"The speech encoder has {len(encoder.layers)} layers; cannot train the top {top_layers}.")
+        encoder.layers[-top_layers:].requires_grad_(True)
+        encoder.layer_norm.requires_grad_(True)
 
 
 def add_lora(model: BlspForConditionalGeneration, model_args):

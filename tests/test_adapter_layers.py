@@ -9,7 +9,7 @@ from configuration_blsp import BlspConfig
 from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import BlspProcessor
 from train_adapter import ModelArguments
-from training_blsp import load_model_and_processor
+from training_blsp import load_model_and_processor, select_trainable_parameters
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -66,3 +66,20 @@ def test_a_trained_adapter_can_halve_its_last_stride_and_the_processor_follows(i
     assert tokens[1] in (2 * tokens[0] - 1, 2 * tokens[0])
     with pytest.raises(ValueError, match="one stride per adapter convolution"):
         BlspConfig(adapter_conv_stride=[2, 2])
+
+
+def test_top_encoder_layers_train_and_the_rest_stays_frozen(initial_blsp):
+    model = BlspForConditionalGeneration.from_pretrained(initial_blsp)
+    encoder = model.speech_encoder
+    select_trainable_parameters(model, train_speech_encoder=False, top_layers=1)
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    top = len(encoder.layers) - 1
+    assert any(name.startswith(f"speech_encoder.layers.{top}.") for name in trainable)
+    assert "speech_encoder.layer_norm.weight" in trainable
+    assert {name.split(".")[0] for name in trainable} == {"adapter", "speech_encoder"}
+    assert not any(name.startswith(f"speech_encoder.layers.{top - 1}.") for name in trainable)
+    assert not any(name.startswith(("speech_encoder.conv", "speech_encoder.embed")) for name in trainable)
+    with pytest.raises(ValueError, match="cannot train the top"):
+        select_trainable_parameters(model, train_speech_encoder=False, top_layers=len(encoder.layers) + 1)
+    with pytest.raises(ValueError, match="drop --train_speech_encoder_top_layers"):
+        ModelArguments(model_name_or_path=initial_blsp, train_speech_encoder=True, train_speech_encoder_top_layers=1)
