@@ -9,8 +9,9 @@ exact-match accuracy, counts) to `--output_dir`. Rows whose audio cannot be used
 
 import json
 
-from data_blsp import CorpusArguments, parse_script_arguments
-from evaluation_blsp import EvaluationArguments, evaluate
+from blsp_steps.arguments import parse_script_arguments
+from blsp_steps.corpora import CorpusArguments
+from blsp_steps.evaluation import EvaluationArguments, evaluate
 
 
 def main():

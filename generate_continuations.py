@@ -40,7 +40,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, set_seed
 
-from data_blsp import (
+from blsp_steps.arguments import dtype_field, parse_script_arguments
+from blsp_steps.continuations import add_cached_teacher, build_generator, check_context, teacher_column
+from blsp_steps.corpora import (
     AUDIO,
     CONTINUATION,
     CONTINUATIONS_METADATA_FILE,
@@ -49,21 +51,13 @@ from data_blsp import (
     TEACHER_LOGPROBS,
     TEXT,
     CorpusArguments,
-    JsonlLog,
-    audio_rejection,
-    audio_source,
-    dtype_field,
     open_corpus,
     open_transcripts,
-    parse_script_arguments,
-    read_jsonl,
-    reject_record,
     source_reference,
-    text_rejection,
     transcript_normalizer,
 )
-from generation_blsp import add_cached_teacher, build_generator, check_context, teacher_column
-from identity_blsp import model_fingerprint, setting_changes
+from blsp_steps.identity import model_fingerprint, setting_changes
+from blsp_steps.rejects import JsonlLog, audio_rejection, audio_source, read_jsonl, reject_record, text_rejection
 from processing_blsp import CONTINUATION_INSTRUCTION, PROMPT_LAYOUTS, render_prompt
 
 logger = get_logger(__name__)

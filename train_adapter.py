@@ -15,9 +15,9 @@ Objectives (`--loss`):
 - sums such as `ce+kl`: `--ce_weight` * ce + `--kl_weight` * kl (+ `--ctc_weight` * ctc).
 
 Only the adapter trains by default; `--train_speech_encoder` adds the Whisper encoder, `--lora_r` LoRA on the LLM.
-This script holds the arguments and `main`; the datasets' preparation is in `training_data_blsp.py`, the objectives
-in `objectives_blsp.py`, the collator, sampler, trainer and model set-up in `training_blsp.py`, the model card in
-`model_card_blsp.py`.
+This script holds the arguments and `main`; in `blsp_steps/`: the datasets' preparation (`training_data.py`), the
+objectives (`objectives.py`), the collator, sampler, trainer and model set-up (`training.py`), the model card
+(`model_card.py`).
 
 Examples:
 
@@ -38,17 +38,13 @@ import torch
 import transformers
 from transformers import TrainingArguments, set_seed
 
-from augmentation_blsp import AugmentationArguments, SpeechAugmentation
-from data_blsp import (
-    TEACHER_IDS,
-    agreed_setting,
-    dtype_field,
-    parse_script_arguments,
-)
-from engines_blsp import check_one_training, check_requested_engine, unsharded_model
-from identity_blsp import RecordModels, check_resumed_models
-from model_card_blsp import build_model_card
-from objectives_blsp import (
+from blsp_steps.arguments import dtype_field, parse_script_arguments
+from blsp_steps.augmentation import AugmentationArguments, SpeechAugmentation
+from blsp_steps.corpora import TEACHER_IDS, agreed_setting
+from blsp_steps.engines import check_one_training, check_requested_engine, unsharded_model
+from blsp_steps.identity import RecordModels, check_resumed_models
+from blsp_steps.model_card import build_model_card
+from blsp_steps.objectives import (
     LOSSES,
     TEACHER_SOURCES,
     cached_teacher_problem,
@@ -56,8 +52,7 @@ from objectives_blsp import (
     teacher_description,
     use_cached_teacher,
 )
-from processing_blsp import PROMPT_LAYOUTS
-from training_blsp import (
+from blsp_steps.training import (
     LORA_ADAPTER_DIR,
     LORA_SAVE_MODES,
     BlspTrainer,
@@ -74,7 +69,8 @@ from training_blsp import (
     trained_rows_path,
     uses_lora,
 )
-from training_data_blsp import dataset_instruction, load_datasets
+from blsp_steps.training_data import dataset_instruction, load_datasets
+from processing_blsp import PROMPT_LAYOUTS
 
 logger = logging.getLogger(__name__)
 MODEL_FLAGS = ("model_name_or_path", "speech_encoder_name_or_path", "llm_name_or_path")

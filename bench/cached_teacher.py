@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Step 1's cached teacher on real weights: what it costs step 1, and how close it is to the live teacher.
 
-    python bench/cached_teacher.py --whisper converted/whisper-tiny.en --llm converted/smollm2-135m-instruct \
+    python -m bench.cached_teacher --whisper converted/whisper-tiny.en --llm converted/smollm2-135m-instruct \
         --corpus english/data/train --rows 8 --top_k 64
 
 Step 1 runs on `--rows` transcripts with and without `--teacher_top_k` (interleaved `--repeats`; tokens/s of each,
@@ -15,21 +15,17 @@ gradients' cosine, and the top-k agreement.
 import argparse
 import glob
 import os
-import sys
 import tempfile
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import generate_continuations  # noqa: E402
-import train_adapter  # noqa: E402
-from data_blsp import CorpusArguments, continuations_metadata, join_audio, load_source  # noqa: E402
-from modeling_blsp import BlspForConditionalGeneration  # noqa: E402
-from objectives_blsp import TrainingStep, kl_divergence_sum, kl_term, top_k_kl_divergence_sum  # noqa: E402
-from processing_blsp import BlspProcessor  # noqa: E402
-from training_blsp import BlspTrainer, SpeechPromptCollator  # noqa: E402
+import generate_continuations
+import train_adapter
+from blsp_steps.corpora import CorpusArguments, continuations_metadata, join_audio, load_source
+from blsp_steps.objectives import TrainingStep, kl_divergence_sum, kl_term, top_k_kl_divergence_sum
+from blsp_steps.training import BlspTrainer, SpeechPromptCollator
+from modeling_blsp import BlspForConditionalGeneration
+from processing_blsp import BlspProcessor
 
 
 def step_one(args, output_dir: str, top_k: int) -> dict:

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Generated tokens per second of step 1 (generate_continuations.py) against two baselines, in one process.
 
-    python bench/continuations.py                      # tiny random Llama, 256 espeak-ng clips, CPU
-    python bench/continuations.py --llm_name_or_path ./llm --dataset_name ./corpus
+    python -m bench.continuations                      # tiny random Llama, 256 espeak-ng clips, CPU
+    python -m bench.continuations --llm_name_or_path ./llm --dataset_name ./corpus
 
 Rows, in this order:
 - the script: `generate_continuations.main` on the corpus; its own count over the generation loop (reading the
@@ -18,24 +18,19 @@ OMP_NUM_THREADS=1: with more threads than free cores, torch's spinning threads d
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
 import torch
+from accelerate import PartialState
+from transformers import AutoModelForCausalLM
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
-
-from accelerate import PartialState  # noqa: E402
-from speech import SENTENCES, synthesize  # noqa: E402
-from tiny_models import save_tiny_llm  # noqa: E402
-from transformers import AutoModelForCausalLM  # noqa: E402
-
-import generate_continuations  # noqa: E402
-from data_blsp import open_transcripts  # noqa: E402
-from generate_continuations import build_prompts, length_grouped_batches, load_tokenizer  # noqa: E402
-from generation_blsp import until_eos  # noqa: E402
+import generate_continuations
+from blsp_steps.continuations import until_eos
+from blsp_steps.corpora import open_transcripts
+from generate_continuations import build_prompts, length_grouped_batches, load_tokenizer
+from tests.helpers.speech import SENTENCES, synthesize
+from tests.helpers.tiny_models import save_tiny_llm
 
 
 def parse_arguments() -> argparse.Namespace:

@@ -4,24 +4,20 @@ Whisper-small shape with random weights; an LLM width of `--text_hidden_size` fo
 clip length both modes run on the same batch in this process, and the script prints time ratios next to the ideal
 ratio 30 s / clip length.
 
-    python bench/encoder_length.py [--batch_size 4] [--repeats 3] [--device cpu]
+    python -m bench.encoder_length [--batch_size 4] [--repeats 3] [--device cpu]
 """
 
 import argparse
-import os
-import sys
 import time
 
 import numpy as np
 import torch
 from transformers import LlamaConfig, WhisperConfig, WhisperFeatureExtractor
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from configuration_blsp import BlspConfig  # noqa: E402
-from modeling_blsp import BlspForConditionalGeneration  # noqa: E402
-from processing_blsp import BlspProcessor  # noqa: E402
-from tests.tiny_models import build_tokenizer  # noqa: E402
+from configuration_blsp import BlspConfig
+from modeling_blsp import BlspForConditionalGeneration
+from processing_blsp import BlspProcessor
+from tests.helpers.tiny_models import build_tokenizer
 
 CLIP_SECONDS = (4, 8, 12, 16)
 WHISPER_SMALL = dict(d_model=768, encoder_layers=12, encoder_attention_heads=12, encoder_ffn_dim=3072)

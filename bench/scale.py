@@ -2,7 +2,7 @@
 """Corpus scale: step 1 reading transcripts only vs reading the audio, step 2's memory vs corpus size, and step 2's
 throughput streaming vs map-style, each against a baseline measured in the same run.
 
-    OMP_NUM_THREADS=1 python bench/scale.py           # tiny random models, clips the repository ships, CPU
+    OMP_NUM_THREADS=1 python -m bench.scale           # tiny random models, clips the repository ships, CPU
 
 Rows printed:
 - step 1 on a parquet corpus (`--num_rows` rows, audio embedded), text-only (the default) vs with `--check_audio
@@ -27,15 +27,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import soundfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
-
-from speech import shipped_clips  # noqa: E402
-from tiny_models import build_tiny_checkpoints  # noqa: E402
+from tests.helpers.speech import shipped_clips
+from tests.helpers.tiny_models import build_tiny_checkpoints
 
 RUN = """
 import json, resource, sys, time
-sys.path.insert(0, {root!r})
 import {module}
 def rchar():
     return int(dict(line.split(": ") for line in open("/proc/self/io").read().splitlines())["rchar"])
@@ -95,7 +91,7 @@ def run(module: str, flags: list[str], work: str, name: str) -> dict:
     """`module.main(flags)` in a fresh process with its own datasets cache; its seconds, rchar and peak RSS."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": os.path.join(work, "cache", name)}
     result = subprocess.run(
-        [sys.executable, "-c", RUN.format(root=ROOT, module=module), *flags], env=env, capture_output=True, text=True
+        [sys.executable, "-c", RUN.format(module=module), *flags], env=env, capture_output=True, text=True
     )
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-3000:])

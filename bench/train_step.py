@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Training samples/s and peak memory of step 2: the BLSP recipe as published against train_adapter.py, one run.
 
-    python bench/train_step.py                         # whisper-small + Qwen2.5-0.5B shapes, random weights
-    python bench/train_step.py --repeats 2             # best of 2 interleaved repeats (a shared machine)
-    python bench/train_step.py --num_clips 8 --llm_layers 4
-    python bench/train_step.py --compare teacher padding precision   # ours against ours, one option changed
+    python -m bench.train_step                         # whisper-small + Qwen2.5-0.5B shapes, random weights
+    python -m bench.train_step --repeats 2             # best of 2 interleaved repeats (a shared machine)
+    python -m bench.train_step --num_clips 8 --llm_layers 4
+    python -m bench.train_step --compare teacher padding precision   # ours against ours, one option changed
 
 Both runs train the adapter (cross-entropy on the continuation) through `Trainer.train` on the same clips (3 to
 20 s, evenly spread, corpus order shuffled), decoded in the collator, batches of `--batch_size`, one pass:
@@ -29,7 +29,6 @@ import json
 import os
 import random
 import resource
-import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -40,20 +39,18 @@ import torch
 from datasets import Audio, Dataset
 from transformers import Qwen2Config, Trainer, WhisperConfig, WhisperFeatureExtractor
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
-
-from speech import SENTENCES  # noqa: E402
-from tiny_models import build_tokenizer  # noqa: E402
-
-import objectives_blsp  # noqa: E402
-import train_adapter  # noqa: E402
-import training_blsp  # noqa: E402
-import training_data_blsp  # noqa: E402
-from configuration_blsp import BlspConfig  # noqa: E402
-from data_blsp import TEACHER_IDS, TEACHER_LOGPROBS  # noqa: E402
-from modeling_blsp import BlspForConditionalGeneration  # noqa: E402
-from processing_blsp import BlspProcessor, add_speech_token  # noqa: E402
+import train_adapter
+from blsp_steps import (
+    objectives,
+    training,
+    training_data,
+)
+from blsp_steps.corpora import TEACHER_IDS, TEACHER_LOGPROBS
+from configuration_blsp import BlspConfig
+from modeling_blsp import BlspForConditionalGeneration
+from processing_blsp import BlspProcessor, add_speech_token
+from tests.helpers.speech import SENTENCES
+from tests.helpers.tiny_models import build_tokenizer
 
 SAMPLING_RATE = 16000
 CONTINUATION_WORDS = 24  # about 50 tokens of the bench tokenizer, as 40 words (BLSP's limit) make for a Llama one
@@ -69,7 +66,7 @@ QWEN25_05B = dict(
 )
 
 
-class PublishedRecipeCollator(training_blsp.SpeechPromptCollator):
+class PublishedRecipeCollator(training.SpeechPromptCollator):
     """The original recipe's inputs: each clip zero-padded to 30 s; no bookkeeping key for the stock `Trainer`."""
 
     def usable_rows(self, rows: list[dict]) -> tuple[list[dict], list]:
@@ -79,15 +76,15 @@ class PublishedRecipeCollator(training_blsp.SpeechPromptCollator):
 
     def __call__(self, rows: list[dict]) -> dict:
         batch = super().__call__(rows)
-        batch.pop(training_blsp.SKIPPED_ROWS_KEY)
+        batch.pop(training.SKIPPED_ROWS_KEY)
         return batch
 
 
 OURS = {
     "encoder_padding": "longest",
     "sorted": True,
-    "trainer": training_blsp.BlspTrainer,
-    "collator": training_blsp.SpeechPromptCollator,
+    "trainer": training.BlspTrainer,
+    "collator": training.SpeechPromptCollator,
     "loss": "ce",
 }
 PUBLISHED = {**OURS, "encoder_padding": "max_length", "sorted": False, "trainer": Trainer}
@@ -162,7 +159,7 @@ def build_model_and_processor(encoder_padding: str, llm_layers: int):
     config.speech_token_id = add_speech_token(tokenizer, config.speech_token)
     torch.manual_seed(0)
     model = BlspForConditionalGeneration(config)
-    training_blsp.select_trainable_parameters(model, train_speech_encoder=False)
+    training.select_trainable_parameters(model, train_speech_encoder=False)
     processor = BlspProcessor(
         WhisperFeatureExtractor(feature_size=80), tokenizer, speech_downsampling=config.speech_downsampling
     )
@@ -195,7 +192,7 @@ def train(run: dict, model, processor, dataset, bench: argparse.Namespace, outpu
         teacher=run.get("teacher", "auto"),
         padding_free=run.get("padding_free", False),
     )
-    with_teacher = objectives_blsp.needs_teacher(args.loss_terms)
+    with_teacher = objectives.needs_teacher(args.loss_terms)
     collator = run["collator"](processor, with_teacher=with_teacher, cached_teacher=args.teacher == "cached")
     trainer = run["trainer"](model=model, args=args, data_collator=collator, train_dataset=dataset)
     return trainer.train().metrics
@@ -205,7 +202,7 @@ def run_one(comparison: str, name: str, dataset_path: str, bench: argparse.Names
     """One run in this (fresh) process: a warm-up step, then a timed pass over every clip."""
     run = COMPARISONS[comparison][name]
     model, processor = build_model_and_processor(run["encoder_padding"], bench.llm_layers)
-    dataset, _ = training_data_blsp.prepare_dataset(
+    dataset, _ = training_data.prepare_dataset(
         [dataset_path], "train", train_adapter.DataArguments(dataset_name=[dataset_path]), {run["loss"]}, "length"
     )
     if run["sorted"]:

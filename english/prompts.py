@@ -13,9 +13,9 @@ import argparse
 import json
 import os
 
+from blsp_steps.evaluation import EvaluationArguments, Generator, score
 from english.build_corpus import question_fields
 from english.score import ANSWER_WORDS, PROMPTS, answer_accuracy, transcription_tokens
-from evaluation_blsp import EvaluationArguments, Generator, score
 
 ENGLISH_DIR = os.path.dirname(os.path.abspath(__file__))
 CANDIDATES = [

@@ -13,7 +13,7 @@ import os
 
 import torch
 
-import evaluation_blsp as scoring
+from blsp_steps import evaluation as scoring
 from english.build_corpus import TEST_SPLITS
 from modeling_blsp import BlspForConditionalGeneration, ctc_readout
 from processing_blsp import BlspProcessor, load_audio

@@ -21,8 +21,8 @@ import os
 
 from transformers import pipeline
 
-import evaluation_blsp as scoring
-from data_blsp import CorpusArguments
+from blsp_steps import evaluation as scoring
+from blsp_steps.corpora import CorpusArguments
 from english.build_corpus import TEST_SPLITS
 from processing_blsp import CONTINUATION_INSTRUCTION, load_audio
 from world.run import save_untrained_blsp

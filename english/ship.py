@@ -19,8 +19,8 @@ import shutil
 import torch
 from transformers import pipeline
 
+from blsp_steps.evaluation import score
 from english.score import PROMPTS
-from evaluation_blsp import score
 from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import BlspProcessor
 

@@ -1,18 +1,19 @@
 """Shared fixtures: tiny random checkpoints, saved BLSP models, real speech clips. Nothing touches the network."""
 
 import os
-import sys
 
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.dirname(os.path.abspath(__file__))]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from speech import copy_speech_corpus  # noqa: E402
-from tiny_models import build_tiny_checkpoints  # noqa: E402
+from tests.helpers.speech import copy_speech_corpus  # noqa: E402
+from tests.helpers.steps import save_untrained_blsp  # noqa: E402
+from tests.helpers.tiny_models import build_tiny_checkpoints  # noqa: E402
+
+# Fixtures of the local Hub (local_hub, hub_env) and of the real checkpoints (real_whisper, real_llm, real_clips).
+pytest_plugins = ["tests.helpers.hub_fixtures", "tests.helpers.real_weights"]
 
 
 @pytest.fixture(scope="session")
@@ -20,18 +21,6 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, str]:
     """Directories of a tiny Whisper, a tiny base Llama (no chat template) and a tiny chat Qwen2."""
     torch.manual_seed(0)
     return build_tiny_checkpoints(str(tmp_path_factory.mktemp("tiny")))
-
-
-def save_untrained_blsp(whisper: str, llm: str, directory: str) -> str:
-    """A BLSP checkpoint (model + processor) of `whisper` and `llm`, its adapter freshly seeded, in `directory`."""
-    from modeling_blsp import BlspForConditionalGeneration
-    from processing_blsp import BlspProcessor
-
-    torch.manual_seed(0)
-    model = BlspForConditionalGeneration.from_speech_text_pretrained(whisper, llm)
-    model.save_pretrained(directory)
-    BlspProcessor.from_speech_text_pretrained(whisper, llm, config=model.config).save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="session")

@@ -5,11 +5,11 @@ with the same weights, and the processor follows."""
 import pytest
 import torch
 
+from blsp_steps.training import load_model_and_processor, select_trainable_parameters
 from configuration_blsp import BlspConfig
 from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import BlspProcessor
 from train_adapter import ModelArguments
-from training_blsp import load_model_and_processor, select_trainable_parameters
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -17,10 +17,10 @@ import urllib.request
 import gradio as gr
 import jiwer
 import pytest
-from launching import free_port
 from transformers import pipeline
 
 import app
+from tests.helpers.launching import free_port
 from world import build_demo, build_world, language
 
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -8,7 +8,8 @@ import yaml
 import evaluate_blsp
 import generate_continuations
 import train_adapter
-from data_blsp import DTYPES, CorpusArguments, parse_script_arguments
+from blsp_steps.arguments import DTYPES, parse_script_arguments
+from blsp_steps.corpora import CorpusArguments
 from world import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

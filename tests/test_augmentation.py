@@ -1,5 +1,5 @@
-"""Step 2's speech augmentation (`augmentation_blsp`): what each transform does to a clip, that masks stay inside the
-clip, and that only training batches are augmented."""
+"""Step 2's speech augmentation (`blsp_steps.augmentation`): what each transform does to a clip, that masks stay
+inside the clip, and that only training batches are augmented."""
 
 import os
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import train_adapter
-from augmentation_blsp import AugmentationArguments, SpeechAugmentation
+from blsp_steps.augmentation import AugmentationArguments, SpeechAugmentation
+from blsp_steps.training import BlspTrainer, SpeechPromptCollator
 from processing_blsp import BlspProcessor
-from training_blsp import BlspTrainer, SpeechPromptCollator
 
 RATE = 16000
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -11,17 +11,17 @@ import pytest
 import soundfile
 from datasets import load_dataset
 from safetensors.torch import load_file, save_file
-from test_train_adapter import run_flags, write_dataset
 from transformers import AutoConfig, pipeline
 
 import audio_blsp
 import generate_continuations
 import processing_blsp
 import train_adapter
-import training_data_blsp
-from data_blsp import CorpusArguments
-from evaluation_blsp import EvaluationArguments, evaluate
+from blsp_steps import training_data
+from blsp_steps.corpora import CorpusArguments
+from blsp_steps.evaluation import EvaluationArguments, evaluate
 from processing_blsp import AudioInputError, BlspProcessor
+from tests.helpers.steps import run_flags, write_dataset
 
 EVIL_TOKENIZER = """
 import os
@@ -281,10 +281,10 @@ def test_step2_refuses_a_source_corpus_changed_since_step1(speech_corpus, tiny_c
     match += re.escape(repr(records[2]["text"])) + " then"
     data_args = train_adapter.DataArguments(dataset_name=[output_dir])
     with pytest.raises(ValueError, match=match):
-        training_data_blsp.prepare_dataset(data_args.dataset_name, "train", data_args, {"ce"}, "length")
+        training_data.prepare_dataset(data_args.dataset_name, "train", data_args, {"ce"}, "length")
     data_args = train_adapter.DataArguments(dataset_name=[output_dir], streaming=True)
     training_args = train_adapter.BlspTrainingArguments(output_dir=str(tmp_path / "model"), report_to="none")
-    stream, _ = training_data_blsp.stream_datasets(data_args, training_args)
+    stream, _ = training_data.stream_datasets(data_args, training_args)
     with pytest.raises(ValueError, match=r"changed since step 1: 1 row\(s\) hold another transcript .*rows \[1\]"):
         list(stream)
 

@@ -9,39 +9,21 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from datasets import load_dataset
-from test_train_adapter import logged_losses, model_flags, run_flags
 from transformers import AutoTokenizer
 
-import generate_continuations
 import train_adapter
-import training_data_blsp
-from data_blsp import CONTINUATIONS_METADATA_FILE, TEACHER_IDS, TEACHER_LOGPROBS
+from blsp_steps import training_data
+from blsp_steps.corpora import CONTINUATIONS_METADATA_FILE, TEACHER_IDS, TEACHER_LOGPROBS
+from blsp_steps.objectives import TrainingStep, kl_term
+from blsp_steps.training import BlspTrainer, SpeechPromptCollator
 from modeling_blsp import BlspForConditionalGeneration
-from objectives_blsp import TrainingStep, kl_term
 from processing_blsp import BlspProcessor
-from training_blsp import BlspTrainer, SpeechPromptCollator
+from tests.helpers.steps import TEMPERATURE, logged_losses, model_flags, run_flags, step_one
 
-MAX_NEW_TOKENS = 8
-TEMPERATURE = 2.0
 SMALL_K = 8
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def step_one(speech_corpus, llm: str, output_dir: str, top_k: int, *flags: str) -> str:
-    """Continuations of the clips by `llm`, left-padded batches of 3, with a cached teacher of `top_k`."""
-    clips, rows = speech_corpus
-    corpus = os.path.join(output_dir + "-corpus.jsonl")
-    with open(corpus, "w") as file:
-        for row in rows:
-            file.write(json.dumps({"audio": os.path.join(clips, row["file_name"]), "text": row["text"]}) + "\n")
-    generate_continuations.main(
-        ["--dataset_name", corpus, "--llm_name_or_path", llm, "--output_dir", output_dir, "--batch_size", "3"]
-        + ["--max_new_tokens", str(MAX_NEW_TOKENS), "--teacher_top_k", str(top_k)]
-        + ["--teacher_temperature", str(TEMPERATURE), *flags]
-    )
-    return output_dir
 
 
 @pytest.fixture(scope="module")
@@ -231,8 +213,8 @@ def streamed_and_map_style(caches: list[str], output_dir: str) -> tuple[list[dic
     """Step 2's training rows of `caches`, streamed (in the stream's order) and map-style."""
     data_args = train_adapter.DataArguments(dataset_name=caches, streaming=True)
     training_args = train_adapter.BlspTrainingArguments(output_dir=output_dir, report_to="none")
-    stream, _ = training_data_blsp.stream_datasets(data_args, training_args)
-    mapped, _ = training_data_blsp.prepare_dataset(caches, "train", data_args, {"kl"}, "length")
+    stream, _ = training_data.stream_datasets(data_args, training_args)
+    mapped, _ = training_data.prepare_dataset(caches, "train", data_args, {"kl"}, "length")
     assert (TEACHER_IDS in stream.column_names) == (TEACHER_IDS in mapped.column_names)
     return list(stream), list(mapped)
 

@@ -10,15 +10,16 @@ import pytest
 import torch
 import yaml
 from datasets import Audio, Dataset
-from launching import two_process_launch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
-from tiny_models import CHAT_FORMATS, save_tiny_chat_llm
 
 import train_adapter
-from engines_blsp import LaunchError
+from blsp_steps.engines import LaunchError
 from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import BlspProcessor
+from tests.helpers.launching import two_process_launch
+from tests.helpers.steps import logged_losses
+from tests.helpers.tiny_models import CHAT_FORMATS, save_tiny_chat_llm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTRUCTION = "Continue the following text."
@@ -73,11 +74,6 @@ def run_settings(dataset: str, output_dir: str, max_steps: int, batch_size: int)
 
 def weights(directory: str) -> dict[str, torch.Tensor]:
     return load_file(os.path.join(directory, "model.safetensors"))
-
-
-def logged_losses(output_dir: str) -> list[float]:
-    with open(os.path.join(output_dir, "trainer_state.json")) as file:
-        return [entry["loss"] for entry in json.load(file)["log_history"] if "loss" in entry]
 
 
 # ----------------------------------------------------------------------------------- launches that are not one run
@@ -189,8 +185,8 @@ def launch(launcher: list[str], settings: dict, tmp_path, name: str) -> subproce
     config = tmp_path / f"{name}.yaml"
     config.write_text(yaml.safe_dump(settings))
     command = two_process_launch(*launcher)
-    if "fsdp.yaml" in launcher[-1]:  # accelerate enables FSDP on accelerators only: tests/fsdp_on_cpu.py
-        command.append(os.path.join(ROOT, "tests", "fsdp_on_cpu.py"))
+    if "fsdp.yaml" in launcher[-1]:  # accelerate enables FSDP on accelerators only: tests/helpers/fsdp_on_cpu.py
+        command.append(os.path.join(ROOT, "tests", "helpers", "fsdp_on_cpu.py"))
     command += [os.path.join(ROOT, "train_adapter.py"), str(config)]
     result = subprocess.run(command, cwd=ROOT, env=LAUNCH_ENV, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]

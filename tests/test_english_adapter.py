@@ -1,7 +1,7 @@
 """The shipped English adapter (english/models/): adapter-only, on the real whisper-tiny.en and SmolLM2-135M-Instruct.
 
 Loaded in a fresh process, from another directory, with the project not importable, through `AutoModel`,
-`AutoProcessor` and `pipeline`, its bases pointed at the converted checkpoints (`tests/real_weights.py`), it gives
+`AutoProcessor` and `pipeline`, its bases pointed at the converted checkpoints (`tests/helpers/real_weights.py`), it gives
 the greedy answers recorded when it was shipped (`examples/answers.json`) on held-out clips (real human speech,
 Piper's neural voice, the held-out espeak-ng and festival voices), and it transcribes the 12 shipped clips, the
 instruction before the speech, under 100% WER. The bound: it scored 75.5% on them when shipped, where an empty answer
@@ -16,9 +16,7 @@ import sys
 
 import pytest
 
-from evaluation_blsp import score
-
-pytest_plugins = ["real_weights"]  # fixtures: real_whisper, real_llm
+from blsp_steps.evaluation import score
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ADAPTER_DIR = os.path.join(ROOT, "english", "models", "blsp-whisper-tiny.en-smollm2-135m")

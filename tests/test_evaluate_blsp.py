@@ -7,8 +7,8 @@ import shutil
 import pytest
 import torch
 
-from data_blsp import CorpusArguments
-from evaluation_blsp import EvaluationArguments, evaluate, score
+from blsp_steps.corpora import CorpusArguments
+from blsp_steps.evaluation import EvaluationArguments, evaluate, score
 from processing_blsp import BlspProcessor, render_prompt
 
 

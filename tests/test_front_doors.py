@@ -20,10 +20,10 @@ import urllib.request
 import numpy as np
 import pytest
 import soundfile
-from launching import free_port
 
 from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import BlspProcessor
+from tests.helpers.launching import free_port
 from world import build_demo, language
 
 INSTRUCTION = language.TRANSCRIBE_INSTRUCTION

@@ -11,15 +11,14 @@ import pytest
 import soundfile
 import torch
 import yaml
-from conftest_hub import local_hub  # noqa: F401 - fixture
 from datasets import Audio, Dataset, load_dataset
-from launching import two_process_launch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import data_blsp
 import generate_continuations
-from data_blsp import join_audio, text_rejection
+from blsp_steps.corpora import CONTINUATIONS_METADATA_FILE, join_audio
+from blsp_steps.rejects import text_rejection
 from processing_blsp import CONTINUATION_INSTRUCTION, load_audio, render_prompt
+from tests.helpers.launching import two_process_launch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "generate_continuations.py")
@@ -38,7 +37,7 @@ def saved_rows(output_dir: str) -> list[dict]:
 
 
 def saved_settings(output_dir: str) -> dict:
-    with open(os.path.join(output_dir, data_blsp.CONTINUATIONS_METADATA_FILE)) as file:
+    with open(os.path.join(output_dir, CONTINUATIONS_METADATA_FILE)) as file:
         return json.load(file)
 
 
@@ -237,9 +236,10 @@ def test_bad_rows_are_rejected_and_counted(speech_corpus, tiny_checkpoints, tmp_
 
 KILL_AFTER_TWO_BATCHES = """
 import json, os, signal, sys
-import data_blsp, generate_continuations
+import generate_continuations
+from blsp_steps import rejects
 appends = 0
-append = data_blsp.JsonlLog.append
+append = rejects.JsonlLog.append
 def append_then_die(self, records):
     global appends
     if records and "continuations" in self.file.name:
@@ -250,7 +250,7 @@ def append_then_die(self, records):
             self.file.flush()
             os.kill(os.getpid(), signal.SIGKILL)
     append(self, records)
-data_blsp.JsonlLog.append = append_then_die
+rejects.JsonlLog.append = append_then_die
 generate_continuations.main(sys.argv[1:])
 """
 

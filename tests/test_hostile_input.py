@@ -15,19 +15,18 @@ import pytest
 import soundfile
 import torch
 from safetensors.torch import load_file, save_file
-from test_cached_teacher import TEMPERATURE, step_one
-from test_train_adapter import logged_losses, model_flags, run_flags, write_dataset
 from transformers import AutoConfig
 
 import audio_blsp
 import generate_continuations
 import train_adapter
 from audio_blsp import MIN_AUDIO_SECONDS
-from data_blsp import CONTINUATIONS_METADATA_FILE, TEACHER_IDS, TEACHER_LOGPROBS, CorpusArguments
-from evaluation_blsp import EvaluationArguments, evaluate
+from blsp_steps.corpora import CONTINUATIONS_METADATA_FILE, TEACHER_IDS, TEACHER_LOGPROBS, CorpusArguments
+from blsp_steps.evaluation import EvaluationArguments, evaluate
+from blsp_steps.training import NonFiniteTrainingError, StopOnNonFiniteGradients
 from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import AudioInputError, BlspProcessor
-from training_blsp import NonFiniteTrainingError, StopOnNonFiniteGradients
+from tests.helpers.steps import TEMPERATURE, logged_losses, model_flags, run_flags, step_one, write_dataset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

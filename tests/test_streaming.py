@@ -13,18 +13,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest_hub import hub_env, local_hub  # noqa: F401 - fixtures
 from datasets import Audio, Dataset, load_dataset
-from hub_server import HubHandler
-from launching import two_process_launch
-from speech import shipped_clips
 
 import generate_continuations
-import streaming_blsp
 import train_adapter
-import training_data_blsp
-from data_blsp import CorpusArguments, open_corpus
+from blsp_steps import streaming, training_data
+from blsp_steps.corpora import CorpusArguments, open_corpus
 from processing_blsp import load_audio
+from tests.helpers.hub_server import HubHandler
+from tests.helpers.launching import two_process_launch
+from tests.helpers.speech import shipped_clips
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "generate_continuations.py")
@@ -153,11 +151,11 @@ def test_step1_reads_no_audio_over_http_and_writes_no_copy(
     # step 2 finds the clips over HTTP, a parquet file per shard, numbered from the footers' row counts
     with open(tmp_path / "out" / "blsp_continuations.json") as file:
         source = CorpusArguments(**json.load(file)["source"])
-    shards = streaming_blsp.parquet_shards(source)
+    shards = streaming.parquet_shards(source)
     assert [shard["offset"] for shard in shards] == [0, NUM_ROWS // NUM_SHARDS]
     step1 = load_dataset(str(tmp_path / "out"), split="train", streaming=True)
-    continuations, _ = streaming_blsp.read_continuations(step1, [])
-    first = next(streaming_blsp.joined_shard_rows(shards[1:], continuations, "duration"))
+    continuations, _ = streaming.read_continuations(step1, [])
+    first = next(streaming.joined_shard_rows(shards[1:], continuations, "duration"))
     assert (first["row_id"], first["text"]) == (NUM_ROWS // NUM_SHARDS, rows[NUM_ROWS // NUM_SHARDS]["text"])
     assert first["audio"]["bytes"] == shipped_clips(8)[(NUM_ROWS // NUM_SHARDS) % 8]["bytes"]
 
@@ -197,9 +195,10 @@ def test_streaming_in_two_processes_equals_map_style_and_resumes(
 
 KILL_AFTER_TWO_BATCHES = """
 import os, signal, sys
-import data_blsp, generate_continuations
+import generate_continuations
+from blsp_steps import rejects
 appends = 0
-append = data_blsp.JsonlLog.append
+append = rejects.JsonlLog.append
 def append_then_die(self, records):
     global appends
     if records and "continuations" in self.file.name:
@@ -207,7 +206,7 @@ def append_then_die(self, records):
         if appends == 3:
             os.kill(os.getpid(), signal.SIGKILL)
     append(self, records)
-data_blsp.JsonlLog.append = append_then_die
+rejects.JsonlLog.append = append_then_die
 generate_continuations.main(sys.argv[1:])
 """
 
@@ -249,9 +248,9 @@ def test_step2_joins_the_audio_back_or_trains_from_the_embedded_copy(
     env = {**hub_env.subprocess_env(tmp_path / "fresh_hf_home"), "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
 
     data_args = train_adapter.DataArguments(dataset_name=[str(tmp_path / "text_only")])
-    joined, metadatas = training_data_blsp.prepare_dataset(data_args.dataset_name, "train", data_args, {"ce"}, "length")
+    joined, metadatas = training_data.prepare_dataset(data_args.dataset_name, "train", data_args, {"ce"}, "length")
     data_args = train_adapter.DataArguments(dataset_name=[str(tmp_path / "embedded")])
-    copied, _ = training_data_blsp.prepare_dataset(data_args.dataset_name, "train", data_args, {"ce"}, "length")
+    copied, _ = training_data.prepare_dataset(data_args.dataset_name, "train", data_args, {"ce"}, "length")
     assert metadatas[0]["source"]["dataset_name"] == corpus
     source = open_corpus(CorpusArguments(dataset_name=corpus))
     assert len(joined) == len(copied) == 24
@@ -339,7 +338,7 @@ def test_streaming_step2_joins_audio_by_row_id_and_loss_falls(
     monkeypatch,
     tmp_path,
 ):
-    monkeypatch.setattr(streaming_blsp, "clip_seconds", no_header_read)  # durations come from the source's column
+    monkeypatch.setattr(streaming, "clip_seconds", no_header_read)  # durations come from the source's column
     flags = step2_flags(tiny_checkpoints, responsive_llm, tmp_path / "model", step1_outputs["text_only"])
     flags += ["--max_steps", "6", "--per_device_train_batch_size", "16", "--learning_rate", "1e-2"]
     train_adapter.main([*flags, "--lr_scheduler_type", "constant", "--max_audio_seconds", "30"])
@@ -356,19 +355,19 @@ def no_header_read(audio: dict) -> float:
 
 
 def test_streamed_durations_come_from_the_duration_column(step1_outputs, monkeypatch, tmp_path):
-    monkeypatch.setattr(streaming_blsp, "clip_seconds", no_header_read)
+    monkeypatch.setattr(streaming, "clip_seconds", no_header_read)
     training_args = train_adapter.BlspTrainingArguments(output_dir=str(tmp_path / "model"), report_to="none")
     for name in ("text_only", "embedded_with_duration"):
         data_args = train_adapter.DataArguments(
             dataset_name=[step1_outputs[name]], streaming=True, max_audio_seconds=7.6, duration_group_rows=16
         )
-        stream, _ = training_data_blsp.stream_datasets(data_args, training_args)
+        stream, _ = training_data.stream_datasets(data_args, training_args)
         rows = list(stream)
         # the column's durations (row id + 0.5 s), not the clips' real ones, select and order the rows
         assert [row["row_id"] for row in rows] == [7, 6, 5, 4, 3, 2, 1, 0], name
         assert [row["seconds"] for row in rows] == [row_id + 0.5 for row_id in range(7, -1, -1)]
     data_args = train_adapter.DataArguments(dataset_name=[step1_outputs["embedded_with_duration"]])
-    dataset, _ = training_data_blsp.prepare_dataset(data_args.dataset_name, "train", data_args, {"ce"}, "length")
+    dataset, _ = training_data.prepare_dataset(data_args.dataset_name, "train", data_args, {"ce"}, "length")
     assert dataset["length"] == [1000 * row_id + 500 for row_id in range(16)]  # map-style reads it too
 
 
@@ -406,11 +405,11 @@ def test_streamed_corpora_follow_their_weights(tmp_path):
         dataset_name=outputs, streaming=True, dataset_weights=[3, 1], max_audio_seconds=3.0
     )
     training_args = train_adapter.BlspTrainingArguments(output_dir=str(tmp_path / "model"), report_to="none")
-    stream, _ = training_data_blsp.stream_datasets(data_args, training_args)
+    stream, _ = training_data.stream_datasets(data_args, training_args)
     rows = list(itertools.islice(stream, 400))
     counts = Counter(row["corpus"] for row in rows)
     assert 2.4 < counts[0] / counts[1] < 3.6, counts
-    seconds = [streaming_blsp.clip_seconds(row["audio"]) for row in rows]
+    seconds = [streaming.clip_seconds(row["audio"]) for row in rows]
     assert max(seconds) <= 3.0 and len(rows) == 400  # one of the eight clips (3.6 s) is always skipped
 
 

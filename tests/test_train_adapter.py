@@ -8,57 +8,32 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from conftest import save_untrained_blsp
-from conftest_hub import hub_env, local_hub  # noqa: F401 - fixtures
-from datasets import Audio, Dataset
 from huggingface_hub import ModelCard
-from launching import two_process_launch
 from safetensors.torch import load_file
 
 import train_adapter
-from data_blsp import CONTINUATIONS_METADATA_FILE
+from blsp_steps.corpora import CONTINUATIONS_METADATA_FILE
+from blsp_steps.objectives import TrainingStep, ctc_term
+from blsp_steps.training import SpeechPromptCollator
 from modeling_blsp import BlspForConditionalGeneration
-from objectives_blsp import TrainingStep, ctc_term
 from processing_blsp import BlspProcessor
-from training_blsp import SpeechPromptCollator
+from tests.helpers.launching import two_process_launch
+from tests.helpers.steps import (
+    INSTRUCTION,
+    METADATA,
+    continuation_rows,
+    logged_losses,
+    model_flags,
+    run_flags,
+    run_settings,
+    save_untrained_blsp,
+    write_dataset,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-INSTRUCTION = "Continue the following text."
-METADATA = {"instruction": INSTRUCTION, "prompt_layout": "instruction_first", "system_prompt": None}
-# A fixed continuation per clip, made of words the tiny tokenizer knows.
-CONTINUATIONS = ["the cat sat on the mat", "a quick brown fox", "the bird in the tree", "please translate the text"]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def continuation_rows(corpus, with_continuation: bool, unreadable_rows: int = 0) -> Dataset:
-    """A dataset as generate_continuations.py makes it: audio as {"path", "bytes"}, prompt metadata in the
-    description."""
-    corpus_dir, rows = corpus
-    records = {"row_id": [], "audio": [], "text": [], "continuation": []}
-    for index, row in enumerate(rows):
-        with open(os.path.join(corpus_dir, row["file_name"]), "rb") as file:
-            audio = {"path": row["file_name"], "bytes": file.read()}
-        records["row_id"].append(index)
-        records["audio"].append(audio)
-        records["text"].append(row["text"])
-        records["continuation"].append(CONTINUATIONS[index % len(CONTINUATIONS)])
-    for index in range(unreadable_rows):
-        records["row_id"].append(len(rows) + index)
-        records["audio"].append({"path": "broken.flac", "bytes": b"this is not audio"})
-        records["text"].append("the cat")
-        records["continuation"].append("sat on the mat")
-    if not with_continuation:
-        del records["continuation"]
-    dataset = Dataset.from_dict(records).cast_column("audio", Audio(decode=False))
-    dataset.info.description = json.dumps(METADATA)
-    return dataset
-
-
-def write_dataset(directory: str, corpus, with_continuation: bool, unreadable_rows: int = 0) -> str:
-    continuation_rows(corpus, with_continuation, unreadable_rows).save_to_disk(directory)
-    return directory
 
 
 @pytest.fixture(scope="module")
@@ -71,39 +46,6 @@ def continuation_dataset(speech_corpus, tmp_path_factory) -> str:
 def transcript_dataset(speech_corpus, tmp_path_factory) -> str:
     """8 clips with transcripts only: enough for the KL objective."""
     return write_dataset(str(tmp_path_factory.mktemp("transcripts")), speech_corpus, False)
-
-
-def model_flags(tiny_checkpoints, llm: str) -> list[str]:
-    return ["--speech_encoder_name_or_path", tiny_checkpoints["whisper"], "--llm_name_or_path", llm]
-
-
-def run_settings(dataset: str, output_dir: str, max_steps: int) -> dict:
-    """Settings shared by every run: every row in one batch (so that successive losses are of the same batch), a
-    high constant learning rate, a log entry per step, CPU."""
-    return {
-        "dataset_name_or_path": dataset,
-        "output_dir": output_dir,
-        "max_steps": max_steps,
-        "per_device_train_batch_size": 16,
-        "learning_rate": 1e-2,
-        "lr_scheduler_type": "constant",
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "report_to": "none",
-        "use_cpu": True,
-        "seed": 0,
-        "disable_tqdm": True,
-    }
-
-
-def run_flags(dataset: str, output_dir: str, max_steps: int, *extra: str) -> list[str]:
-    settings = run_settings(dataset, output_dir, max_steps)
-    return [item for key, value in settings.items() for item in (f"--{key}", str(value))] + list(extra)
-
-
-def logged_losses(output_dir: str) -> list[float]:
-    with open(os.path.join(output_dir, "trainer_state.json")) as file:
-        return [entry["loss"] for entry in json.load(file)["log_history"] if "loss" in entry]
 
 
 def assert_loss_falls(output_dir: str):

@@ -20,10 +20,10 @@ import torch
 import yaml
 from transformers import pipeline
 
-import evaluation_blsp as scoring
 import generate_continuations
 import train_adapter
-from data_blsp import CorpusArguments
+from blsp_steps import evaluation as scoring
+from blsp_steps.corpora import CorpusArguments
 from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import BlspProcessor
 from world import language

@@ -1,16 +1,13 @@
 """Write the English clips the real-weight tests transcribe: espeak-ng speech, 16 kHz mono FLAC, metadata.jsonl.
 
-Run from anywhere: `python tests/data/real_weights/make_clips.py`. The clips are committed so the tests do not
+From the repository root: `python -m tests.data.real_weights.make_clips`. The clips are committed so the tests do not
 depend on the installed espeak-ng version.
 """
 
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-from speech import synthesize  # noqa: E402
+from tests.helpers.speech import synthesize
 
 CLIPS = [
     ("the quick brown fox jumps over the lazy dog", "en-us"),

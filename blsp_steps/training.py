@@ -1,5 +1,5 @@
 """Step 2's training parts: the collator, the sampler, the `Trainer` subclass, and the model set up for training
-(which parameters train, LoRA). The objectives are in `objectives_blsp.py`; `train_adapter.py` parses the arguments
+(which parameters train, LoRA). The objectives are in `objectives.py`; `train_adapter.py` parses the arguments
 and wires these together.
 """
 
@@ -20,17 +20,12 @@ from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from augmentation_blsp import SpeechAugmentation
-from data_blsp import (
-    ROW_ID,
-    TEACHER_IDS,
-    TEACHER_LOGPROBS,
-    JsonlLog,
-    audio_source,
-    reject_record,
-)
 from modeling_blsp import BlspForConditionalGeneration
-from objectives_blsp import (
+from processing_blsp import IGNORE_INDEX, AudioInputError, BlspProcessor
+
+from .augmentation import SpeechAugmentation
+from .corpora import ROW_ID, TEACHER_IDS, TEACHER_LOGPROBS
+from .objectives import (
     CACHED_TEACHER_KEYS,
     CTC_LABELS_KEY,
     OBJECTIVES,
@@ -39,7 +34,7 @@ from objectives_blsp import (
     response_logits,
     response_window,
 )
-from processing_blsp import IGNORE_INDEX, AudioInputError, BlspProcessor
+from .rejects import JsonlLog, audio_source, reject_record
 
 logger = logging.getLogger(__name__)
 

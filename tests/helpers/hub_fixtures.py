@@ -1,6 +1,6 @@
 """Pytest fixtures running the local Hub of ``hub_server.py`` and pointing Hugging Face libraries at it.
 
-Register them from ``tests/conftest.py`` with ``from conftest_hub import *  # noqa: F403``.
+``tests/conftest.py`` registers them (``pytest_plugins``).
 
 - ``local_hub`` (session scope): a running server, as a ``LocalHub`` with ``.url`` and ``.store``;
   ``local_hub.env(hf_home)`` gives the environment variables for a consumer process and
@@ -23,10 +23,7 @@ from pathlib import Path
 
 import pytest
 
-try:
-    from hub_server import HubServer, HubStore
-except ImportError:  # imported as a package module (tests.conftest_hub)
-    from .hub_server import HubServer, HubStore
+from .hub_server import HubServer, HubStore
 
 __all__ = ["LocalHub", "hub_env", "local_hub", "patch_hub_modules"]
 

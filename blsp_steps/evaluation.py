@@ -15,16 +15,12 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig, pipeline
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
-from data_blsp import (
-    ROW_ID,
-    SAMPLING_RATE,
-    CorpusArguments,
-    audio_source,
-    dtype_field,
-    load_source,
-)
 from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import TASK_INSTRUCTIONS, AudioInputError, BlspProcessor, load_audio, render_prompt
+
+from .arguments import dtype_field
+from .corpora import ROW_ID, SAMPLING_RATE, CorpusArguments, load_source
+from .rejects import audio_source
 
 INPUT_KINDS = ("speech", "text", "cascade")
 

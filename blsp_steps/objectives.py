@@ -3,7 +3,7 @@
 A new objective is one entry of `OBJECTIVES`: the dataset columns it needs, whether it needs the teacher (the frozen
 LLM reading the transcript), its loss term (a function of a `TrainingStep`, which computes the student, teacher or
 speech outputs once and only when a term reads them) and the flag that weights it. The column checks, the collator's
-inputs, `BlspTrainer.compute_loss` (`training_blsp.py`), the `--loss` choices and the model card read the table.
+inputs, `BlspTrainer.compute_loss` (`training.py`), the `--loss` choices and the model card read the table.
 """
 
 import logging
@@ -15,13 +15,10 @@ from itertools import combinations
 import torch
 from torch import nn
 
-from data_blsp import (
-    AUDIO,
-    CONTINUATION,
-    TEXT,
-)
 from modeling_blsp import BlspForConditionalGeneration, ctc_readout
 from processing_blsp import IGNORE_INDEX
+
+from .corpora import AUDIO, CONTINUATION, TEXT
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Real speech for tests: committed 16 kHz mono FLAC clips of English sentences, and the script that made them.
 
-    python tests/speech.py     # rewrite tests/data/speech/ with espeak-ng and sox (not needed to run the tests)
+    python -m tests.helpers.speech    # rewrite tests/data/speech/ with espeak-ng and sox (not needed to run the tests)
 
 The tests read the committed clips, so they need neither espeak-ng nor sox; `synthesize` stays for the benchmarks.
 """
@@ -21,7 +21,8 @@ SENTENCES = [
     "he bought fresh bread at the market",
 ]
 VOICES = ["en-us", "en-gb", "en-us+f3", "en-gb-scotland"]
-CLIPS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "speech")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CLIPS_DIR = os.path.join(ROOT, "tests", "data", "speech")
 METADATA = "metadata.jsonl"
 
 
@@ -63,9 +64,7 @@ if __name__ == "__main__":
     print(f"{len(build_speech_corpus(CLIPS_DIR))} clips in {CLIPS_DIR}")
 
 
-WORLD_TRAIN_CLIPS = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "world", "data", "speech", "train"
-)
+WORLD_TRAIN_CLIPS = os.path.join(ROOT, "world", "data", "speech", "train")
 
 
 def shipped_clips(count: int = 8) -> list[dict]:

@@ -16,7 +16,7 @@ import torch
 from accelerate import PartialState
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from data_blsp import CONTINUATION, TEACHER_IDS, TEACHER_LOGPROBS
+from .corpora import CONTINUATION, TEACHER_IDS, TEACHER_LOGPROBS
 
 
 def until_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:

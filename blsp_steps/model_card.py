@@ -7,8 +7,8 @@ import re
 from huggingface_hub import ModelCard, ModelCardData
 from transformers import Trainer
 
-from objectives_blsp import objective_description, objective_settings
-from training_blsp import LORA_ADAPTER_DIR
+from .objectives import objective_description, objective_settings
+from .training import LORA_ADAPTER_DIR
 
 HUB_ID_PATTERN = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
@@ -29,7 +29,7 @@ def base_model_ids(model_args, config) -> list[str]:
 
 
 def hyperparameters(trainer: Trainer, model_args, trainable_parameters: int, teacher: str | None = None) -> dict:
-    """The card's table; `teacher`: the KL objective's teacher (`objectives_blsp.teacher_description`)."""
+    """The card's table; `teacher`: the KL objective's teacher (`objectives.teacher_description`)."""
     args = trainer.args
     values = {
         "loss": args.loss,

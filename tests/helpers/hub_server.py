@@ -14,7 +14,7 @@ It serves enough of the Hub API for ``create_repo``, ``upload_file``/``upload_fo
 Repos live in memory: each has branches and tags pointing at commits, and every commit holds a full
 snapshot of its files. Tokens are accepted but never checked. Xet storage is not supported.
 
-From a shell: ``python tests/hub_server.py --port 8080``. From Python: ``url, stop = start_hub_server()``.
+From a shell: ``python tests/helpers/hub_server.py --port 8080``. From Python: ``url, stop = start_hub_server()``.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from datasets import (
     load_dataset_builder,
 )
 
-from data_blsp import (
+from .corpora import (
     AUDIO,
     CONTINUATION,
     ROW_ID,

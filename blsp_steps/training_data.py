@@ -11,7 +11,9 @@ from functools import partial
 import datasets
 from datasets import Audio, concatenate_datasets, load_dataset
 
-from data_blsp import (
+from processing_blsp import CONTINUATION_INSTRUCTION
+
+from .corpora import (
     AUDIO,
     CONTINUATION,
     ROW_ID,
@@ -23,9 +25,8 @@ from data_blsp import (
     join_audio,
     load_source,
 )
-from objectives_blsp import check_columns
-from processing_blsp import CONTINUATION_INSTRUCTION
-from streaming_blsp import TEACHER_COLUMNS, clip_seconds, stream_continuations, training_stream
+from .objectives import check_columns
+from .streaming import TEACHER_COLUMNS, clip_seconds, stream_continuations, training_stream
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def truncate(dataset: datasets.Dataset | None, max_samples: int | None) -> datas
 
 
 def stream_datasets(data_args, training_args):
-    """The training rows as one stream (see streaming_blsp) and the datasets' prompt metadata. The rows carry the
+    """The training rows as one stream (see `streaming`) and the datasets' prompt metadata. The rows carry the
     cached teacher when every dataset holds one of the same k (as `prepare_dataset`'s do)."""
     names = data_args.dataset_name
     opened = [load_dataset(name, split=data_args.dataset_split, streaming=True) for name in names]

@@ -1,21 +1,16 @@
-"""Speech corpora for BLSP's scripts: opening them, stable row ids, checked audio, and rejects that survive `kill -9`.
+"""Speech corpora for BLSP's steps: the one format resolver (`corpus_format`), opening a split, stable row ids, the
+join of step 1's rows with their source audio, and the names of the columns every step reads.
 
 `open_corpus` gives a `datasets.Dataset` with these columns whatever the source (plus any asked to be kept):
 - `row_id`: the row's position in the source split (after `max_samples`), stable from run to run;
 - `audio`: `Audio(decode=False)`, i.e. `{"path", "bytes"}`; decode it lazily with `processing_blsp.load_audio`;
-- `text`: the transcript, as the source holds it (check it with `text_rejection`).
+- `text`: the transcript, as the source holds it (check it with `rejects.text_rejection`).
 """
 
-import hashlib
 import json
-import logging
 import os
-import sys
-import tempfile
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
-import numpy as np
-import yaml
 from datasets import (
     Audio,
     Dataset,
@@ -29,18 +24,15 @@ from datasets import (
 )
 from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError
-from transformers import HfArgumentParser
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
-from processing_blsp import AudioInputError, load_audio
-
-logger = logging.getLogger(__name__)
+from .utf8 import utf8_version
 
 ROW_ID, AUDIO, TEXT, CONTINUATION = "row_id", "audio", "text", "continuation"
 CONTINUATIONS_METADATA_FILE = "blsp_continuations.json"
+"""Step 1's settings and source corpus, next to its parquet shards (in the output folder and the Hub repository)."""
 TEACHER_IDS, TEACHER_LOGPROBS = "teacher_top_k_ids", "teacher_top_k_logprobs"
 """Step 1's cached teacher (`--teacher_top_k`): per row, (positions, k) token ids and their log-probabilities."""
-"""Step 1's settings and source corpus, next to its parquet shards (in the output folder and the Hub repository)."""
 SAMPLING_RATE = 16000
 METADATA_FILES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
 FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -318,29 +310,6 @@ def load_data_file(builder: str, path: str, **kwargs) -> Dataset | IterableDatas
     return load_dataset(builder, data_files=path, split="train", **kwargs)
 
 
-def utf8_version(path: str) -> str:
-    """`path` if it is UTF-8 text, else a copy (in the temporary folder) with its undecodable bytes as U+FFFD."""
-    with open(path, "rb") as file:
-        bad = [number for number, line in enumerate(file, 1) if not is_utf8(line)]
-    if not bad:
-        return path
-    logger.warning("%s: line(s) %s hold bytes that are not UTF-8; rows holding them are rejected.", path, bad[:20])
-    key = hashlib.sha256(os.path.abspath(path).encode()).hexdigest()
-    copy = os.path.join(tempfile.gettempdir(), "blsp_utf8", key, os.path.basename(path))
-    os.makedirs(os.path.dirname(copy), exist_ok=True)
-    with open(path, "rb") as source, open(copy, "w", encoding="utf-8") as file:
-        file.writelines(line.decode("utf-8", errors="replace") for line in source)
-    return copy
-
-
-def is_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
 def absolute_audio_paths(dataset: Dataset, column: str, base_directory: str) -> Dataset:
     """Resolve relative audio paths of a string column against `base_directory` (URLs and bytes are left alone)."""
     feature = dataset.features.get(column)
@@ -356,119 +325,3 @@ def absolute_audio_paths(dataset: Dataset, column: str, base_directory: str) -> 
         }
 
     return dataset.map(resolve, batched=True, desc="Resolving audio paths")
-
-
-def audio_source(audio: dict | None) -> str:
-    """Where a clip comes from, for reject records: its path, or its size when it is embedded bytes."""
-    if not audio:
-        return "<no audio>"
-    if isinstance(audio, str):
-        return audio
-    return audio.get("path") or f"<{len(audio.get('bytes') or b'')} bytes>"
-
-
-def audio_rejection(audio: dict | None, min_seconds: float, silence_threshold: float) -> tuple[str, str] | None:
-    """Why a clip cannot be used, as (reason, detail); None when it decodes to audible sound of a useful length."""
-    if not audio or (audio.get("path") is None and audio.get("bytes") is None):
-        return "missing_audio", "the row has no audio"
-    try:
-        samples = load_audio(audio, SAMPLING_RATE)
-    except AudioInputError as error:
-        return "unusable_audio", str(error)
-    if len(samples) < min_seconds * SAMPLING_RATE:
-        return "short_audio", f"{len(samples) / SAMPLING_RATE:.3f} s, less than {min_seconds} s"
-    peak = float(np.abs(samples).max())
-    if peak < silence_threshold:
-        return "silent_audio", f"peak amplitude {peak:.2e} below {silence_threshold:.0e}"
-    return None
-
-
-def text_rejection(text) -> tuple[str, str] | None:
-    """Why a transcript cannot be used, as (reason, detail); None for a non-blank string."""
-    if text is None or (isinstance(text, str) and not text.strip()):
-        return "empty_transcript", "the transcript is empty"
-    if not isinstance(text, str):
-        return "non_text_transcript", f"the transcript is a {type(text).__name__}, not text"
-    if "\ufffd" in text:
-        return (
-            "undecodable_transcript",
-            "the transcript holds bytes that are not UTF-8 (read as U+FFFD); fix its encoding",
-        )
-    return None
-
-
-def reject_record(row_id: int, source: str, reason: tuple[str, str]) -> dict:
-    """One line of a rejects file: row id, source (the clip, or the corpus for a transcript), reason and detail."""
-    return {ROW_ID: row_id, "source": source, "reason": reason[0], "detail": reason[1]}
-
-
-class JsonlLog:
-    """An append-only JSON-lines file, written a batch of records at a time, that survives its writer's `kill -9`.
-
-    A line counts once its newline is written: a torn last line is ignored by `read_jsonl` and cut off here when
-    the file is reopened for appending.
-    """
-
-    def __init__(self, path: str):
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        drop_torn_line(path)
-        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
-
-    def append(self, records: list[dict]) -> None:
-        if records:
-            self.file.write("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
-            self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
-
-
-def drop_torn_line(path: str) -> None:
-    """Cut an unterminated last line (left by a killed writer) off `path`, if it exists."""
-    if not os.path.exists(path):
-        return
-    with open(path, "rb+") as file:
-        content = file.read()
-        file.truncate(content.rfind(b"\n") + 1)
-
-
-def read_jsonl(path: str) -> list[dict]:
-    """The complete lines of a JSON-lines file (none if it does not exist)."""
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as file:
-        return [json.loads(line) for line in file if line.endswith("\n")]
-
-
-DTYPES = ["auto", "bfloat16", "float16", "float32"]
-
-
-def dtype_field(note: str = ""):
-    """`--dtype`, the one convention of the three scripts (that of transformers' examples)."""
-    help_text = (
-        "The dtype the weights load in: `auto` (default) keeps each checkpoint's own, as saved (its config's "
-        "`dtype`); float32, bfloat16 or float16 cast them."
-    )
-    return field(default="auto", metadata={"help": help_text + note, "choices": DTYPES})
-
-
-def parse_script_arguments(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
-    """The scripts' arguments: flags, or a single .json/.yaml file holding them (transformers examples style)."""
-    parser = HfArgumentParser(dataclass_types)
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-        with open(argv[0], encoding="utf-8") as file:
-            settings = json.load(file) if argv[0].endswith(".json") else yaml.safe_load(file)
-        return parser.parse_dict(resolve_aliases(settings, dataclass_types))
-    return parser.parse_args_into_dataclasses(args=argv)
-
-
-def resolve_aliases(settings: dict, dataclass_types: tuple) -> dict:
-    """Settings from a file with each flag alias (a field's `aliases` metadata) renamed to the field's name."""
-    renames = {
-        alias.lstrip("-"): item.name
-        for dataclass_type in dataclass_types
-        for item in fields(dataclass_type)
-        for alias in item.metadata.get("aliases", [])
-    }
-    return {renames.get(key, key): value for key, value in settings.items()}

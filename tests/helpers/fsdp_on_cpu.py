@@ -1,4 +1,5 @@
-"""Run a script under FSDP on CPU: `accelerate launch --config_file configs/fsdp.yaml tests/fsdp_on_cpu.py SCRIPT ARGS`.
+"""Run a script under FSDP on CPU:
+`accelerate launch --config_file configs/fsdp.yaml tests/helpers/fsdp_on_cpu.py SCRIPT ARGS`.
 
 accelerate (1.x) enables FSDP only on accelerators: on CPU it silently trains with plain DDP (distributed type
 MULTI_CPU) although torch's FSDP2 (`fully_shard`) runs on CPU with gloo. This shim lets the tests run the FSDP2
@@ -6,7 +7,6 @@ path of accelerate and the Trainer on CPU: it turns a MULTI_CPU state that was g
 state, then runs SCRIPT as `__main__`.
 """
 
-import os
 import runpy
 import sys
 
@@ -29,5 +29,4 @@ AcceleratorState.__init__ = init_with_fsdp_on_cpu
 if __name__ == "__main__":
     script = sys.argv[1]
     sys.argv = sys.argv[1:]
-    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
     runpy.run_path(script, run_name="__main__")
