@@ -99,11 +99,7 @@ class ContinuationArguments:
         default=False, metadata={"help": "Run code the LLM checkpoint ships (its own model or tokenizer classes)."}
     )
     length_grouping_rows: int = field(
-        default=4096,
-        metadata={
-            "aliases": ["--duration_group_rows"],
-            "help": "Rows read ahead and sorted by prompt length into batches (alias --duration_group_rows).",
-        },
+        default=4096, metadata={"help": "Rows read ahead and sorted by prompt length into batches."}
     )
     streaming: bool = field(
         default=False,
@@ -219,7 +215,7 @@ def read_parts(output_dir: str, kind: str) -> list[dict]:
     return [record for path in paths for record in read_jsonl(path)]
 
 
-def prepare_output_dir(args: ContinuationArguments, metadata: dict, state: PartialState) -> None:
+def start_or_check_output_dir(args: ContinuationArguments, metadata: dict, state: PartialState) -> None:
     """Start `output_dir` afresh, or check that the run found there had the same settings, so it can resume."""
     settings_path = os.path.join(args.output_dir, "parts", "settings.json")
     if state.is_main_process:
@@ -478,7 +474,7 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = load_tokenizer(args.llm_name_or_path, args.trust_remote_code)
     metadata = run_metadata(corpus_args, args, tokenizer)
     corpus_args.dataset_revision = metadata["source"]["dataset_revision"]  # read the Hub revision recorded
-    prepare_output_dir(args, metadata, state)
+    start_or_check_output_dir(args, metadata, state)
     with state.main_process_first():
         transcripts = open_transcripts(corpus_args, streaming=args.streaming)
         audio = open_corpus(corpus_args).select_columns([AUDIO]) if args.check_audio else None

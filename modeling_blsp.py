@@ -1,6 +1,8 @@
 """BLSP model: Whisper encoder -> modality adapter (`adapter_blsp`) -> speech embeddings spliced into a causal LLM's
 input."""
 
+import os
+import shutil
 from dataclasses import dataclass
 
 import torch
@@ -20,31 +22,15 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils import SAFE_WEIGHTS_NAME, cached_file
 
 try:
-    from .adapter_blsp import (
-        BlspModalityAdapter,
-        ctc_readout,
-        encode_unmasked,
-        encode_variable_length,
-        length_mask,
-        lengths_after_conv,
-    )
-    from .configuration_blsp import BlspConfig
-    from .pipeline_blsp import BlspPipeline
-    from .processing_blsp import HUB_KWARGS, IGNORE_INDEX, add_speech_token
+    from .adapter_blsp import BlspModalityAdapter, ctc_readout, encode_unmasked, encode_variable_length, length_mask
+    from .configuration_blsp import HUB_KWARGS, IGNORE_INDEX, BlspConfig, add_speech_token, conv_output_length
 except ImportError:  # imported as a top-level module by this repository's scripts
-    from adapter_blsp import (
-        BlspModalityAdapter,
-        ctc_readout,
-        encode_unmasked,
-        encode_variable_length,
-        length_mask,
-        lengths_after_conv,
-    )
-    from configuration_blsp import BlspConfig
-    from pipeline_blsp import BlspPipeline
-    from processing_blsp import HUB_KWARGS, IGNORE_INDEX, add_speech_token
+    from adapter_blsp import BlspModalityAdapter, ctc_readout, encode_unmasked, encode_variable_length, length_mask
+    from configuration_blsp import HUB_KWARGS, IGNORE_INDEX, BlspConfig, add_speech_token, conv_output_length
 
 PIPELINE_TASK = "blsp-speech-to-text"
+PIPELINE_FILE, PIPELINE_CLASS = "pipeline_blsp.py", "pipeline_blsp.BlspPipeline"
+"""The custom pipeline that `save_pretrained` writes beside the model (copied from the folder of this file)."""
 AUTO_MODEL_CLASSES = ("AutoModel", "AutoModelForMultimodalLM")
 """The auto classes a saved checkpoint maps to `BlspForConditionalGeneration`: `pipeline("any-to-any")` and
 `transformers serve` load multimodal LMs with `AutoModelForMultimodalLM`."""
@@ -88,8 +74,8 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class BlspCausalLMOutputWithPast(CausalLMOutputWithPast):
-    """The LLM's outputs, plus the attention mask with the frames that `speech_compression` left out (generation
-    carries it to the next steps)."""
+    """The LLM's outputs, plus, with `speech_compression`, the attention mask without the frames it left out
+    (generation carries it to the next steps); None without."""
 
     attention_mask: torch.Tensor | None = None
 
@@ -168,14 +154,14 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
         """A new BLSP model from a pretrained Whisper checkpoint (only its encoder is kept) and a pretrained causal LM.
 
         Both are frozen by default and the adapter is new. `speech_kwargs`/`text_kwargs` go to the two
-        `from_pretrained` calls, `dtype` to both; other kwargs set [`BlspConfig`] fields.
+        `from_pretrained` calls, `dtype` to both; other kwargs set [`BlspConfig`] fields. Without `speech_token_id`,
+        the placeholder's id is the one the LLM's tokenizer gives it, as [`BlspProcessor`] registers it.
 
         Example: `from_speech_text_pretrained("openai/whisper-small", "Qwen/Qwen2.5-7B-Instruct")`.
         """
         speech_encoder, language_model = load_bases(
             speech_pretrained_model_name_or_path, text_pretrained_model_name_or_path, dtype, speech_kwargs, text_kwargs
         )
-        tokenizer = AutoTokenizer.from_pretrained(text_pretrained_model_name_or_path)
         config = BlspConfig(
             speech_config=speech_encoder.config,
             text_config=language_model.config,
@@ -183,7 +169,9 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
             text_model_name_or_path=text_pretrained_model_name_or_path,
             **config_kwargs,
         )
-        config.speech_token_id = add_speech_token(tokenizer, config.speech_token)
+        if config.speech_token_id is None:  # the id the LLM's tokenizer gives the placeholder, as the processor does
+            tokenizer = AutoTokenizer.from_pretrained(text_pretrained_model_name_or_path)
+            config.speech_token_id = add_speech_token(tokenizer, config.speech_token)
         model = cls.around_bases(config, speech_encoder, language_model)
         model.generation_config = language_model.generation_config
         model.speech_encoder.requires_grad_(not freeze_speech_encoder)
@@ -194,7 +182,11 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
     def around_bases(
         cls, config: BlspConfig, speech_encoder: WhisperEncoder, language_model: PreTrainedModel
     ) -> "BlspForConditionalGeneration":
-        """The model around loaded bases (a new adapter), keeping each base's attention implementation."""
+        """The model around loaded bases (a new adapter), keeping each base's attention implementation.
+
+        The config's sub-configs become the bases' own, as a model built from its config has them: sub-configs that no
+        module holds would get their attention implementation "set in the dark", with a warning for each."""
+        config.speech_config, config.text_config = speech_encoder.config, language_model.config
         attn_implementation = {
             "speech_config": speech_encoder.config._attn_implementation,
             "text_config": language_model.config._attn_implementation,
@@ -285,10 +277,7 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
 
     def speech_frame_count(self, frame_lengths: torch.Tensor) -> torch.Tensor:
         """Adapter frames (speech tokens) produced by windows of `frame_lengths` log-mel frames."""
-        lengths = lengths_after_conv(frame_lengths, self.speech_encoder.conv2)
-        for conv in self.adapter.convs:
-            lengths = lengths_after_conv(lengths, conv)
-        return lengths
+        return conv_output_length(frame_lengths, self.config.speech_downsampling)
 
     def get_speech_features(self, input_features: torch.Tensor, input_features_mask: torch.Tensor) -> torch.Tensor:
         """Speech embeddings of every window, valid frames only, concatenated in order: (num_speech_tokens, hidden).
@@ -347,7 +336,7 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
+    ) -> BlspCausalLMOutputWithPast:
         r"""
         input_features (`torch.FloatTensor` of shape `(windows, mel_bins, frames)`, *optional*):
             Log-mel features of every 30 s window of every clip, from [`BlspProcessor`].
@@ -360,18 +349,15 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Give exactly one of input_ids or inputs_embeds.")
+        if input_features is not None and (input_ids is None or input_features_mask is None):
+            raise ValueError(
+                "input_features need input_ids (whose speech placeholders say where the speech goes) and "
+                "input_features_mask: build inputs with BlspProcessor, or pass inputs_embeds with the speech merged."
+            )
         if inputs_embeds is None:
-            speech_mask = input_ids == self.config.speech_token_id
-            inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(speech_mask, 0))
-            if input_features is not None:
-                speech_embeds = self.get_speech_features(input_features, input_features_mask)
-                speech_mask = self.get_placeholder_mask(input_ids, speech_embeds)
-                if self.config.speech_compression == "ctc":
-                    speech_embeds, attention_mask = self.compress_speech(speech_embeds, speech_mask, attention_mask)
-                    position_ids = positions_from_mask(attention_mask)
-                inputs_embeds = inputs_embeds.masked_scatter(
-                    speech_mask.unsqueeze(-1).to(inputs_embeds.device), speech_embeds.to(inputs_embeds)
-                )
+            inputs_embeds, attention_mask, position_ids = self.merge_speech(
+                input_ids, input_features, input_features_mask, attention_mask, position_ids
+            )
         if labels is not None and input_ids is not None:
             speech_positions = input_ids[:, -labels.shape[1] :] == self.config.speech_token_id
             labels = labels.masked_fill(speech_positions, IGNORE_INDEX)
@@ -385,9 +371,33 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
             logits_to_keep=logits_to_keep,
             **kwargs,
         )
-        if self.config.speech_compression is None:
-            return outputs
-        return BlspCausalLMOutputWithPast(**outputs, attention_mask=attention_mask)
+        compressed_mask = attention_mask if self.config.speech_compression is not None else None
+        return BlspCausalLMOutputWithPast(**outputs, attention_mask=compressed_mask)
+
+    def merge_speech(
+        self,
+        input_ids: torch.LongTensor,
+        input_features: torch.FloatTensor | None,
+        input_features_mask: torch.LongTensor | None,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.LongTensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.LongTensor | None]:
+        """The LLM's input embeddings with the speech scattered over its placeholders, and the attention mask and
+        position ids that go with them (`speech_compression` leaves frames out of both). Without `input_features`
+        (generation after prefill), placeholders embed as token 0: the speech is read from the cache."""
+        speech_mask = input_ids == self.config.speech_token_id
+        inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(speech_mask, 0))
+        if input_features is None:
+            return inputs_embeds, attention_mask, position_ids
+        speech_embeds = self.get_speech_features(input_features, input_features_mask)
+        speech_mask = self.get_placeholder_mask(input_ids, speech_embeds)
+        if self.config.speech_compression == "ctc":
+            speech_embeds, attention_mask = self.compress_speech(speech_embeds, speech_mask, attention_mask)
+            position_ids = positions_from_mask(attention_mask)
+        inputs_embeds = inputs_embeds.masked_scatter(
+            speech_mask.unsqueeze(-1).to(inputs_embeds.device), speech_embeds.to(inputs_embeds)
+        )
+        return inputs_embeds, attention_mask, position_ids
 
     def compress_speech(
         self, speech_embeds: torch.Tensor, speech_mask: torch.Tensor, attention_mask: torch.Tensor | None
@@ -480,10 +490,17 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
         With `config.adapter_only`, only the weights that are not the frozen bases' are written (the config names
         the bases): the adapter of a 7B model is megabytes, not gigabytes.
         """
-        pipeline_impl = f"{BlspPipeline.__module__.rsplit('.', 1)[-1]}.{BlspPipeline.__name__}"
-        self.config.custom_pipelines = {
-            PIPELINE_TASK: {"impl": pipeline_impl, "pt": ["AutoModel"], "tf": [], "type": "multimodal"}
-        }
+        source, target = (
+            os.path.join(os.path.dirname(os.path.abspath(__file__)), PIPELINE_FILE),
+            os.path.join(os.path.abspath(save_directory), PIPELINE_FILE),
+        )
+        if os.path.isfile(source):  # absent where the model's code came alone from a checkpoint
+            os.makedirs(save_directory, exist_ok=True)
+            if source != target:
+                shutil.copy(source, target)
+            self.config.custom_pipelines = {
+                PIPELINE_TASK: {"impl": PIPELINE_CLASS, "pt": ["AutoModel"], "tf": [], "type": "multimodal"}
+            }
         model_class = f"{type(self).__module__.rsplit('.', 1)[-1]}.{type(self).__name__}"
         auto_map = getattr(self.config, "auto_map", None) or {}
         self.config.auto_map = {**auto_map, **dict.fromkeys(AUTO_MODEL_CLASSES, model_class)}

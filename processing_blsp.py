@@ -24,7 +24,7 @@ try:
         pad_log_mels,
         window_lengths,
     )
-    from .configuration_blsp import BlspConfig, conv_output_length
+    from .configuration_blsp import HUB_KWARGS, IGNORE_INDEX, BlspConfig, add_speech_token, conv_output_length
 except ImportError:  # imported as a top-level module by this repository's scripts
     from audio_blsp import (
         AUDIO_LOCATIONS_ENV,
@@ -37,7 +37,7 @@ except ImportError:  # imported as a top-level module by this repository's scrip
         pad_log_mels,
         window_lengths,
     )
-    from configuration_blsp import BlspConfig, conv_output_length
+    from configuration_blsp import HUB_KWARGS, IGNORE_INDEX, BlspConfig, add_speech_token, conv_output_length
 
 CONTINUATION_INSTRUCTION = "Continue the following text in a coherent and engaging style with less than 40 words."
 TASK_INSTRUCTIONS = {  # the tasks of BLSP's paper: the default instruction of each (evaluation, the demo)
@@ -51,8 +51,6 @@ BASE_TEMPLATE_ROLES = {"user": "Human", "assistant": "Assistant", "system": "Sys
 PROMPT_LAYOUTS = ("instruction_first", "speech_first")
 FEATURE_PADDINGS = ("longest", "max_length")
 PROMPT_TOKENIZATIONS = ("whole", "segments")
-IGNORE_INDEX = -100
-HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "revision", "token")
 
 
 def build_messages(
@@ -109,13 +107,6 @@ def tokenize_segments(tokenizer, text: str) -> list[int]:
         elif piece:
             ids.extend(tokenizer(piece, add_special_tokens=False)["input_ids"])
     return ids
-
-
-def add_speech_token(tokenizer, speech_token: str) -> int:
-    """Register the speech placeholder as a special token of `tokenizer` (once) and return its id."""
-    if speech_token not in tokenizer.get_vocab():
-        tokenizer.add_tokens([speech_token], special_tokens=True)
-    return tokenizer.convert_tokens_to_ids(speech_token)
 
 
 def join_content(parts: list[str | None], speech_token: str, speech_separator: str) -> str:
@@ -497,7 +488,6 @@ __all__ = [
     "BlspProcessor",
     "CONTINUATION_INSTRUCTION",
     "AudioInputError",
-    "add_speech_token",
     "load_audio",
     "log_mel",
     "pad_log_mels",

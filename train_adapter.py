@@ -61,10 +61,10 @@ from blsp_steps.training import (
     add_lora,
     audio_rejects_path,
     check_usable_rows,
+    checkpoint_to_resume,
     finalize_lora,
     keep_trainable_in_float32,
     load_model_and_processor,
-    prepare_output_dir,
     select_trainable_parameters,
     trained_rows_path,
     uses_lora,
@@ -250,12 +250,8 @@ class DataArguments:
         default=None, metadata={"help": "With --streaming: how often each --dataset_name is drawn, e.g. 3 1."}
     )
     shuffle_buffer_size: int = field(default=1000, metadata={"help": "With --streaming: rows shuffled at a time."})
-    duration_group_rows: int = field(
-        default=256,
-        metadata={
-            "aliases": ["--length_grouping_rows"],
-            "help": "With --streaming: rows of the buffer sorted by duration together (alias --length_grouping_rows).",
-        },
+    length_grouping_rows: int = field(
+        default=256, metadata={"help": "With --streaming: rows of the buffer sorted by duration together."}
     )
     max_audio_seconds: float | None = field(
         default=None, metadata={"help": "With --streaming: leave out clips longer than this."}
@@ -396,7 +392,7 @@ def main(args: list[str] | None = None):
     check_one_training(training_args)
     setup_logging(training_args)
     with training_args.main_process_first(desc="checking the output folder"):
-        training_args.resume_from_checkpoint = prepare_output_dir(training_args)
+        training_args.resume_from_checkpoint = checkpoint_to_resume(training_args)
         models = {name: getattr(model_args, name) for name in MODEL_FLAGS}
         fingerprints = check_resumed_models(models, training_args.resume_from_checkpoint)
 

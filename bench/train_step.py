@@ -46,9 +46,9 @@ from blsp_steps import (
     training_data,
 )
 from blsp_steps.corpora import TEACHER_IDS, TEACHER_LOGPROBS
-from configuration_blsp import BlspConfig
+from configuration_blsp import BlspConfig, add_speech_token
 from modeling_blsp import BlspForConditionalGeneration
-from processing_blsp import BlspProcessor, add_speech_token
+from processing_blsp import BlspProcessor
 from tests.helpers.speech import SENTENCES
 from tests.helpers.tiny_models import build_tokenizer
 

@@ -15,8 +15,8 @@ from itertools import combinations
 import torch
 from torch import nn
 
+from configuration_blsp import IGNORE_INDEX
 from modeling_blsp import BlspForConditionalGeneration, ctc_readout
-from processing_blsp import IGNORE_INDEX
 
 from .corpora import AUDIO, CONTINUATION, TEXT
 

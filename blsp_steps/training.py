@@ -20,8 +20,9 @@ from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
+from configuration_blsp import IGNORE_INDEX
 from modeling_blsp import BlspForConditionalGeneration
-from processing_blsp import IGNORE_INDEX, AudioInputError, BlspProcessor
+from processing_blsp import AudioInputError, BlspProcessor
 
 from .augmentation import SpeechAugmentation
 from .corpora import ROW_ID, TEACHER_IDS, TEACHER_LOGPROBS
@@ -163,7 +164,7 @@ class SpeechPromptCollator:
         return dict(zip(CACHED_TEACHER_KEYS, (ids, logprobs)))
 
 
-def prepare_output_dir(args) -> str | None:
+def checkpoint_to_resume(args) -> str | None:
     """The checkpoint to resume from: `--resume_from_checkpoint`, else the folder's last one (as transformers'
     examples do). A folder holding another run is refused unless `--overwrite_output_dir`, which clears it first."""
     directory = args.output_dir

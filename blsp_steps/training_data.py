@@ -143,7 +143,7 @@ def stream_datasets(data_args, training_args):
         data_args.dataset_weights,
         training_args.data_seed if training_args.data_seed is not None else training_args.seed,
         data_args.shuffle_buffer_size,
-        data_args.duration_group_rows,
+        data_args.length_grouping_rows,
         data_args.max_audio_seconds,
     )
     return stream, metadatas

@@ -18,17 +18,14 @@ import argparse
 import json
 import os
 import shutil
-import sys
 
 import torch
 from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, WhisperConfig, WhisperFeatureExtractor
 from transformers.utils import is_sentencepiece_available
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository's model code
-
-from configuration_blsp import BlspConfig  # noqa: E402
-from modeling_blsp import BlspForConditionalGeneration  # noqa: E402
-from processing_blsp import BlspProcessor, add_speech_token  # noqa: E402
+from configuration_blsp import BlspConfig, add_speech_token
+from modeling_blsp import BlspForConditionalGeneration
+from processing_blsp import BlspProcessor
 
 WEIGHTS_NAME, WEIGHTS_INDEX_NAME = "pytorch_model.bin", "pytorch_model.bin.index.json"
 RENAMES = (  # original prefix -> ours; the adapter's own names first

@@ -1,7 +1,8 @@
 """The shipped English adapter (english/models/): adapter-only, on the real whisper-tiny.en and SmolLM2-135M-Instruct.
 
 Loaded in a fresh process, from another directory, with the project not importable, through `AutoModel`,
-`AutoProcessor` and `pipeline`, its bases pointed at the converted checkpoints (`tests/helpers/real_weights.py`), it gives
+`AutoProcessor` and `pipeline`, its bases pointed at the converted checkpoints (`tests/helpers/real_weights.py`), it
+gives
 the greedy answers recorded when it was shipped (`examples/answers.json`) on held-out clips (real human speech,
 Piper's neural voice, the held-out espeak-ng and festival voices), and it transcribes the 12 shipped clips, the
 instruction before the speech, under 100% WER. The bound: it scored 75.5% on them when shipped, where an empty answer

@@ -6,8 +6,9 @@ import pytest
 import torch
 from transformers import pipeline
 
+from configuration_blsp import IGNORE_INDEX
 from modeling_blsp import BlspForConditionalGeneration
-from processing_blsp import IGNORE_INDEX, AudioInputError, BlspProcessor
+from processing_blsp import AudioInputError, BlspProcessor
 
 INSTRUCTION = "Please transcribe the following audio."
 

@@ -1,7 +1,7 @@
 """The converter of the original BLSP release: the converted model, loaded in a fresh process, answers as the original.
 
-The original is `tests/helpers/original_blsp.py`: a tiny checkpoint in the release's layout and a reference of its forward
-written from its code (sentencepiece tokenization, 30 s features, unmasked encoder, unmasked subsampler).
+The original is `tests/helpers/original_blsp.py`: a tiny checkpoint in the release's layout and a reference of its
+forward written from its code (sentencepiece tokenization, 30 s features, unmasked encoder, unmasked subsampler).
 """
 
 import json

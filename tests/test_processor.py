@@ -7,12 +7,8 @@ import pytest
 import soundfile
 import soxr
 
-from processing_blsp import (
-    IGNORE_INDEX,
-    AudioInputError,
-    BlspProcessor,
-    window_lengths,
-)
+from configuration_blsp import IGNORE_INDEX
+from processing_blsp import AudioInputError, BlspProcessor, window_lengths
 
 RATE = 16000
 

@@ -359,7 +359,7 @@ def test_streamed_durations_come_from_the_duration_column(step1_outputs, monkeyp
     training_args = train_adapter.BlspTrainingArguments(output_dir=str(tmp_path / "model"), report_to="none")
     for name in ("text_only", "embedded_with_duration"):
         data_args = train_adapter.DataArguments(
-            dataset_name=[step1_outputs[name]], streaming=True, max_audio_seconds=7.6, duration_group_rows=16
+            dataset_name=[step1_outputs[name]], streaming=True, max_audio_seconds=7.6, length_grouping_rows=16
         )
         stream, _ = training_data.stream_datasets(data_args, training_args)
         rows = list(stream)

@@ -1,7 +1,7 @@
 """Train the demo checkpoint that `app.py` serves by default and record it in `world/demo_manifest.json`.
 
     python -m world.build_demo [--work_dir runs/demo] [--threads 1]
-    python -m world.build_demo --refresh_code   # only copy the six Hub code files anew (after editing them)
+    python -m world.build_demo --refresh_code   # only copy the six Hub code files anew into the shipped checkpoints
 
 Runs BLSP on the miniature world as `python -m world.run` does, with its recipe and settings (speech before the
 instruction, the KL objective, 3,000 steps): step 1
@@ -25,6 +25,7 @@ from world import build_world, language, run
 REPOSITORY = os.path.dirname(build_world.WORLD_DIR)
 DEMO_DIR = os.path.join(build_world.WORLD_DIR, "models", "blsp")
 DEMO_MANIFEST = os.path.join(build_world.WORLD_DIR, "demo_manifest.json")
+ENGLISH_DIR = os.path.join(REPOSITORY, "english", "models", "blsp-whisper-tiny.en-smollm2-135m")
 LAYOUT, LOSS = run.RECIPE
 SHIPPED_SUFFIXES = (".json", ".jinja", ".safetensors", ".py")
 HUB_CODE_FILES = (
@@ -60,9 +61,11 @@ def copy_checkpoint(trained_dir: str, destination: str) -> None:
 
 
 def refresh_code(manifest_path: str = DEMO_MANIFEST) -> None:
-    """Copy the top-level Hub code files into the demo checkpoint and record their new sizes and hashes."""
-    for name in HUB_CODE_FILES:
-        shutil.copy(os.path.join(REPOSITORY, name), os.path.join(DEMO_DIR, name))
+    """Copy the top-level Hub code files into the shipped checkpoints (the demo's and the English adapter) and record
+    the demo's new sizes and hashes."""
+    for directory in (DEMO_DIR, ENGLISH_DIR):
+        for name in HUB_CODE_FILES:
+            shutil.copy(os.path.join(REPOSITORY, name), os.path.join(directory, name))
     with open(manifest_path, encoding="utf-8") as file:
         manifest = json.load(file)
     manifest["files"] = build_world.file_records(DEMO_DIR)

@@ -27,7 +27,8 @@ from transformers import (
     TrainingArguments,
 )
 
-from processing_blsp import IGNORE_INDEX, PROMPT_LAYOUTS, render_prompt
+from configuration_blsp import IGNORE_INDEX
+from processing_blsp import PROMPT_LAYOUTS, render_prompt
 from world.language import INSTRUCTIONS, Sentence, response, sentences_by_template, split_sentences, vocabulary
 
 UNK, PAD, IM_START, IM_END = "<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"

@@ -7,15 +7,14 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 try:
-    from .configuration_blsp import BlspConfig
+    from .configuration_blsp import BlspConfig, conv_output_length
 except ImportError:  # imported as a top-level module by this repository's scripts
-    from configuration_blsp import BlspConfig
+    from configuration_blsp import BlspConfig, conv_output_length
 
 
 def lengths_after_conv(lengths: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
-    """Valid output lengths of a 1-D convolution for valid input `lengths`."""
-    kernel, stride, padding = conv.kernel_size[0], conv.stride[0], conv.padding[0]
-    return (lengths + 2 * padding - kernel) // stride + 1
+    """Valid output lengths of a 1-D convolution for valid input `lengths` (`conv_output_length` of its shape)."""
+    return conv_output_length(lengths, [(conv.kernel_size[0], conv.stride[0], conv.padding[0])])
 
 
 def length_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:

@@ -8,13 +8,24 @@ from transformers.configuration_utils import SubConfigSpec
 WHISPER_ENCODER_DOWNSAMPLING = ((3, 2, 1),)
 """(kernel, stride, padding) of the Whisper encoder convolutions that change the frame rate (conv2)."""
 ENCODER_PADDINGS = ("longest", "max_length", "unmasked")
+IGNORE_INDEX = -100
+"""The label of positions that take no loss (prompt, padding, speech placeholders)."""
+HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "revision", "token")
+"""`from_pretrained` kwargs that say where and how to fetch a checkpoint's files, passed on to each file it reads."""
 
 
-def conv_output_length(length: int, convolutions) -> int:
-    """Length after a stack of `(kernel, stride, padding)` convolutions."""
+def conv_output_length(length, convolutions):
+    """Length after a stack of `(kernel, stride, padding)` convolutions: of an int, or of a tensor of lengths."""
     for kernel, stride, padding in convolutions:
         length = (length + 2 * padding - kernel) // stride + 1
     return length
+
+
+def add_speech_token(tokenizer, speech_token: str) -> int:
+    """Register the speech placeholder as a special token of `tokenizer` (once) and return its id."""
+    if speech_token not in tokenizer.get_vocab():
+        tokenizer.add_tokens([speech_token], special_tokens=True)
+    return tokenizer.convert_tokens_to_ids(speech_token)
 
 
 class BlspConfig(PreTrainedConfig):
@@ -146,4 +157,4 @@ def list_among_multimodal_lms() -> None:
 
 list_among_multimodal_lms()
 
-__all__ = ["BlspConfig", "conv_output_length"]
+__all__ = ["BlspConfig", "add_speech_token", "conv_output_length"]
