@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from modeling_blsp import BASE_MODULES, BlspForConditionalGeneration
+from tests.helpers.launching import user_env
 
 LOAD_AND_GENERATE = """
 import json, sys
@@ -60,7 +61,7 @@ def test_only_the_adapter_is_saved(full_and_adapter_only):
 
 def test_loads_in_a_fresh_process_with_local_bases(full_and_adapter_only, tiny_checkpoints, tmp_path):
     full, directory = full_and_adapter_only
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env = user_env()
     env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
     completed = subprocess.run(
         [sys.executable, "-c", LOAD_AND_GENERATE, directory, tiny_checkpoints["whisper"], tiny_checkpoints["qwen2"]],

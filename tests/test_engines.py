@@ -17,7 +17,7 @@ import train_adapter
 from blsp_steps.engines import LaunchError
 from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import BlspProcessor
-from tests.helpers.launching import two_process_launch
+from tests.helpers.launching import two_process_launch, user_env
 from tests.helpers.steps import logged_losses
 from tests.helpers.tiny_models import CHAT_FORMATS, save_tiny_chat_llm
 
@@ -312,7 +312,7 @@ def fresh_loads(bf16_run, fsdp_run, family_runs, tmp_path_factory) -> dict[str, 
     checkpoints = [(bf16_run, "float32"), (bf16_run, "bfloat16"), (fsdp_run[0], "float32")]
     checkpoints += [(path, "float32") for path in family_runs.values()]
     directory = tmp_path_factory.mktemp("consumer")
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env = user_env()
     env.update(HF_HUB_OFFLINE="1", HF_HOME=str(directory / "hf_home"), OMP_NUM_THREADS="1")
     result = subprocess.run(
         [sys.executable, "-c", FRESH_LOAD, json.dumps(checkpoints)],

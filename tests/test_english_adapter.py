@@ -18,6 +18,7 @@ import sys
 import pytest
 
 from blsp_steps.evaluation import score
+from tests.helpers.launching import user_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ADAPTER_DIR = os.path.join(ROOT, "english", "models", "blsp-whisper-tiny.en-smollm2-135m")
@@ -68,7 +69,7 @@ def shipped_answers(real_whisper, real_llm, recorded, tmp_path_factory) -> dict:
     if not os.path.isdir(ADAPTER_DIR):
         pytest.fail(f"{ADAPTER_DIR} is missing: python -m english.ship makes it (english/README.md).")
     workdir = tmp_path_factory.mktemp("elsewhere")
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env = user_env()
     env.update(HF_HUB_OFFLINE="1", HF_HOME=str(workdir / "hf_home"))
     completed = subprocess.run(
         [
@@ -133,7 +134,7 @@ def test_the_cards_code_runs_as_written_offline(real_whisper, real_llm, tmp_path
     os.symlink(real_llm, tmp_path / "converted" / "smollm2-135m-instruct")
     (tmp_path / "english" / "models").mkdir(parents=True)
     os.symlink(ADAPTER_DIR, tmp_path / "english" / "models" / os.path.basename(ADAPTER_DIR))
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env = user_env()
     env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
     completed = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600

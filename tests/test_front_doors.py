@@ -23,7 +23,7 @@ import soundfile
 
 from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import BlspProcessor
-from tests.helpers.launching import free_port
+from tests.helpers.launching import free_port, user_env
 from world import build_demo, language
 
 INSTRUCTION = language.TRANSCRIBE_INSTRUCTION
@@ -70,9 +70,13 @@ print(json.dumps({
 def fresh_env(tmp_path, audio_locations: list[str] = ()) -> dict[str, str]:
     """A user's environment: the project not importable, offline, caches of its own, no CLI update check; the
     folders a conversation's audio paths may be read from (none: the server's default)."""
-    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "BLSP_AUDIO_LOCATIONS")}
-    env.update(
-        HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), HF_HUB_DISABLE_UPDATE_CHECK="1", OMP_NUM_THREADS="1"
+    env = user_env(
+        "PYTHONPATH",
+        "BLSP_AUDIO_LOCATIONS",
+        HF_HUB_OFFLINE="1",
+        HF_HOME=str(tmp_path / "hf_home"),
+        HF_HUB_DISABLE_UPDATE_CHECK="1",
+        OMP_NUM_THREADS="1",
     )
     if audio_locations:
         env["BLSP_AUDIO_LOCATIONS"] = ",".join(audio_locations)

@@ -269,3 +269,22 @@ def test_ctc_compression_is_padding_invariant(compressed, clips):
         alone = processor(text=prompts[row], audio=clip)
         expected = model.generate(**alone, do_sample=False, max_new_tokens=6)[0, alone["input_ids"].shape[1] :]
         assert batched[row].tolist() == expected.tolist()
+
+
+def test_inputs_embeds_with_input_features_are_refused_not_dropped(qwen2, clips):
+    model, processor = qwen2
+    inputs = processor(text=processor.render_prompt("Transcribe."), audio=clips[0])
+    embeds, mask, _ = model.merge_speech(
+        inputs["input_ids"], inputs["input_features"], inputs["input_features_mask"], inputs["attention_mask"], None
+    )
+    with torch.no_grad():
+        merged = model(inputs_embeds=embeds, attention_mask=mask).logits
+        assert torch.allclose(merged, model(**inputs).logits, atol=1e-5)
+        with pytest.raises(ValueError, match="input_features need input_ids"):
+            model(inputs_embeds=embeds, attention_mask=mask, input_features=inputs["input_features"])
+
+
+def test_the_model_imports_only_the_config_and_the_adapter():
+    with open(modeling_blsp.__file__, encoding="utf-8") as file:
+        local = {line.split()[1].lstrip(".") for line in file if line.strip().startswith("from .")}
+    assert local == {"configuration_blsp", "adapter_blsp"}

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from conversion.convert_original_blsp_to_hf import main as convert_main
 from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import BlspProcessor
+from tests.helpers.launching import user_env
 from tests.helpers.original_blsp import OriginalBlsp, save_tiny_original_blsp
 from tests.helpers.speech import CLIPS_DIR
 
@@ -100,7 +101,7 @@ def converted_outputs(converted, clip_paths, tmp_path_factory) -> dict:
     """What the converted checkpoint computes, loaded in a fresh process from elsewhere, the project not importable."""
     workdir = tmp_path_factory.mktemp("elsewhere")
     output = str(workdir / "outputs.pt")
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env = user_env()
     env.update(HF_HUB_OFFLINE="1", HF_HOME=str(workdir / "hf_home"), OMP_NUM_THREADS="1")
     completed = subprocess.run(
         [sys.executable, "-c", CONVERTED_OUTPUTS, converted, output, INSTRUCTION, str(NEW_TOKENS), *clip_paths],

@@ -29,6 +29,7 @@ import train_adapter
 from conversion.convert_ctranslate2_whisper_to_hf import package_model_dir, read_ctranslate2_variables
 from modeling_blsp import BlspForConditionalGeneration, encode_variable_length
 from processing_blsp import CONTINUATION_INSTRUCTION, BlspProcessor, log_mel
+from tests.helpers.launching import user_env
 
 INSTRUCTION = "Please transcribe the following audio."
 # whisper-tiny.en on these robotic espeak-ng clips: 23.7% WER (measured: a misheard word or two per clip, e.g. "quick
@@ -214,7 +215,7 @@ def test_real_blsp_loads_in_a_fresh_process(real_blsp, real_clips, tmp_path):
     model, processor, directory = real_blsp
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env = user_env()
     env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
     completed = subprocess.run(
         [sys.executable, "-c", LOAD_AND_GENERATE, directory, real_clips[0]["path"], INSTRUCTION],

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from tests.helpers.launching import user_env
 from world import build_demo
 
 CODE_FILES = set(build_demo.HUB_CODE_FILES)
@@ -45,9 +46,7 @@ print(json.dumps({
 
 
 def clean_env(tmp_path) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
-    return env
+    return user_env(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
 
 
 @pytest.mark.parametrize("llm", ["llama", "qwen2"])

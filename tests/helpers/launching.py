@@ -1,7 +1,18 @@
-"""`accelerate launch` of two processes on CPU for tests: torchrun with gloo, each launch on a port of its own."""
+"""Processes that tests start: `accelerate launch` of two on CPU (torchrun with gloo, each launch on a port of its
+own), and a user's process, in which this project is not importable."""
 
+import os
 import socket
 import sys
+
+OUTSIDE_PROJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "outside_project")
+
+
+def user_env(*drop: str, **overrides: str) -> dict[str, str]:
+    """The environment of a user's process: `os.environ` without `drop`, with `overrides`, and this project's editable
+    install hidden (`outside_project/sitecustomize.py`), so that BLSP loads only from a checkpoint's code."""
+    env = {key: value for key, value in os.environ.items() if key not in drop}
+    return {**env, **overrides, "PYTHONPATH": OUTSIDE_PROJECT}
 
 
 def free_port() -> int:
