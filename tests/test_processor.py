@@ -1,6 +1,7 @@
 """BlspProcessor: audio decoding and validation, placeholder expansion, prompts, labels."""
 
 import base64
+import re
 
 import numpy as np
 import pytest
@@ -162,3 +163,46 @@ def test_placeholder_and_clip_counts_must_match(processors):
     prompt = processor.render_prompt("Transcribe.")
     with pytest.raises(ValueError, match="2 speech placeholder.*1 audio clip"):
         processor(text=[prompt, prompt], audio=[tone(1.0)])
+
+
+def test_kwargs_merge_as_transformers_processors_do_and_unknown_ones_are_refused(processors):
+    processor = processors["qwen2"]
+    prompt, clip = processor.render_prompt("Transcribe."), np.full(16000, 0.1, dtype=np.float32)
+    plain = processor(text=[prompt, prompt + " now"], audio=[clip, clip])
+    for kwargs in (
+        {"padding": True, "return_tensors": "pt"},
+        {"text_kwargs": {"padding": "longest"}, "audio_kwargs": {"sampling_rate": 16000}},
+        {"common_kwargs": {"return_tensors": "pt"}},
+    ):
+        merged = processor(text=[prompt, prompt + " now"], audio=[clip, clip], **kwargs)
+        assert all(torch_equal(merged[key], plain[key]) for key in plain)
+    assert isinstance(processor(text=prompt, audio=clip, return_tensors="np")["input_ids"], np.ndarray)
+    for kwargs, named in (
+        ({"truncation": True}, "truncation"),
+        ({"padding": "max_length"}, "padding='max_length'"),
+        ({"text_kwargs": {"max_length": 8}}, "text_kwargs['max_length']"),
+        ({"images_kwargs": {}}, "images_kwargs"),
+    ):
+        with pytest.raises(TypeError, match=f"does not take {re.escape(named)}"):
+            processor(text=prompt, audio=clip, **kwargs)
+
+
+def test_chat_template_kwargs_reach_the_template_and_call_kwargs_the_call(processors):
+    processor = processors["qwen2"]
+    conversation = [{"role": "user", "content": [{"type": "audio", "array": np.full(16000, 0.1, dtype=np.float32)}]}]
+    inputs = processor.apply_chat_template(conversation, tools=None, processor_kwargs={"return_tensors": "np"})
+    assert isinstance(inputs["input_ids"], np.ndarray)
+    assert processor.apply_chat_template(conversation, return_dict=False).tolist() == inputs["input_ids"].tolist()
+    with pytest.raises(ValueError, match="continue_final_message"):
+        processor.apply_chat_template(conversation, continue_final_message=True)
+
+
+def test_the_processors_chat_template_is_the_one_prompts_render_with(saved_blsp):
+    template = "{% for message in messages %}<{{ message['role'] }}>{{ message['content'] }}{% endfor %}<assistant>"
+    processor = BlspProcessor.from_pretrained(saved_blsp["qwen2"], chat_template=template)
+    assert processor.tokenizer.chat_template == processor.chat_template == template
+    assert processor.render_prompt("Transcribe.") == f"<user>Transcribe. {processor.speech_token}<assistant>"
+
+
+def torch_equal(first, second) -> bool:
+    return first.shape == second.shape and bool((first == second).all())

@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 from transformers import AutoFeatureExtractor, AutoTokenizer, BatchFeature
-from transformers.processing_utils import ProcessorMixin
+from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack
 
 try:
     from .audio_blsp import (
@@ -53,6 +53,22 @@ FEATURE_PADDINGS = ("longest", "max_length")
 PROMPT_TOKENIZATIONS = ("whole", "segments")
 
 
+class BlspProcessorKwargs(ProcessingKwargs, total=False):
+    """`BlspProcessor.__call__`'s keyword arguments, merged as transformers' processors merge theirs: flat, per
+    modality (`text_kwargs`, `audio_kwargs`) or `common_kwargs`. `text_target` is BLSP's own."""
+
+    text_target: str | list[str] | None
+
+
+CALL_KWARGS = {
+    "text_kwargs": {"padding", "return_tensors"},
+    "audio_kwargs": {"padding", "sampling_rate", "return_tensors"},
+}
+"""The modality kwargs `BlspProcessor.__call__` acts on; any other is refused, not ignored."""
+CALL_NAMES = frozenset().union(*CALL_KWARGS.values(), CALL_KWARGS, {"text_target", "common_kwargs"})
+"""Every kwarg `BlspProcessor.__call__` takes: the modality kwargs, flat or grouped, `text_target`, `common_kwargs`."""
+
+
 def build_messages(
     instruction: str | None, content: str, layout: str, system_prompt: str | None, separator: str = " "
 ) -> list[dict]:
@@ -64,13 +80,16 @@ def build_messages(
     return messages + [{"role": "user", "content": separator.join(part for part in parts if part)}]
 
 
-def render_conversation(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> str:
-    """Render text-only messages with the LLM's chat template, or BLSP's `###[Human]:` template for base LLMs.
+def render_conversation(tokenizer, messages: list[dict], add_generation_prompt: bool = True, **template_kwargs) -> str:
+    """Render text-only messages with the LLM's chat template (`template_kwargs`: its variables, e.g. `tools`), or
+    BLSP's `###[Human]:` template for base LLMs.
 
     The result is complete (BOS included where the LLM wants one): tokenize it with `add_special_tokens=False`.
     """
     if tokenizer.chat_template:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt, **template_kwargs
+        )
     turns = [
         BASE_TEMPLATE_TURN.format(role=BASE_TEMPLATE_ROLES[message["role"]], content=message["content"])
         for message in messages
@@ -148,7 +167,8 @@ class BlspProcessor(ProcessorMixin):
     Args:
         feature_extractor ([`WhisperFeatureExtractor`]): Log-mel features of the speech encoder.
         tokenizer ([`PreTrainedTokenizerBase`]): The LLM's tokenizer, holding the speech placeholder token.
-        chat_template (`str`, *optional*): Not used for rendering; prompts use the tokenizer's chat template.
+        chat_template (`str`, *optional*): The LLM's chat template, which prompts are rendered with; it becomes the
+            tokenizer's (default: the tokenizer's own), so step 1, step 2 and inference render alike.
         speech_token (`str`, defaults to `"<speech>"`): The speech placeholder.
         speech_downsampling (`list`, *optional*): `(kernel, stride, padding)` of every convolution from log-mel frames
             to speech tokens; defaults to [`BlspConfig`]'s.
@@ -196,7 +216,9 @@ class BlspProcessor(ProcessorMixin):
         self.audio_locations = [entry for entry in os.environ.get(AUDIO_LOCATIONS_ENV, "").split(",") if entry]
         self.max_audio_seconds = MAX_AUDIO_SECONDS
         self.context_limit = None  # the LLM's positions, when loaded with its config
-        super().__init__(feature_extractor, tokenizer, chat_template=chat_template)
+        if chat_template is not None:  # the one renderer (`render_prompt`) reads the tokenizer's template
+            tokenizer.chat_template = chat_template
+        super().__init__(feature_extractor, tokenizer, chat_template=tokenizer.chat_template)
 
     @classmethod
     def _load_tokenizer_from_pretrained(cls, sub_processor_type, pretrained_model_name_or_path, subfolder="", **kwargs):
@@ -361,13 +383,7 @@ class BlspProcessor(ProcessorMixin):
         return expanded
 
     def __call__(
-        self,
-        text: str | list[str] | None = None,
-        audio=None,
-        sampling_rate: int | None = None,
-        text_target: str | list[str] | None = None,
-        return_tensors: str = "pt",
-        **kwargs,
+        self, text: str | list[str] | None = None, audio=None, **kwargs: Unpack[BlspProcessorKwargs]
     ) -> BatchFeature:
         """Tokenize rendered prompts and featurise their audio.
 
@@ -379,7 +395,15 @@ class BlspProcessor(ProcessorMixin):
             sampling_rate: Rate of raw arrays given without one (default: the feature extractor's, 16 kHz).
             text_target: Response(s) to train on; adds `labels` (-100 on prompt, speech and padding; the
                 response and EOS are learned).
+            return_tensors: `"pt"` (default), `"np"` or None (lists).
+            padding: True or `"longest"`, what the processor does: prompts are left-padded to the longest.
+
+        Kwargs are merged as transformers' processors merge them (`text_kwargs=`, `audio_kwargs=`, `common_kwargs=`
+        also work); any other is refused with a `TypeError`, never ignored.
         """
+        options = self.merge_call_kwargs(kwargs)
+        sampling_rate = options["audio_kwargs"].get("sampling_rate")
+        text_target, return_tensors = options.get("text_target"), options["text_kwargs"].get("return_tensors", "pt")
         if text is None:
             raise ValueError("BlspProcessor needs `text`: render prompts with `processor.render_prompt(...)`.")
         texts = [text] if isinstance(text, str) else list(text)
@@ -401,6 +425,24 @@ class BlspProcessor(ProcessorMixin):
         batch = self.pad(rows, labels)
         batch.update(speech_inputs)
         return BatchFeature(batch, tensor_type=return_tensors)
+
+    def merge_call_kwargs(self, kwargs: dict) -> dict:
+        """`__call__`'s kwargs merged by `ProcessorMixin._merge_kwargs`, after refusing those it would not act on."""
+        groups = {**CALL_KWARGS, "common_kwargs": {"return_tensors"}}
+        refused = [name for name in kwargs if name not in CALL_NAMES]
+        refused += [
+            f"{group}[{name!r}]" for group in groups for name in kwargs.get(group) or {} if name not in groups[group]
+        ]
+        merged = {} if refused else self._merge_kwargs(BlspProcessorKwargs, **kwargs)
+        paddings = {merged[group].get("padding", True) for group in CALL_KWARGS} if merged else set()
+        refused += [f"padding={padding!r}" for padding in paddings - {True, "longest"}]
+        if refused:
+            raise TypeError(
+                f"BlspProcessor does not take {', '.join(dict.fromkeys(refused))}: it takes text, audio, "
+                "sampling_rate, text_target, return_tensors and padding=True (prompts are left-padded to the longest; "
+                "the features follow the processor's feature_padding)."
+            )
+        return merged
 
     def append_targets(self, rows: list[list[int]], targets: list[str]) -> tuple[list[list[int]], list[list[int]]]:
         """Append each response and EOS to its prompt; labels learn only those tokens."""
@@ -449,7 +491,9 @@ class BlspProcessor(ProcessorMixin):
         conversation: list[dict] | list[list[dict]],
         add_generation_prompt: bool = True,
         tokenize: bool = True,
-        sampling_rate: int | None = None,
+        return_dict: bool = True,
+        continue_final_message: bool = False,
+        processor_kwargs: dict | None = None,
         **kwargs,
     ):
         """Render chat conversations whose content may hold `{"type": "audio", "path"|"audio"|"url": ...}` items.
@@ -459,8 +503,14 @@ class BlspProcessor(ProcessorMixin):
         `BLSP_AUDIO_LOCATIONS`: none); `read_audio_items` reads a trusted conversation's files first.
 
         Chat LLMs use their own chat template; base LLMs BLSP's `###[Human]:...###[Assistant]:` template.
-        Returns the prompt string(s) with `tokenize=False`, else the model inputs of `self(text=..., audio=...)`.
+        Returns the prompt string(s) with `tokenize=False`, else the model inputs of `self(text=..., audio=...)` (their
+        `input_ids` only with `return_dict=False`). `processor_kwargs` and the kwargs `self(...)` takes go to it; the
+        others are the chat template's variables (e.g. `tools`). Continuing a final assistant turn is refused.
         """
+        if continue_final_message:
+            raise ValueError("BlspProcessor renders a new assistant turn; continue_final_message is not supported.")
+        call_kwargs = {**(processor_kwargs or {}), **{key: value for key, value in kwargs.items() if key in CALL_NAMES}}
+        template_kwargs = {key: value for key, value in kwargs.items() if key not in CALL_NAMES}
         conversations = [conversation] if isinstance(conversation[0], dict) else conversation
         prompts, audios = [], []
         for messages in conversations:
@@ -471,11 +521,12 @@ class BlspProcessor(ProcessorMixin):
                     texts = join_content(texts, self.speech_token, self.speech_separator)
                 flat.append({"role": message["role"], "content": texts})
                 audios.extend(clips)
-            prompts.append(render_conversation(self.tokenizer, flat, add_generation_prompt))
+            prompts.append(render_conversation(self.tokenizer, flat, add_generation_prompt, **template_kwargs))
         if not tokenize:
             return prompts[0] if isinstance(conversation[0], dict) else prompts
         audios = [carried_audio(audio, self.audio_locations) for audio in audios]
-        return self(text=prompts, audio=audios or None, sampling_rate=sampling_rate, **kwargs)
+        inputs = self(text=prompts, audio=audios or None, **call_kwargs)
+        return inputs if return_dict else inputs["input_ids"]
 
     def batch_decode(self, *args, **kwargs):
         return self.tokenizer.batch_decode(*args, **kwargs)
