@@ -383,7 +383,12 @@ class BlspProcessor(ProcessorMixin):
         return expanded
 
     def __call__(
-        self, text: str | list[str] | None = None, audio=None, **kwargs: Unpack[BlspProcessorKwargs]
+        self,
+        text: str | list[str] | None = None,
+        audio=None,
+        images=None,
+        videos=None,
+        **kwargs: Unpack[BlspProcessorKwargs],
     ) -> BatchFeature:
         """Tokenize rendered prompts and featurise their audio.
 
@@ -392,6 +397,7 @@ class BlspProcessor(ProcessorMixin):
                 Prompts are complete strings: no special tokens are added.
             audio: One clip, or a list with one clip per placeholder in reading order: paths, arrays,
                 `{"array"|"raw": ..., "sampling_rate": ...}` or `{"path"|"bytes": ...}` dicts.
+            images, videos: None (what transformers' pipelines pass); BLSP reads neither.
             sampling_rate: Rate of raw arrays given without one (default: the feature extractor's, 16 kHz).
             text_target: Response(s) to train on; adds `labels` (-100 on prompt, speech and padding; the
                 response and EOS are learned).
@@ -401,6 +407,8 @@ class BlspProcessor(ProcessorMixin):
         Kwargs are merged as transformers' processors merge them (`text_kwargs=`, `audio_kwargs=`, `common_kwargs=`
         also work); any other is refused with a `TypeError`, never ignored.
         """
+        if images is not None or videos is not None:
+            raise ValueError("BlspProcessor reads text and audio only, not images or videos.")
         options = self.merge_call_kwargs(kwargs)
         sampling_rate = options["audio_kwargs"].get("sampling_rate")
         text_target, return_tensors = options.get("text_target"), options["text_kwargs"].get("return_tensors", "pt")
