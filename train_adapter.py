@@ -208,9 +208,12 @@ class DataArguments:
             "(--dataset_name_or_path is an alias).",
         }
     )
-    dataset_split: str = field(
+    split: str = field(
         default="train",
-        metadata={"aliases": ["--split"], "help": "Split to read from each training dataset (alias --split)."},
+        metadata={
+            "aliases": ["--dataset_split"],
+            "help": "Split to read from each training dataset (alias --dataset_split).",
+        },
     )
     eval_dataset_name: list[str] | None = field(
         default=None,
@@ -234,9 +237,12 @@ class DataArguments:
     system_prompt: str | None = field(
         default=None, metadata={"help": "System prompt for chat LLMs; default: the datasets' recorded one."}
     )
-    max_train_samples: int | None = field(
+    max_samples: int | None = field(
         default=None,
-        metadata={"aliases": ["--max_samples"], "help": "Truncate the training set (debugging; alias --max_samples)."},
+        metadata={
+            "aliases": ["--max_train_samples"],
+            "help": "Truncate the training set (debugging; alias --max_train_samples).",
+        },
     )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation set."})
     preprocessing_num_workers: int | None = field(

@@ -128,7 +128,7 @@ def stream_datasets(data_args, training_args):
     """The training rows as one stream (see `streaming`) and the datasets' prompt metadata. The rows carry the
     cached teacher when every dataset holds one of the same k (as `prepare_dataset`'s do)."""
     names = data_args.dataset_name
-    opened = [load_dataset(name, split=data_args.dataset_split, streaming=True) for name in names]
+    opened = [load_dataset(name, split=data_args.split, streaming=True) for name in names]
     teacher_k = shared_teacher_k([rows.features for rows in opened])
     streams, metadatas = [], []
     for index, (name, rows) in enumerate(zip(names, opened)):
@@ -169,12 +169,12 @@ def load_datasets(data_args, training_args):
         loss_terms=training_args.loss_terms,
         length_column=training_args.length_column_name,
     )
-    train_dataset, metadatas = prepare(data_args.dataset_name, data_args.dataset_split)
+    train_dataset, metadatas = prepare(data_args.dataset_name, data_args.split)
     eval_dataset = None
     if data_args.eval_dataset_name:
         eval_dataset, _ = prepare(data_args.eval_dataset_name, data_args.eval_dataset_split)
     elif data_args.eval_split_ratio:
         split = train_dataset.train_test_split(test_size=data_args.eval_split_ratio, seed=training_args.seed)
         train_dataset, eval_dataset = split["train"], split["test"]
-    train_dataset = truncate(train_dataset, data_args.max_train_samples)
+    train_dataset = truncate(train_dataset, data_args.max_samples)
     return train_dataset, truncate(eval_dataset, data_args.max_eval_samples), metadatas

@@ -28,7 +28,7 @@ def test_step_flags_have_one_name_in_both_steps(flags, tmp_path):
     corpus_args, args = generate_continuations.parse_arguments([*STEP1, *flags])
     assert (corpus_args.split, corpus_args.max_samples, args.length_grouping_rows) == ("dev", 7, 32)
     _, data_args, _, _ = train_adapter.parse_arguments([*STEP2, "--output_dir", str(tmp_path), *flags])
-    assert (data_args.dataset_split, data_args.max_train_samples, data_args.length_grouping_rows) == ("dev", 7, 32)
+    assert (data_args.split, data_args.max_samples, data_args.length_grouping_rows) == ("dev", 7, 32)
     evaluation_flags = ["--dataset_name", "d", "--model_name_or_path", "m", "--output_dir", "o", *flags[:4]]
     corpus_args, _ = parse_script_arguments((CorpusArguments, evaluate_blsp.EvaluationArguments), evaluation_flags)
     assert (corpus_args.split, corpus_args.max_samples) == ("dev", 7)
