@@ -80,3 +80,35 @@ def test_checkpoint_loads_in_a_fresh_process(saved_blsp, llm, tmp_path):
     assert result["pipeline"] == "BlspPipeline"
     assert len(result["tokens"]) == 5
     assert result["pipeline_text"] == result["text"]
+
+
+RESAVE = r"""
+import os, sys
+from transformers import AutoModel
+
+model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True)
+code_dir = os.path.dirname(sys.modules[type(model).__module__].__file__)
+assert not os.path.exists(os.path.join(code_dir, "pipeline_blsp.py")), "the model's code came with the pipeline"
+model.save_pretrained(sys.argv[2])
+"""
+
+
+def test_a_model_loaded_from_its_checkpoints_code_saves_the_pipeline_too(saved_blsp, tmp_path):
+    """The model's code does not import the pipeline; re-saved, the pipeline file still goes with it."""
+    resaved = str(tmp_path / "resaved")
+    completed = subprocess.run(
+        [sys.executable, "-c", RESAVE, saved_blsp["qwen2"], resaved],
+        cwd=tmp_path,
+        env=clean_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    with (
+        open(os.path.join(resaved, "pipeline_blsp.py")) as copy,
+        open(os.path.join(build_demo.REPOSITORY, "pipeline_blsp.py")) as top,
+    ):
+        assert copy.read() == top.read()
+    with open(os.path.join(resaved, "config.json")) as file:
+        assert list(json.load(file)["custom_pipelines"]) == ["blsp-speech-to-text"]

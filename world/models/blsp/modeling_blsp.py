@@ -494,7 +494,14 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
             os.path.join(os.path.dirname(os.path.abspath(__file__)), PIPELINE_FILE),
             os.path.join(os.path.abspath(save_directory), PIPELINE_FILE),
         )
-        if os.path.isfile(source):  # absent where the model's code came alone from a checkpoint
+        if not os.path.isfile(source):  # the model's code came from a checkpoint, without the pipeline: its copy
+            try:
+                source = cached_file(
+                    self.config._name_or_path, PIPELINE_FILE, _raise_exceptions_for_missing_entries=False
+                )
+            except OSError:  # a model built in memory
+                source = None
+        if source is not None:
             os.makedirs(save_directory, exist_ok=True)
             if source != target:
                 shutil.copy(source, target)
