@@ -41,6 +41,7 @@ from transformers import TrainingArguments, set_seed
 from blsp_steps.arguments import dtype_field, parse_script_arguments
 from blsp_steps.augmentation import AugmentationArguments, SpeechAugmentation
 from blsp_steps.corpora import TEACHER_IDS, agreed_setting
+from blsp_steps.encoder_states import EncoderStateCache, encoder_fingerprint
 from blsp_steps.engines import check_one_training, check_requested_engine, unsharded_model
 from blsp_steps.identity import RecordModels, check_resumed_models
 from blsp_steps.model_card import build_model_card
@@ -350,6 +351,14 @@ class BlspTrainingArguments(TrainingArguments):
     ddp_find_unused_parameters: bool | None = field(
         default=False, metadata={"help": "Every trainable parameter is used at every step: no search needed."}
     )
+    encoder_states_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Run the frozen speech encoder once per clip: store its states here (float16, keyed by the "
+            "clip's samples, refused for another encoder) and read them on later epochs and runs. SpecAugment's "
+            "time masks then act on the states; frequency masks are refused."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -379,6 +388,17 @@ def parse_arguments(
 ) -> tuple[ModelArguments, DataArguments, BlspTrainingArguments, AugmentationArguments]:
     """Command-line flags, or one .json/.yaml file holding them."""
     return parse_script_arguments((ModelArguments, DataArguments, BlspTrainingArguments, AugmentationArguments), args)
+
+
+def check_encoder_cache(model_args: ModelArguments, augmentation_args: AugmentationArguments):
+    """Stored encoder states need a frozen encoder, and masks that can act on them."""
+    if model_args.train_speech_encoder or model_args.train_speech_encoder_top_layers:
+        raise ValueError("--encoder_states_dir stores a frozen encoder's states: the encoder cannot train too.")
+    if augmentation_args.num_frequency_masks and augmentation_args.max_frequency_mask_bins:
+        raise ValueError(
+            "--encoder_states_dir: SpecAugment's frequency masks act on log-mel bins, which stored encoder states no "
+            "longer have. Drop --num_frequency_masks (time masks act on the states)."
+        )
 
 
 def setup_logging(training_args: TrainingArguments):
@@ -441,6 +461,11 @@ def main(args: list[str] | None = None):
     trainable = sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
     logger.info("Trainable parameters: %d of %d.", trainable, sum(p.numel() for p in model.parameters()))
 
+    encoder_cache = None
+    if training_args.encoder_states_dir:
+        check_encoder_cache(model_args, augmentation_args)
+        fingerprint = encoder_fingerprint(model, processor.feature_extractor)
+        encoder_cache = EncoderStateCache(training_args.encoder_states_dir, fingerprint)
     trainer = BlspTrainer(
         model=model,
         args=training_args,
@@ -456,12 +481,14 @@ def main(args: list[str] | None = None):
             )
             if augmentation_args.enabled
             else None,
+            encoder_cache_keys=encoder_cache is not None,
         ),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=processor,
         model_card_builder=partial(build_model_card, model_args, data_args, instructions, trainable, teacher=teacher),
         trained_rows_log=trained_rows_path(training_args) if data_args.log_trained_rows else None,
+        encoder_cache=encoder_cache,
     )
     trainer.add_callback(RecordModels(fingerprints))
     check_requested_engine(trainer)
@@ -470,6 +497,8 @@ def main(args: list[str] | None = None):
     counts = torch.tensor([trainer.trained_rows_count, trainer.skipped_audio_rows], device=training_args.device)
     metrics["train_rows"], metrics["skipped_audio_rows"] = trainer.accelerator.reduce(counts, reduction="sum").tolist()
     trainer.trained_rows_count = metrics["train_rows"]  # the model card's count: every process's rows
+    if encoder_cache is not None:
+        metrics["encoder_states_read"], metrics["encoder_states_computed"] = encoder_cache.hits, encoder_cache.misses
     check_usable_rows(metrics["train_rows"], metrics["skipped_audio_rows"], training_args, final=True)
     if metrics["skipped_audio_rows"] and trainer.is_world_process_zero():
         logger.warning("Skipped %d rows whose audio could not be decoded.", metrics["skipped_audio_rows"])

@@ -69,6 +69,21 @@ class SpeechAugmentation:
             clip = soxr.resample(narrow, TELEPHONE_RATE, self.sampling_rate)
         return clip.astype(np.float32)
 
+    def state_masks(self, states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(batch, frames, hidden) encoder states (cached ones) with SpecAugment's time masks inside each clip's
+        valid frames, half as wide as on the features (one encoder frame is two feature frames). Frequency masks
+        have no counterpart on the states (`--encoder_states_dir` refuses them)."""
+        if not (self.args.num_time_masks and self.args.max_time_mask_frames):
+            return states
+        states = states.clone()
+        for row, length in enumerate(lengths.tolist()):
+            mean = states[row, :length].mean(0)
+            for _ in range(self.args.num_time_masks):
+                width = int(self.rng.integers(0, min(self.args.max_time_mask_frames // 2, length) + 1))
+                start = int(self.rng.integers(0, length - width + 1))
+                states[row, start : start + width] = mean
+        return states
+
     def features(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(batch, mel, frames) features with SpecAugment's masks inside each clip's valid frames (`mask`)."""
         if not self.args.masks:

@@ -26,6 +26,7 @@ from processing_blsp import AudioInputError, BlspProcessor
 
 from .augmentation import SpeechAugmentation
 from .corpora import ROW_ID, TEACHER_IDS, TEACHER_LOGPROBS
+from .encoder_states import CACHE_KEYS, clip_key, read_speech_states
 from .objectives import (
     CACHED_TEACHER_KEYS,
     CTC_LABELS_KEY,
@@ -74,6 +75,9 @@ class SpeechPromptCollator:
     evaluating)."""
     vocab_size: int | None = None
     """The LLM's vocabulary (its logits' width): cached teacher ids must be below it (None: only not negative)."""
+    encoder_cache_keys: bool = False
+    """Give each clip's identity under `CACHE_KEYS` (the trainer reads its encoder states from `--encoder_states_dir`;
+    SpecAugment's masks then act on the states, not the features). Not for clips over 30 s (several windows)."""
 
     def usable_rows(self, rows: list[dict]) -> tuple[list[dict], list]:
         """The rows whose audio decodes to a usable clip (and, read from the cache, whose teacher is usable), and
@@ -136,7 +140,9 @@ class SpeechPromptCollator:
             audio=clips,
             text_target=responses,
         )
-        if self.augmentation:
+        if self.encoder_cache_keys and len(student["input_features"]) == len(kept):
+            batch[CACHE_KEYS] = [clip_key(clip) for clip in clips]
+        elif self.augmentation:
             student["input_features"] = self.augmentation.features(
                 student["input_features"], student["input_features_mask"]
             )
@@ -393,9 +399,12 @@ class BlspTrainer(Trainer):
     """A `Trainer` with the BLSP objectives, logits only on response positions, skipped-row counting, and a stop at
     the first loss or gradient norm that is not finite."""
 
-    def __init__(self, *args, model_card_builder=None, trained_rows_log: str | None = None, **kwargs):
+    def __init__(
+        self, *args, model_card_builder=None, trained_rows_log: str | None = None, encoder_cache=None, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         self.model_card_builder = model_card_builder
+        self.encoder_cache = encoder_cache
         self.skipped_audio_rows = 0
         self.trained_rows_count = 0
         self.trained_rows = JsonlLog(trained_rows_log) if trained_rows_log else None
@@ -471,6 +480,11 @@ class BlspTrainer(Trainer):
         row_ids = inputs.pop(ROW_IDS_KEY, None)
         if self.trained_rows is not None and row_ids is not None and model.training:
             self.trained_rows.append([{"step": self.state.global_step + 1, "rows": row_ids.tolist()}])
+        keys = inputs.pop(CACHE_KEYS, None)
+        if keys is not None and self.encoder_cache is not None and "input_ids" in inputs:
+            augmentation = getattr(self.data_collator, "augmentation", None) if model.training else None
+            model_only = self.accelerator.unwrap_model(model)
+            inputs = read_speech_states(self.encoder_cache, model_only, inputs, keys, augmentation)
         if "input_ids" not in inputs:  # every row of the batch was unreadable
             loss = sum(parameter.sum() for parameter in model.parameters() if parameter.requires_grad) * 0.0
             return (loss, None) if return_outputs else loss
@@ -488,6 +502,8 @@ class BlspTrainer(Trainer):
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs.pop(ROW_IDS_KEY, None)
+        if self.encoder_cache is None:
+            inputs.pop(CACHE_KEYS, None)
         if "input_ids" not in inputs:  # every row of the batch was unreadable (logged and recorded by the collator)
             return None, None, None
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
