@@ -279,8 +279,10 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
         """Adapter frames (speech tokens) produced by windows of `frame_lengths` log-mel frames."""
         return conv_output_length(frame_lengths, self.config.speech_downsampling)
 
-    def get_speech_features(self, input_features: torch.Tensor, input_features_mask: torch.Tensor) -> torch.Tensor:
-        """Speech embeddings of every window, valid frames only, concatenated in order: (num_speech_tokens, hidden).
+    def encode_speech(
+        self, input_features: torch.Tensor, input_features_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The speech encoder's states of every window, zero-padded: (windows, frames, hidden), and their lengths.
 
         Args:
             input_features: (windows, mel bins, frames) log-mel features, zero-padded.
@@ -295,22 +297,32 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
         frame_lengths = input_features_mask.sum(-1)
         encoder_dtype = self.speech_encoder.conv1.weight.dtype
         if self.config.encoder_padding == "unmasked":
-            hidden_states, lengths = encode_unmasked(
-                self.speech_encoder, input_features.to(encoder_dtype), frame_lengths
-            )
+            return encode_unmasked(self.speech_encoder, input_features.to(encoder_dtype), frame_lengths)
+        if self.config.encoder_padding == "max_length":
+            frames = self.speech_encoder.max_source_positions * self.speech_encoder.conv2.stride[0]
         else:
-            if self.config.encoder_padding == "max_length":
-                frames = self.speech_encoder.max_source_positions * self.speech_encoder.conv2.stride[0]
-            else:
-                frames = int(frame_lengths.max())
-            input_features = nn.functional.pad(
-                input_features[..., :frames], (0, frames - min(frames, input_features.shape[-1]))
-            )
-            hidden_states, lengths = encode_variable_length(
-                self.speech_encoder, input_features.to(encoder_dtype), frame_lengths
-            )
+            frames = int(frame_lengths.max())
+        input_features = nn.functional.pad(
+            input_features[..., :frames], (0, frames - min(frames, input_features.shape[-1]))
+        )
+        return encode_variable_length(self.speech_encoder, input_features.to(encoder_dtype), frame_lengths)
+
+    def get_speech_features(
+        self,
+        input_features: torch.Tensor | None = None,
+        input_features_mask: torch.Tensor | None = None,
+        speech_encoder_states: torch.Tensor | None = None,
+        speech_encoder_lengths: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Speech embeddings of every window, valid frames only, concatenated in order: (num_speech_tokens, hidden).
+
+        From log-mel features (see `encode_speech`), or from the encoder's states computed before
+        (`speech_encoder_states`: (windows, frames, hidden) zero-padded, `speech_encoder_lengths`: (windows,)).
+        """
+        if speech_encoder_states is None:
+            speech_encoder_states, speech_encoder_lengths = self.encode_speech(input_features, input_features_mask)
         adapter_dtype = self.adapter.layer_norm.weight.dtype
-        speech_embeds, lengths = self.adapter(hidden_states.to(adapter_dtype), lengths)
+        speech_embeds, lengths = self.adapter(speech_encoder_states.to(adapter_dtype), speech_encoder_lengths)
         return speech_embeds[length_mask(lengths, speech_embeds.shape[1])]
 
     def get_placeholder_mask(self, input_ids: torch.Tensor, speech_embeds: torch.Tensor) -> torch.Tensor:
@@ -335,6 +347,8 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        speech_encoder_states: torch.FloatTensor | None = None,
+        speech_encoder_lengths: torch.LongTensor | None = None,
         **kwargs,
     ) -> BlspCausalLMOutputWithPast:
         r"""
@@ -342,6 +356,9 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
             Log-mel features of every 30 s window of every clip, from [`BlspProcessor`].
         input_features_mask (`torch.LongTensor` of shape `(windows, frames)`, *optional*):
             1 on real frames, 0 on padding.
+        speech_encoder_states (`torch.FloatTensor` of shape `(windows, frames, hidden)`, *optional*):
+            The speech encoder's states computed before (e.g. read from step 2's `--encoder_states_dir`), instead of
+            `input_features`; `speech_encoder_lengths` gives each window's valid frames.
         labels (`torch.LongTensor`, *optional*):
             Next-token labels, -100 where no loss is taken (prompt, padding). Speech placeholder positions are
             always ignored, so `labels = input_ids` with padding set to -100 works as with LLaVA-style models. Labels
@@ -354,9 +371,20 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
                 "input_features need input_ids (whose speech placeholders say where the speech goes) and "
                 "input_features_mask: build inputs with BlspProcessor, or pass inputs_embeds with the speech merged."
             )
+        if speech_encoder_states is not None and (input_features is not None or speech_encoder_lengths is None):
+            raise ValueError(
+                "speech_encoder_states replace input_features and need speech_encoder_lengths: give one of the two "
+                "speech inputs."
+            )
         if inputs_embeds is None:
             inputs_embeds, attention_mask, position_ids = self.merge_speech(
-                input_ids, input_features, input_features_mask, attention_mask, position_ids
+                input_ids,
+                input_features,
+                input_features_mask,
+                attention_mask,
+                position_ids,
+                speech_encoder_states,
+                speech_encoder_lengths,
             )
         if labels is not None and input_ids is not None:
             speech_positions = input_ids[:, -labels.shape[1] :] == self.config.speech_token_id
@@ -381,15 +409,20 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
         input_features_mask: torch.LongTensor | None,
         attention_mask: torch.Tensor | None,
         position_ids: torch.LongTensor | None,
+        speech_encoder_states: torch.FloatTensor | None = None,
+        speech_encoder_lengths: torch.LongTensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.LongTensor | None]:
         """The LLM's input embeddings with the speech scattered over its placeholders, and the attention mask and
-        position ids that go with them (`speech_compression` leaves frames out of both). Without `input_features`
-        (generation after prefill), placeholders embed as token 0: the speech is read from the cache."""
+        position ids that go with them (`speech_compression` leaves frames out of both). The speech comes from
+        `input_features`, or from the encoder's states computed before; without either (generation after prefill),
+        placeholders embed as token 0: the speech is read from the cache."""
         speech_mask = input_ids == self.config.speech_token_id
         inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(speech_mask, 0))
-        if input_features is None:
+        if input_features is None and speech_encoder_states is None:
             return inputs_embeds, attention_mask, position_ids
-        speech_embeds = self.get_speech_features(input_features, input_features_mask)
+        speech_embeds = self.get_speech_features(
+            input_features, input_features_mask, speech_encoder_states, speech_encoder_lengths
+        )
         speech_mask = self.get_placeholder_mask(input_ids, speech_embeds)
         if self.config.speech_compression == "ctc":
             speech_embeds, attention_mask = self.compress_speech(speech_embeds, speech_mask, attention_mask)
