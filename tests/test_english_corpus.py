@@ -59,6 +59,20 @@ def test_dev_sentences_are_in_no_other_split_and_do_not_move_with_the_extra_ones
         clip_plan(num_train=4, num_test=4, seed=0, num_extra_train=16, wordnet_dir=wordnet_dir, num_dev=3)
 
 
+def test_piper_training_splits_add_a_voice_and_move_no_other_split(wordnet_dir):
+    plan = clip_plan(num_train=4, num_test=4, seed=0, num_extra_train=5, wordnet_dir=wordnet_dir, num_dev=3)
+    more = clip_plan(
+        num_train=4, num_test=4, seed=0, num_extra_train=5, wordnet_dir=wordnet_dir, num_dev=3, num_piper_train=2
+    )
+    train_piper, dev_piper = more.pop("train_piper"), more.pop("dev_piper")
+    assert more == plan
+    assert [row["text"] for row in train_piper] == [row["text"] for row in plan["train_extra"][:2]]
+    assert [row["text"] for row in dev_piper] == [row["text"] for row in plan["dev"]]
+    assert {row["synthesizer"] for row in train_piper + dev_piper} == {"piper"}
+    with pytest.raises(ValueError, match="num_piper_train"):
+        clip_plan(num_train=4, num_test=4, seed=0, num_extra_train=5, wordnet_dir=wordnet_dir, num_piper_train=6)
+
+
 def test_real_speech_rows_keep_spoken_prompts_only(tmp_path):
     """Prompts as the asterisk packages ship them: annotations dropped, `#` read as "pound", tones, silences, missing
     and over-long recordings left out with the reason, a question only where one category word is named."""
