@@ -8,9 +8,8 @@ matrix-multiply peak, and where each step's time goes.
 - **Peak**: the best of `--peak_repeats` fp32 `torch.mm` of two 4096 x 4096 matrices, at this process's threads.
 - **Objectives** on the given BLSP checkpoint (the real pair: whisper-tiny.en + SmolLM2-135M-Instruct), each a
   `BlspTrainer.train` of `--steps` steps after one warm-up step, batches grouped by duration as `train_adapter.py`
-  does: `ctc` (the warm-up, `--ctc_batch_size` clips of `--ctc_data`); `ctc_full_softmax`, its baseline (the CTC
-  term as it was: torch's CTC on the log-softmax over the whole vocabulary); `ctc_stored_states` (`ctc` from the
-  second epoch of `--encoder_states_dir`: an untimed first pass stores the same batches' states); `kl_live` (KL
+  does: `ctc` (the warm-up, `--ctc_batch_size` clips of `--ctc_data`); `ctc_stored_states` (`ctc` from the second
+  epoch of `--encoder_states_dir`: an untimed first pass stores the same batches' states); `kl_live` (KL
   to the LLM reading the transcript), `kl_cached` (step 1's top-64 teacher: random ids and log-probabilities, the
   cost not the values) and `ce`, each on `--batch_size` rows of `--continuations` with `speech_compression="ctc"`
   as the English recipe.
@@ -23,7 +22,6 @@ matrix-multiply peak, and where each step's time goes.
 """
 
 import argparse
-import dataclasses
 import json
 import tempfile
 import time
@@ -40,15 +38,13 @@ from blsp_steps import objectives as objectives_module
 from blsp_steps import training_data
 from blsp_steps.corpora import TEACHER_IDS, TEACHER_LOGPROBS
 from blsp_steps.encoder_states import EncoderStateCache, encoder_fingerprint
-from blsp_steps.objectives import OBJECTIVES
 from blsp_steps.training import BlspTrainer, SpeechPromptCollator, select_trainable_parameters
-from configuration_blsp import IGNORE_INDEX
 from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import BlspProcessor
 
 BUCKETS = ("data", "encoder", "adapter", "llm", "readout", "loss_rest", "backward", "optimizer")
 TOP_K = 64
-OBJECTIVE_RUNS = ("ctc_full_softmax", "ctc", "ctc_stored_states", "kl_live", "kl_cached", "ce")
+OBJECTIVE_RUNS = ("ctc", "ctc_stored_states", "kl_live", "kl_cached", "ce")
 
 
 def parse_arguments() -> argparse.Namespace:
@@ -56,11 +52,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="A full BLSP checkpoint (the CTC warm-up's).")
     parser.add_argument("--ctc_data", required=True, help="An audiofolder with transcripts (the CTC warm-up's).")
     parser.add_argument("--continuations", required=True, help="Step 1's output (for kl and ce).")
-    parser.add_argument(
-        "--objectives",
-        nargs="*",
-        default=["ctc_full_softmax", "ctc", "ctc_stored_states", "kl_live", "kl_cached", "ce"],
-    )
+    parser.add_argument("--objectives", nargs="*", default=list(OBJECTIVE_RUNS), choices=OBJECTIVE_RUNS)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--ctc_batch_size", type=int, default=16)
     parser.add_argument("--batch_size", type=int, default=8)
@@ -164,25 +156,9 @@ def with_random_teacher(dataset, processor, vocab_size: int):
     return dataset.map(add)
 
 
-def full_softmax_ctc_term(step) -> torch.Tensor:
-    """The CTC term as it was (the baseline): torch's CTC on the log-softmax over the whole vocabulary."""
-    speech, lengths = step.speech
-    embeddings = step.model.get_input_embeddings().weight
-    log_probs = torch.nn.functional.log_softmax(modeling_blsp.ctc_readout(speech, embeddings).float(), dim=-1)
-    labels = step.ctc_labels
-    targets = labels[labels != IGNORE_INDEX] + 1
-    target_lengths = (labels != IGNORE_INDEX).sum(-1)
-    loss = torch.nn.functional.ctc_loss(
-        log_probs.transpose(0, 1), targets, lengths, target_lengths, blank=0, zero_infinity=True
-    )
-    return step.local_mean(loss)
-
-
 def run_objective(name: str, bench: argparse.Namespace, peak: float) -> dict:
     ctc = name.startswith("ctc")
     loss = "ctc" if ctc else "kl" if name.startswith("kl") else "ce"
-    full_softmax = dataclasses.replace(objectives_module.OBJECTIVES["ctc"], loss=full_softmax_ctc_term)
-    objectives_module.OBJECTIVES["ctc"] = full_softmax if name == "ctc_full_softmax" else OBJECTIVES["ctc"]
     batch_size = bench.ctc_batch_size if ctc else bench.batch_size
     source = bench.ctc_data if ctc else bench.continuations
     data_args = train_adapter.DataArguments(dataset_name=[source])
@@ -202,7 +178,7 @@ def run_objective(name: str, bench: argparse.Namespace, peak: float) -> dict:
         cache = EncoderStateCache(tempfile.mkdtemp(prefix="bench_states_"), fingerprint)
     clock = Clock()
     modeling_blsp.encode_variable_length = clock.wrap("encoder", modeling_blsp.encode_variable_length)
-    objectives_module.target_log_probs = clock.wrap("readout", objectives_module.target_log_probs)
+    objectives_module.ctc_readout = clock.wrap("readout", objectives_module.ctc_readout)
     modeling_blsp.ctc_readout = clock.wrap("readout", modeling_blsp.ctc_readout)
     clock.hook_module("adapter", model.adapter)
     clock.hook_module("llm", model.language_model)

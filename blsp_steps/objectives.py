@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from configuration_blsp import IGNORE_INDEX
-from modeling_blsp import BlspForConditionalGeneration
+from modeling_blsp import BlspForConditionalGeneration, ctc_readout
 
 from .corpora import AUDIO, CONTINUATION, TEXT
 
@@ -144,68 +144,21 @@ def kl_term(step: TrainingStep) -> torch.Tensor:
     return kl_divergence_sum(student, step.teacher, step.args.kl_temperature) / tokens
 
 
-def target_log_probs(
-    speech: torch.Tensor, embeddings: torch.Tensor, labels: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The CTC readout's log-probabilities of the blank and of each row's own target tokens only, and the targets
-    renumbered to those columns.
-
-    The logit of token v at a frame is the frame's dot product with v's input embedding (`ctc_readout`), the blank's
-    is 0; the normalizer runs over the whole vocabulary. CTC reads no other column, so the loss is that of the full
-    (rows, frames, vocabulary + 1) log-softmax, without writing it, copying it or back-propagating through it (on a
-    49k vocabulary that was a third of a warm-up step).
-
-    Returns: (rows, frames, 1 + most distinct targets of a row) log-probabilities, column 0 the blank, and (rows,
-    targets) indices into them (the same token keeps one column, so repeats still need a blank between them).
-    """
-    logits = speech @ embeddings.to(speech.dtype).T
-    normalizer = torch.logaddexp(torch.logsumexp(logits.float(), dim=-1), torch.zeros((), device=logits.device))
-    columns, targets = [], torch.zeros_like(labels)
-    for row, row_labels in enumerate(labels):
-        valid = row_labels != IGNORE_INDEX
-        tokens, inverse = torch.unique(row_labels[valid], return_inverse=True)
-        columns.append(tokens)
-        targets[row, valid] = inverse + 1
-    columns = nn.utils.rnn.pad_sequence(columns, batch_first=True)
-    token_logits = logits.gather(-1, columns[:, None, :].expand(-1, logits.shape[1], -1)).float()
-    log_probs = torch.cat([-normalizer[..., None], token_logits - normalizer[..., None]], dim=-1)
-    return log_probs, targets
-
-
-def ctc_loss_of_columns(
-    log_probs: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor, target_lengths: torch.Tensor
-) -> torch.Tensor:
-    """torch's `ctc_loss` (`reduction="mean"`, `zero_infinity=True`) on `target_log_probs`' columns, with the
-    gradient of the full vocabulary's.
-
-    torch's CTC backward returns exp(log_probs) - occupancy, the gradient through a log-softmax over the given
-    columns; here the normalizer is the whole vocabulary's, so the exp(log_probs) term is taken back out (a term of
-    value 0 whose gradient cancels it) and the normalizer's own backward adds the full softmax.
-    """
-    log_probs_by_time = log_probs.transpose(0, 1)
-    per_row = nn.functional.ctc_loss(
-        log_probs_by_time, targets, lengths, target_lengths, reduction="none", zero_infinity=True
-    )
-    with torch.no_grad():  # rows whose targets cannot fit their frames have no gradient (zero_infinity)
-        feasible = torch.isfinite(
-            nn.functional.ctc_loss(log_probs_by_time, targets, lengths, target_lengths, reduction="none")
-        )
-    weights = feasible / target_lengths.clamp(min=1) / len(per_row)
-    frames = torch.arange(log_probs.shape[1], device=lengths.device)[None, :] < lengths[:, None]
-    spurious = (weights[:, None, None] * frames[..., None] * log_probs.detach().exp() * log_probs).sum()
-    return (per_row / target_lengths.clamp(min=1)).mean() - (spurious - spurious.detach())
-
-
 def ctc_term(step: TrainingStep) -> torch.Tensor:
-    """CTC between the adapter's outputs read through the LLM's token embeddings (`target_log_probs`) and the
-    transcript's tokens: the blank's logit is 0 (no parameter, no token given up). Mean over rows of the loss per
-    target token (torch's `reduction="mean"`) over the micro-batch. Needs no LLM forward.
+    """CTC between the adapter's outputs read through the LLM's token embeddings and the transcript's tokens.
+
+    The logit of token v at a speech frame is the frame's dot product with v's input embedding, as a tied LM head
+    would read it; the blank's logit is 0 (no parameter, no token given up). Mean over rows of the loss per target
+    token (torch's `reduction="mean"`) over the micro-batch. Needs no LLM forward.
     """
     speech, lengths = step.speech
     embeddings = step.trainer.accelerator.unwrap_model(step.model).get_input_embeddings().weight
+    logits = ctc_readout(speech, embeddings).float()
     labels = step.ctc_labels
-    log_probs, targets = target_log_probs(speech, embeddings, labels)
-    loss = ctc_loss_of_columns(log_probs, targets, lengths, (labels != IGNORE_INDEX).sum(-1))
+    target_lengths = (labels != IGNORE_INDEX).sum(-1)
+    targets = labels[labels != IGNORE_INDEX] + 1  # index 0 is the blank
+    log_probs = nn.functional.log_softmax(logits, dim=-1).transpose(0, 1)
+    loss = nn.functional.ctc_loss(log_probs, targets, lengths, target_lengths, blank=0, zero_infinity=True)
     return step.local_mean(loss)
 
 
