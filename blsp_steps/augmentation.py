@@ -79,10 +79,14 @@ class SpeechAugmentation:
         for row, length in enumerate(lengths.tolist()):
             mean = states[row, :length].mean(0)
             for _ in range(self.args.num_time_masks):
-                width = int(self.rng.integers(0, min(self.args.max_time_mask_frames // 2, length) + 1))
-                start = int(self.rng.integers(0, length - width + 1))
-                states[row, start : start + width] = mean
+                states[row, self.span(self.args.max_time_mask_frames // 2, length)] = mean
         return states
+
+    def span(self, widest: int, size: int) -> slice:
+        """A mask's positions: a drawn width of 0 to `widest` (at most `size`), at a drawn start inside `size`."""
+        width = int(self.rng.integers(0, min(widest, size) + 1))
+        start = int(self.rng.integers(0, size - width + 1))
+        return slice(start, start + width)
 
     def features(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(batch, mel, frames) features with SpecAugment's masks inside each clip's valid frames (`mask`)."""
@@ -95,10 +99,8 @@ class SpeechAugmentation:
             spans.append((self.args.num_frequency_masks, self.args.max_frequency_mask_bins, features.shape[1], 1))
             for count, widest, size, axis in spans:
                 for _ in range(count):
-                    width = int(self.rng.integers(0, min(widest, size) + 1))
-                    start = int(self.rng.integers(0, size - width + 1))
                     if axis == 2:
-                        features[row, :, start : start + width] = mean
+                        features[row, :, self.span(widest, size)] = mean
                     else:
-                        features[row, start : start + width, :length] = mean
+                        features[row, self.span(widest, size), :length] = mean
         return features
