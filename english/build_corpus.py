@@ -166,7 +166,8 @@ def clip_plan(
     `dev` takes the last `num_dev` training sentences, so that it does not depend on `num_extra_train`. With
     `num_piper_train`, Piper's voice joins the training voices: `train_piper` speaks the first `num_piper_train`
     sentences of `train_extra` in it, and `dev_piper` the dev sentences (the new splits come last, so that the others'
-    recording draws do not move)."""
+    recording draws do not move; a larger `num_piper_train` keeps the first rows of `train_piper` and all of
+    `dev_piper`)."""
     rest, test = split_sentences(wordnet_sentences(wordnet_dir), num_train, num_test, seed)
     dev_start = len(rest) - num_dev
     train, extra, dev = rest[:num_train], rest[num_train : num_train + num_extra_train], rest[dev_start:]
@@ -194,10 +195,10 @@ def clip_plan(
     if num_piper_train:
         if num_piper_train > len(extra):
             raise ValueError(f"--num_piper_train {num_piper_train} is more than train_extra's {len(extra)} sentences")
-        piper_rng = random.Random(seed + 4)
-        piper = lambda: (PIPER, PIPER_VOICE, piper_rng.choice(TRAIN_SPEEDS))  # noqa: E731
-        plan["train_piper"] = plan_rows(extra[:num_piper_train], piper, piper_rng)
-        plan["dev_piper"] = plan_rows(dev, piper, piper_rng)
+        piper_rng, dev_piper_rng = random.Random(seed + 4), random.Random(seed + 5)
+        piper = lambda rng: lambda: (PIPER, PIPER_VOICE, rng.choice(TRAIN_SPEEDS))  # noqa: E731
+        plan["train_piper"] = plan_rows(extra[:num_piper_train], piper(piper_rng), piper_rng)
+        plan["dev_piper"] = plan_rows(dev, piper(dev_piper_rng), dev_piper_rng)
     return plan
 
 

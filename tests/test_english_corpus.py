@@ -69,6 +69,10 @@ def test_piper_training_splits_add_a_voice_and_move_no_other_split(wordnet_dir):
     assert [row["text"] for row in train_piper] == [row["text"] for row in plan["train_extra"][:2]]
     assert [row["text"] for row in dev_piper] == [row["text"] for row in plan["dev"]]
     assert {row["synthesizer"] for row in train_piper + dev_piper} == {"piper"}
+    larger = clip_plan(
+        num_train=4, num_test=4, seed=0, num_extra_train=5, wordnet_dir=wordnet_dir, num_dev=3, num_piper_train=4
+    )
+    assert larger["train_piper"][:2] == train_piper and larger["dev_piper"] == dev_piper
     with pytest.raises(ValueError, match="num_piper_train"):
         clip_plan(num_train=4, num_test=4, seed=0, num_extra_train=5, wordnet_dir=wordnet_dir, num_piper_train=6)
 
