@@ -20,11 +20,25 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils import SAFE_WEIGHTS_NAME, cached_file
 
 try:
-    from .adapter_blsp import BlspModalityAdapter, ctc_readout, encode_unmasked, encode_variable_length, length_mask
+    from .adapter_blsp import (
+        BlspModalityAdapter,
+        ctc_readout,
+        encode_unmasked,
+        encode_variable_length,
+        keep_one_frame_per_clip,
+        length_mask,
+    )
     from .bases_blsp import BASE_MODULES, adapter_weights, base_fingerprints, bases_kwargs, check_bases, load_bases
     from .configuration_blsp import HUB_KWARGS, IGNORE_INDEX, BlspConfig, add_speech_token, conv_output_length
 except ImportError:  # imported as a top-level module by this repository's scripts
-    from adapter_blsp import BlspModalityAdapter, ctc_readout, encode_unmasked, encode_variable_length, length_mask
+    from adapter_blsp import (
+        BlspModalityAdapter,
+        ctc_readout,
+        encode_unmasked,
+        encode_variable_length,
+        keep_one_frame_per_clip,
+        length_mask,
+    )
     from bases_blsp import BASE_MODULES, adapter_weights, base_fingerprints, bases_kwargs, check_bases, load_bases
     from configuration_blsp import HUB_KWARGS, IGNORE_INDEX, BlspConfig, add_speech_token, conv_output_length
 
@@ -446,13 +460,13 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`speech_compression="ctc"`: the frames as mixtures of token embeddings, and the attention mask without the
         frames read as the blank or as the token of the frame before (placeholders stay, so the processor's token
-        counts hold)."""
+        counts hold); of a clip read as all blanks, its frame most read as a token stays."""
         embeddings = self.get_input_embeddings().weight
         logits = ctc_readout(speech_embeds, embeddings)
         layout = torch.full(speech_mask.shape, -1, dtype=torch.long, device=speech_mask.device)
         layout[speech_mask] = logits.argmax(-1)  # 0: the blank
         previous = nn.functional.pad(layout[:, :-1], (1, 0), value=-1)
-        left_out = speech_mask & ((layout == 0) | (layout == previous))
+        left_out = keep_one_frame_per_clip(speech_mask & ((layout == 0) | (layout == previous)), speech_mask, logits)
         if attention_mask is None:
             attention_mask = torch.ones(speech_mask.shape, dtype=torch.long, device=speech_mask.device)
         mixture = nn.functional.softmax(logits[:, 1:].float(), dim=-1).to(embeddings.dtype) @ embeddings
