@@ -115,9 +115,10 @@ def weights_fingerprint(model: torch.nn.Module, dtype: str) -> str:
 
 def weights_dtype(model: PreTrainedModel) -> str | None:
     """The precision that a fingerprint of `model` can be taken in, or None where its values cannot be read as saved
-    (quantized, or offloaded to the meta device)."""
+    (quantized, offloaded to the meta device, or sharded: DeepSpeed ZeRO-3's partitions, FSDP2's DTensors)."""
     parameters = list(model.parameters())
-    if getattr(model, "is_quantized", False) or any(parameter.is_meta for parameter in parameters):
+    unreadable = (p.is_meta or hasattr(p, "ds_id") or hasattr(p, "placements") for p in parameters)
+    if getattr(model, "is_quantized", False) or any(unreadable):
         return None
     dtype = str(next(p.dtype for p in parameters if p.is_floating_point())).removeprefix("torch.")
     return dtype if dtype in FINGERPRINT_DTYPES else None
