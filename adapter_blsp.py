@@ -96,6 +96,26 @@ def ctc_readout(speech_embeds: torch.Tensor, embeddings: torch.Tensor) -> torch.
     return torch.cat([logits.new_zeros(*logits.shape[:-1], 1), logits], dim=-1)
 
 
+def keep_one_frame_per_clip(left_out: torch.Tensor, speech_mask: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """`left_out` (CTC's greedy collapse over the (rows, positions) `speech_mask`) with, in each run of speech
+    placeholders (a clip) that it would leave out whole, the frame most read as a token kept: a clip read as all
+    blanks still reaches the LLM, which would otherwise answer as if it had no audio. `logits`: the frames' CTC
+    logits, in placeholder order."""
+    starts = speech_mask & ~nn.functional.pad(speech_mask[:, :-1], (1, 0), value=False)
+    run = (starts.flatten().cumsum(0) - 1)[speech_mask.flatten()]  # each frame's run, in placeholder order
+    kept = (~left_out.flatten()[speech_mask.flatten()]).long()
+    silent = run.new_zeros(int(run.max()) + 1 if len(run) else 0).index_add_(0, run, kept) == 0
+    if not silent.any():
+        return left_out
+    score = logits[:, 1:].max(-1).values - logits[:, 0]  # how much the frame's best token beats the blank
+    positions = speech_mask.flatten().nonzero().squeeze(1)
+    left_out = left_out.clone()
+    for index in silent.nonzero().squeeze(1).tolist():
+        frames = (run == index).nonzero().squeeze(1)
+        left_out.view(-1)[positions[frames[score[frames].argmax()]]] = False
+    return left_out
+
+
 def encode_variable_length(
     encoder: WhisperEncoder, input_features: torch.Tensor, frame_lengths: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,6 +165,7 @@ __all__ = [
     "BlspAdapterTransformerLayer",
     "BlspModalityAdapter",
     "ctc_readout",
+    "keep_one_frame_per_clip",
     "encode_unmasked",
     "encode_variable_length",
 ]

@@ -6,10 +6,8 @@ import shutil
 from dataclasses import dataclass
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from transformers import (
-    AutoModel,
     AutoModelForCausalLM,
     AutoTokenizer,
     GenerationConfig,
@@ -22,10 +20,26 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils import SAFE_WEIGHTS_NAME, cached_file
 
 try:
-    from .adapter_blsp import BlspModalityAdapter, ctc_readout, encode_unmasked, encode_variable_length, length_mask
+    from .adapter_blsp import (
+        BlspModalityAdapter,
+        ctc_readout,
+        encode_unmasked,
+        encode_variable_length,
+        keep_one_frame_per_clip,
+        length_mask,
+    )
+    from .bases_blsp import BASE_MODULES, adapter_weights, base_fingerprints, bases_kwargs, check_bases, load_bases
     from .configuration_blsp import HUB_KWARGS, IGNORE_INDEX, BlspConfig, add_speech_token, conv_output_length
 except ImportError:  # imported as a top-level module by this repository's scripts
-    from adapter_blsp import BlspModalityAdapter, ctc_readout, encode_unmasked, encode_variable_length, length_mask
+    from adapter_blsp import (
+        BlspModalityAdapter,
+        ctc_readout,
+        encode_unmasked,
+        encode_variable_length,
+        keep_one_frame_per_clip,
+        length_mask,
+    )
+    from bases_blsp import BASE_MODULES, adapter_weights, base_fingerprints, bases_kwargs, check_bases, load_bases
     from configuration_blsp import HUB_KWARGS, IGNORE_INDEX, BlspConfig, add_speech_token, conv_output_length
 
 PIPELINE_TASK = "blsp-speech-to-text"
@@ -34,37 +48,6 @@ PIPELINE_FILE, PIPELINE_CLASS = "pipeline_blsp.py", "pipeline_blsp.BlspPipeline"
 AUTO_MODEL_CLASSES = ("AutoModel", "AutoModelForMultimodalLM")
 """The auto classes a saved checkpoint maps to `BlspForConditionalGeneration`: `pipeline("any-to-any")` and
 `transformers serve` load multimodal LMs with `AutoModelForMultimodalLM`."""
-BASE_MODULES = ("speech_encoder.", "language_model.")
-"""Parameter prefixes of the frozen bases, which an adapter-only checkpoint does not store."""
-BASE_SHAPE_FIELDS = {
-    "speech_config": ("model_type", "d_model", "encoder_layers", "num_mel_bins"),
-    "text_config": ("model_type", "hidden_size", "num_hidden_layers", "vocab_size"),
-}
-"""Config fields that a base loaded for an adapter-only checkpoint must share with the config saved beside it."""
-
-
-def load_bases(
-    speech_name_or_path: str, text_name_or_path: str, dtype=None, speech_kwargs=None, text_kwargs=None
-) -> tuple[WhisperEncoder, PreTrainedModel]:
-    """The encoder of a pretrained Whisper and a pretrained causal LM (no remote code: both are transformers')."""
-    speech_model = AutoModel.from_pretrained(speech_name_or_path, dtype=dtype, **(speech_kwargs or {}))
-    language_model = AutoModelForCausalLM.from_pretrained(text_name_or_path, dtype=dtype, **(text_kwargs or {}))
-    return speech_model.get_encoder(), language_model
-
-
-def check_base_shapes(config: BlspConfig, speech_encoder: WhisperEncoder, language_model: PreTrainedModel):
-    """Fail, naming the base, when a loaded base is not the model the adapter-only checkpoint was trained on."""
-    bases = {"speech_config": speech_encoder.config, "text_config": language_model.config}
-    names = {"speech_config": config.speech_model_name_or_path, "text_config": config.text_model_name_or_path}
-    for key, fields in BASE_SHAPE_FIELDS.items():
-        expected, loaded = getattr(config, key), bases[key]
-        differ = [f"{name} {getattr(loaded, name)} != {getattr(expected, name)}" for name in fields
-                  if getattr(loaded, name) != getattr(expected, name)]  # fmt: skip
-        if differ:
-            raise ValueError(
-                f"{names[key]!r} is not the base this adapter was trained on ({', '.join(differ)}): point "
-                f"{key.replace('_config', '')}_model_name_or_path at the checkpoint its config names."
-            )
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -196,11 +179,23 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
         return model
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path,
+        *model_args,
+        config=None,
+        check_base_identity: bool = True,
+        speech_kwargs: dict | None = None,
+        text_kwargs: dict | None = None,
+        **kwargs,
+    ):
         """Load a checkpoint; an adapter-only one (`config.adapter_only`) loads its frozen bases by name first.
 
         Config fields given as kwargs override the saved ones, so `speech_model_name_or_path=` and
-        `text_model_name_or_path=` point an adapter-only checkpoint's bases at other copies (e.g. local ones).
+        `text_model_name_or_path=` point an adapter-only checkpoint's bases at other copies (e.g. local ones). The
+        bases get `dtype`, `device_map`, `token`, `cache_dir`, `local_files_only` and `force_download`, and each its
+        `speech_kwargs` / `text_kwargs` (e.g. a base's `revision`: the call's is the checkpoint's own). A base whose
+        weights are not those the checkpoint recorded is refused unless `check_base_identity=False`.
         """
         hub_kwargs = {key: kwargs[key] for key in (*HUB_KWARGS, "subfolder") if key in kwargs}
         dtype = {"dtype": kwargs.pop("dtype")} if kwargs.get("dtype") is not None else {}  # not a config field
@@ -208,18 +203,38 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
             config, kwargs = cls.config_class.from_pretrained(
                 pretrained_model_name_or_path, return_unused_kwargs=True, **kwargs
             )
-        if not config.adapter_only:
-            return super().from_pretrained(
-                pretrained_model_name_or_path, *model_args, config=config, **{**kwargs, **hub_kwargs, **dtype}
+        if config.adapter_only:
+            bases, adapter_device = bases_kwargs(hub_kwargs, kwargs.get("device_map"), speech_kwargs, text_kwargs)
+            return cls.from_adapter_only(
+                pretrained_model_name_or_path, config, hub_kwargs, dtype.get("dtype"), bases, check_base_identity
+            ).to_adapter_device(adapter_device)
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path,
+            *model_args,
+            config=config,
+            output_loading_info=True,
+            **{**kwargs, **hub_kwargs, **dtype},
+        )
+        missing = [key for key in info["missing_keys"] if key.startswith(BASE_MODULES)]
+        if missing:
+            raise ValueError(
+                f"{pretrained_model_name_or_path!r} says adapter_only: false but holds no weights for {len(missing)} "
+                f"tensors of its bases (e.g. {', '.join(sorted(missing)[:3])}): they would be random. An adapter-only "
+                'checkpoint says "adapter_only": true in its config.json and names its bases in '
+                "speech_model_name_or_path and text_model_name_or_path; a full one holds every weight."
             )
-        return cls.from_adapter_only(pretrained_model_name_or_path, config, hub_kwargs, dtype.get("dtype"))
+        return (model, info) if output_loading_info else model
 
     @classmethod
-    def from_adapter_only(cls, path: str, config: BlspConfig, hub_kwargs: dict, dtype=None):
-        """The bases loaded from the ids the config names, the trained weights from the checkpoint at `path`."""
+    def from_adapter_only(
+        cls, path: str, config: BlspConfig, hub_kwargs: dict, dtype=None, bases=({}, {}), check_weights=True
+    ):
+        """The bases loaded from the ids the config names (`bases`: each one's `from_pretrained` kwargs) and checked to
+        be those it was trained on, the trained weights from the checkpoint at `path`."""
         try:
             speech_encoder, language_model = load_bases(
-                config.speech_model_name_or_path, config.text_model_name_or_path, dtype
+                config.speech_model_name_or_path, config.text_model_name_or_path, dtype, *bases
             )
         except OSError as error:
             raise OSError(
@@ -227,9 +242,9 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
                 f"and {config.text_model_name_or_path!r} could not be loaded ({error}). Point "
                 "from_pretrained(..., speech_model_name_or_path=..., text_model_name_or_path=...) at copies of them."
             ) from error
-        check_base_shapes(config, speech_encoder, language_model)
+        check_bases(config, speech_encoder, language_model, weights=check_weights)
         model = cls.around_bases(config, speech_encoder, language_model)
-        state = load_file(cached_file(path, SAFE_WEIGHTS_NAME, **hub_kwargs))
+        state = adapter_weights(cached_file(path, SAFE_WEIGHTS_NAME, **hub_kwargs))
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [key for key in missing if not key.startswith(BASE_MODULES)]
         if missing or unexpected:
@@ -242,6 +257,14 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
         except OSError:
             model.generation_config = language_model.generation_config
         return model.eval()
+
+    def to_adapter_device(self, device=None) -> "BlspForConditionalGeneration":
+        """The adapter moved to `device`, by default where the encoder's states come out (bases placed by a device
+        map); left where it is when they are offloaded."""
+        device = device if device is not None else self.speech_encoder.layer_norm.weight.device
+        if str(device) != "meta":
+            self.adapter.to(device)
+        return self
 
     @torch.no_grad()
     def match_speech_scale_to_embeddings(self) -> float:
@@ -437,13 +460,13 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`speech_compression="ctc"`: the frames as mixtures of token embeddings, and the attention mask without the
         frames read as the blank or as the token of the frame before (placeholders stay, so the processor's token
-        counts hold)."""
+        counts hold); of a clip read as all blanks, its frame most read as a token stays."""
         embeddings = self.get_input_embeddings().weight
         logits = ctc_readout(speech_embeds, embeddings)
         layout = torch.full(speech_mask.shape, -1, dtype=torch.long, device=speech_mask.device)
         layout[speech_mask] = logits.argmax(-1)  # 0: the blank
         previous = nn.functional.pad(layout[:, :-1], (1, 0), value=-1)
-        left_out = speech_mask & ((layout == 0) | (layout == previous))
+        left_out = keep_one_frame_per_clip(speech_mask & ((layout == 0) | (layout == previous)), speech_mask, logits)
         if attention_mask is None:
             attention_mask = torch.ones(speech_mask.shape, dtype=torch.long, device=speech_mask.device)
         mixture = nn.functional.softmax(logits[:, 1:].float(), dim=-1).to(embeddings.dtype) @ embeddings
@@ -544,6 +567,8 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
         model_class = f"{type(self).__module__.rsplit('.', 1)[-1]}.{type(self).__name__}"
         auto_map = getattr(self.config, "auto_map", None) or {}
         self.config.auto_map = {**auto_map, **dict.fromkeys(AUTO_MODEL_CLASSES, model_class)}
+        if self.config.adapter_only:  # the bases' fingerprints, which a load checks
+            self.config.base_fingerprints = base_fingerprints(self.speech_encoder, self.language_model)
         if self.config.adapter_only and kwargs.get("state_dict") is None:
             kwargs["state_dict"] = {
                 name: tensor for name, tensor in self.state_dict().items() if not name.startswith(BASE_MODULES)

@@ -48,7 +48,19 @@ def package_model_dir(package: str = PACKAGE, model_dir: str = PACKAGE_MODEL_DIR
 
 
 def read_ctranslate2_variables(path: str) -> dict[str, torch.Tensor]:
-    """All variables of a CTranslate2 `model.bin`, aliases resolved; int8/int16 weights dequantized to float32."""
+    """All variables of a CTranslate2 `model.bin`, aliases resolved; int8/int16 weights dequantized to float32. A
+    file that is empty, cut short or not CTranslate2's is refused, naming it."""
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path} is empty (0 bytes): not a CTranslate2 model.bin; copy the model again.")
+    try:
+        return read_variables(path)
+    except (struct.error, KeyError, RuntimeError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"{path} is not a complete CTranslate2 model.bin ({type(error).__name__}: {error}): copy the model again."
+        ) from error
+
+
+def read_variables(path: str) -> dict[str, torch.Tensor]:
     variables, aliases = {}, {}
     with open(path, "rb") as file:
 

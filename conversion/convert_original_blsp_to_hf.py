@@ -97,7 +97,18 @@ def read_original_weights(checkpoint_dir: str) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"{checkpoint_dir} has neither {WEIGHTS_NAME} nor {WEIGHTS_INDEX_NAME}")
     state = {}
     for name in files:
-        state.update(torch.load(os.path.join(checkpoint_dir, name), map_location="cpu", weights_only=True, mmap=True))
+        path = os.path.join(checkpoint_dir, name)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{path} is listed in {WEIGHTS_INDEX_NAME} but does not exist: copy it from the release."
+            )
+        try:
+            state.update(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+        except Exception as error:  # torch.load's errors name mmap, zip or pickle internals, not the file
+            reason = "it is empty (0 bytes)" if os.path.getsize(path) == 0 else f"{type(error).__name__}: {error}"
+            raise ValueError(
+                f"{path} is not a PyTorch weights file that can be read ({reason}): copy it again from the release."
+            ) from error
     return state
 
 

@@ -156,15 +156,34 @@ def test_any_to_any_gives_our_pipelines_greedy_answers(answers):
     (one,) = answers["one"]
     assert one["input_text"] == conversations[0]
     assert one["generated_text"][:-1] == conversations[0] and one["generated_text"][-1]["role"] == "assistant"
-    assert one["generated_text"][-1]["content"].strip() == ours[0]
+    assert one["generated_text"][-1]["content"] == ours[0]  # as our pipeline strips it: no leading space (issue 30)
     # A list of conversations, run one at a time and in one padded batch: one list of results per conversation.
     for key in ("each", "batched"):
         assert [result["input_text"] for (result,) in answers[key]] == conversations
-        assert [result["generated_text"].strip() for (result,) in answers[key]] == ours
+        assert [result["generated_text"] for (result,) in answers[key]] == ours
     # An adapter-only checkpoint, its bases loaded by the names its config records.
-    assert [result["generated_text"].strip() for (result,) in answers["adapter_only"]] == ours
+    assert [result["generated_text"] for (result,) in answers["adapter_only"]] == ours
     # The non-chat form: the prompt as the processor renders it, and the audio.
-    assert [result["generated_text"].strip() for result in answers["rendered"]] == ours[:1]
+    assert [result["generated_text"] for result in answers["rendered"]] == ours[:1]
+
+
+def test_any_to_any_decoding_strips_the_answer_as_our_pipeline_does():
+    """Issue 30: `pipeline("any-to-any")` decodes the whole row and the prompt, and keeps what follows the prompt;
+    with the demo's word-level tokenizer that kept a leading space (' the goat'), which our pipeline strips. Rows left
+    padded in a batch, a prompt alone (its own decoding) and a row past the answer's end come out as ours do."""
+    processor = BlspProcessor.from_pretrained(build_demo.DEMO_DIR)
+    tokenizer = processor.tokenizer
+    short, long = (processor.prompt_ids(processor.render_prompt(text)) for text in ("Repeat.", INSTRUCTION))
+    answer = tokenizer("the goat helps the goat", add_special_tokens=False)["input_ids"]
+    rows = [[tokenizer.pad_token_id] * (len(long) - len(short)) + short, long]  # a left-padded batch of prompts
+    full = [row + answer + [tokenizer.eos_token_id] for row in rows]
+    generated = processor.post_process_multimodal_output(np.array(full))
+    decoded_prompts = processor.post_process_multimodal_output(np.array(rows))
+    kept = [text[text.find(prompt) + len(prompt) :] for text, prompt in zip(generated, decoded_prompts)]
+    assert tokenizer.decode(full[0], skip_special_tokens=True).endswith(" the goat helps the goat")
+    assert kept == ["the goat helps the goat", "the goat helps the goat"]
+    assert decoded_prompts[0] == tokenizer.decode(rows[0], skip_special_tokens=True)
+    assert processor.post_process_multimodal_output(full[0]) == generated[0]
 
 
 def wait_until_healthy(url: str, process: subprocess.Popen, log_path, timeout: float = 300) -> None:

@@ -4,6 +4,7 @@ import base64
 import http.server
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -369,3 +370,64 @@ def test_base64_looking_paths_in_a_request_stay_unread_and_short_missing_paths_a
         processor.load_audio("data:audio/wav;base64,not base64!")
     with pytest.raises(AudioInputError, match="expected real numbers, got an array of complex64"):
         processor.load_audio(np.ones(800, dtype=np.complex64))
+
+
+# ----------------------------------------------------------------------------------------------------- group 8
+
+
+@pytest.mark.parametrize("dtype, peak", [(np.float32, 1e30), (np.float64, 1e300), (np.float32, 32767.0)])
+def test_samples_far_beyond_full_scale_are_refused_naming_the_input(saved_blsp, dtype, peak, tmp_path):
+    """An amplitude of 1e30 gave an empty answer (its log-mel overflows); int16 values given as floats (32767) leave
+    Whisper's range: both are refused, naming the input and the peak, as an array and as a float WAV file."""
+    processor = BlspProcessor.from_pretrained(saved_blsp["qwen2"])
+    clip = (np.sin(np.arange(16000) / 7.0) * peak).astype(dtype)
+    shown = re.escape(f"{float(np.abs(clip).max()):.3g}")
+    with pytest.raises(AudioInputError, match=f"Bad audio array: its peak amplitude {shown} is far beyond full scale"):
+        processor.load_audio(clip)
+    if dtype == np.float32:
+        path = str(tmp_path / "loud.wav")
+        soundfile.write(path, clip, 16000, subtype="FLOAT")
+        with pytest.raises(AudioInputError, match=f"Bad audio file '{path}': its peak amplitude"):
+            processor(text=processor.render_prompt("Repeat."), audio=path)
+
+
+def test_samples_a_little_beyond_full_scale_are_accepted(saved_blsp):
+    processor = BlspProcessor.from_pretrained(saved_blsp["qwen2"])
+    clip = (np.sin(np.arange(16000) / 7.0) * 1.5).astype(np.float32)
+    assert np.abs(processor.load_audio(clip)).max() == pytest.approx(1.5, rel=1e-3)
+    with pytest.raises(AudioInputError, match="it contains NaN or infinite values"):
+        processor.load_audio(np.full(800, np.inf, dtype=np.float32))
+
+
+@pytest.mark.parametrize("content", [b"", bytes(range(256)) * 16], ids=["empty", "random"])
+def test_the_converters_name_an_empty_or_random_weights_file(content, tmp_path):
+    """Such a file gave torch's or mmap's message ("cannot mmap an empty file", "unpack requires a buffer"); each
+    converter now names the file and what is wrong with it, and writes nothing."""
+    from conversion.convert_ctranslate2_whisper_to_hf import read_ctranslate2_variables
+    from conversion.convert_gguf_llm_to_hf import convert as convert_gguf
+    from conversion.convert_original_blsp_to_hf import read_original_weights
+
+    (tmp_path / "release").mkdir()
+    weights = tmp_path / "release" / "pytorch_model.bin"
+    weights.write_bytes(content)
+    with pytest.raises(ValueError, match=f"{re.escape(str(weights))} is not a PyTorch weights file that can be read"):
+        read_original_weights(str(tmp_path / "release"))
+    ctranslate2 = tmp_path / "model.bin"
+    ctranslate2.write_bytes(content)
+    with pytest.raises(ValueError, match=f"{re.escape(str(ctranslate2))}( is empty|: CTranslate2 binary version)"):
+        read_ctranslate2_variables(str(ctranslate2))
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(content)
+    reason = "it is empty" if not content else "it does not start with GGUF's magic bytes"
+    with pytest.raises(ValueError, match=f"{re.escape(str(gguf))} is not a GGUF file \\({reason}"):
+        convert_gguf(str(gguf), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_ctranslate2_file_cut_short_is_named(tmp_path):
+    from conversion.convert_ctranslate2_whisper_to_hf import read_ctranslate2_variables
+
+    path = tmp_path / "model.bin"
+    path.write_bytes((6).to_bytes(4, "little") + b"\x05\x00")  # version 6, then a string that ends early
+    with pytest.raises(ValueError, match=f"{re.escape(str(path))} is not a complete CTranslate2 model.bin"):
+        read_ctranslate2_variables(str(path))

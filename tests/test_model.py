@@ -271,6 +271,34 @@ def test_ctc_compression_is_padding_invariant(compressed, clips):
         assert batched[row].tolist() == expected.tolist()
 
 
+def test_a_clip_read_as_all_blanks_keeps_its_frame_most_read_as_a_token(qwen2, clips, monkeypatch):
+    """Issue 30: a clip that CTC compression reads as all blanks is not dropped (the answer would be that to no audio):
+    its frame whose best token comes nearest the blank stays, in every row of a batch."""
+    model, processor = qwen2
+    monkeypatch.setattr(model.config, "speech_compression", "ctc")
+    readout = modeling_blsp.ctc_readout
+
+    def all_blanks(speech_embeds, embeddings):
+        logits = readout(speech_embeds, embeddings)
+        return torch.cat([torch.full_like(logits[:, :1], 1e4), logits[:, 1:]], dim=-1)
+
+    monkeypatch.setattr(modeling_blsp, "ctc_readout", all_blanks)
+    inputs = processor(text=[processor.render_prompt("Transcribe.")] * 2, audio=clips[:2])
+    with torch.no_grad():
+        speech = model.get_speech_features(inputs["input_features"], inputs["input_features_mask"])
+        _, mask, _ = model.merge_speech(
+            inputs["input_ids"], inputs["input_features"], inputs["input_features_mask"], inputs["attention_mask"], None
+        )
+    best = readout(speech, model.get_input_embeddings().weight)[:, 1:].max(-1).values
+    speech_mask = inputs["input_ids"] == model.config.speech_token_id
+    first = 0
+    for row in range(2):
+        kept = mask[row][speech_mask[row]].nonzero().squeeze(1).tolist()
+        count = int(speech_mask[row].sum())
+        assert kept == [int(best[first : first + count].argmax())]
+        first += count
+
+
 def test_inputs_embeds_with_input_features_are_refused_not_dropped(qwen2, clips):
     model, processor = qwen2
     inputs = processor(text=processor.render_prompt("Transcribe."), audio=clips[0])
@@ -284,7 +312,7 @@ def test_inputs_embeds_with_input_features_are_refused_not_dropped(qwen2, clips)
             model(inputs_embeds=embeds, attention_mask=mask, input_features=inputs["input_features"])
 
 
-def test_the_model_imports_only_the_config_and_the_adapter():
+def test_the_model_imports_only_the_config_the_adapter_and_the_bases():
     with open(modeling_blsp.__file__, encoding="utf-8") as file:
         local = {line.split()[1].lstrip(".") for line in file if line.strip().startswith("from .")}
-    assert local == {"configuration_blsp", "adapter_blsp"}
+    assert local == {"configuration_blsp", "adapter_blsp", "bases_blsp"}

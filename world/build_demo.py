@@ -1,7 +1,7 @@
 """Train the demo checkpoint that `app.py` serves by default and record it in `world/demo_manifest.json`.
 
     python -m world.build_demo [--work_dir runs/demo] [--threads 1]
-    python -m world.build_demo --refresh_code   # only copy the six Hub code files anew into the shipped checkpoints
+    python -m world.build_demo --refresh_code   # only copy the seven Hub code files anew into the shipped checkpoints
 
 Runs BLSP on the miniature world as `python -m world.run` does, with its recipe and settings (speech before the
 instruction, the KL objective, 3,000 steps): step 1
@@ -32,6 +32,7 @@ HUB_CODE_FILES = (
     "configuration_blsp.py",
     "modeling_blsp.py",
     "adapter_blsp.py",
+    "bases_blsp.py",
     "processing_blsp.py",
     "audio_blsp.py",
     "pipeline_blsp.py",

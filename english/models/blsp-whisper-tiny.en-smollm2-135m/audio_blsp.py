@@ -40,6 +40,10 @@ MAX_AUDIO_SECONDS = 3600.0
 """The longest clip a processor accepts by default (`BlspProcessor.max_audio_seconds`), read from the header before
 decoding and checked again after."""
 
+MAX_AMPLITUDE = 10.0
+"""The largest absolute sample value accepted (full scale is 1.0): a clip 20 dB beyond it is a scaling mistake (e.g.
+int16 values given as floats), whose log-mel overflows or leaves Whisper's range, answered with nothing or noise."""
+
 URL_TIMEOUT_SECONDS = 30
 """How long fetching an audio URL may take in all (checked between reads; each read waits at most as long)."""
 MAX_URL_BYTES = 64 * 2**20
@@ -59,6 +63,18 @@ def to_float(samples: np.ndarray) -> np.ndarray:
         middle = (float(np.iinfo(samples.dtype).max) + 1) / 2
         return ((samples - middle) / middle).astype(np.float32)
     return samples.astype(np.float32, copy=False)
+
+
+def check_amplitude(samples: np.ndarray) -> None:
+    """Refuse samples that are not finite or whose peak is far beyond full scale (`MAX_AMPLITUDE`)."""
+    if not np.isfinite(samples).all():
+        raise AudioInputError("it contains NaN or infinite values")
+    peak = float(np.abs(samples).max()) if np.issubdtype(samples.dtype, np.floating) else 0.0
+    if peak > MAX_AMPLITUDE:
+        raise AudioInputError(
+            f"its peak amplitude {peak:.3g} is far beyond full scale (samples are floats in [-1, 1], at most "
+            f"{MAX_AMPLITUDE:g} accepted); scale it, e.g. divide int16 values given as floats by 32768"
+        )
 
 
 def decode_base64(text: str) -> bytes | None:
@@ -195,11 +211,10 @@ def load_audio(source, target_sampling_rate: int, sampling_rate: int | None = No
         samples, rate = audio_array_and_rate(source, sampling_rate, check_header)
         if samples.dtype == object or not np.issubdtype(samples.dtype, np.number) or np.iscomplexobj(samples):
             raise AudioInputError(f"expected real numbers, got an array of {samples.dtype}")
-        samples = to_mono(to_float(samples))
         if samples.size == 0:
             raise AudioInputError("it is empty (0 samples)")
-        if not np.isfinite(samples).all():
-            raise AudioInputError("it contains NaN or infinite values")
+        check_amplitude(samples)  # before float32, which turns 1e300 into inf
+        samples = to_mono(to_float(samples))
         rate = target_sampling_rate if rate is None else rate
         if isinstance(rate, bool) or not isinstance(rate, (int, float, np.number)) or not 0 < rate < float("inf"):
             raise AudioInputError(f"its sampling rate {rate!r} is not a positive number of samples per second")

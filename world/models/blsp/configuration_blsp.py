@@ -73,6 +73,11 @@ class BlspConfig(PreTrainedConfig):
             The checkpoint's weights hold only what BLSP trained (the adapter); `from_pretrained` loads the frozen
             bases from `speech_model_name_or_path` and `text_model_name_or_path`, which a load can point elsewhere
             (e.g. at local copies): `from_pretrained(path, speech_model_name_or_path=..., text_model_name_or_path=...)`.
+        base_fingerprints (`dict`, *optional*):
+            An adapter-only checkpoint's record of its bases' weights, written by `save_pretrained`
+            (`{"speech": {dtype: hash}, "text": {dtype: hash}}`, see `bases_blsp.weights_fingerprint`): a load
+            refuses bases of other weights unless `check_base_identity=False`. Checkpoints saved before it was
+            recorded load unchecked, with a warning.
 
     Example:
 
@@ -109,6 +114,7 @@ class BlspConfig(PreTrainedConfig):
     speech_model_name_or_path: str | None = None
     text_model_name_or_path: str | None = None
     adapter_only: bool = False
+    base_fingerprints: dict | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

@@ -539,6 +539,34 @@ class BlspProcessor(ProcessorMixin):
     def batch_decode(self, *args, **kwargs):
         return self.tokenizer.batch_decode(*args, **kwargs)
 
+    def generation_cue_ids(self) -> list[int]:
+        """The tokens that a prompt's generation cue (the assistant turn's opening) adds at its end; [] if none."""
+        messages = [{"role": "user", "content": "hello"}]
+        with_cue, without = (
+            self.prompt_ids(render_conversation(self.tokenizer, messages, cue)) for cue in (True, False)
+        )
+        return with_cue[len(without) :] if with_cue[: len(without)] == without else []
+
+    def post_process_multimodal_output(
+        self, generated_outputs, skip_special_tokens=True, generation_mode=None, **kwargs
+    ):
+        """Decode `pipeline("any-to-any")`'s rows as our pipeline decodes answers: the text after the prompt's last
+        generation cue stripped of surrounding whitespace (a first token such as " the" keeps no leading space), the
+        prompt before it as is, so that both doors give the same answers."""
+        if generation_mode not in (None, "text"):
+            raise ValueError(f"BLSP generates text only, not generation_mode={generation_mode!r}.")
+        rows = generated_outputs.tolist() if hasattr(generated_outputs, "tolist") else list(generated_outputs)
+        if rows and isinstance(rows[0], int):
+            return self.post_process_multimodal_output([rows], skip_special_tokens, **kwargs)[0]
+        cue, texts = self.generation_cue_ids(), []
+        for row in rows:
+            ends = [end for end in range(len(cue), len(row) + 1) if cue and row[end - len(cue) : end] == cue]
+            end = ends[-1] if ends else len(row)
+            prompt, answer = (self.tokenizer.decode(part, skip_special_tokens=skip_special_tokens, **kwargs)
+                              for part in (row[:end], row[end:]))  # fmt: skip
+            texts.append(prompt + answer.strip() if ends else prompt)
+        return texts
+
     def decode(self, *args, **kwargs):
         return self.tokenizer.decode(*args, **kwargs)
 
