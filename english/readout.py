@@ -22,14 +22,15 @@ ENGLISH_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def read_out(model: BlspForConditionalGeneration, processor: BlspProcessor, clips: list) -> list[str]:
-    """The text of each clip's kept frames (the frames `compress_speech` leaves in, as their top tokens)."""
+    """The text of each clip's kept frames (the frames `compress_speech` leaves in, as their top tokens; of a clip read
+    as all blanks, the one frame it keeps is read as its top token other than the blank)."""
     inputs = processor(text=[processor.render_prompt("")] * len(clips), audio=clips)
     speech_mask = inputs["input_ids"] == model.config.speech_token_id
     with torch.no_grad():
         speech = model.get_speech_features(inputs["input_features"], inputs["input_features_mask"])
         _, attention_mask = model.compress_speech(speech, speech_mask, inputs["attention_mask"])
         layout = torch.full(speech_mask.shape, -1)
-        layout[speech_mask] = ctc_readout(speech, model.get_input_embeddings().weight).argmax(-1) - 1
+        layout[speech_mask] = ctc_readout(speech, model.get_input_embeddings().weight)[..., 1:].argmax(-1)
     kept = speech_mask & attention_mask.bool()
     return [processor.tokenizer.decode(layout[row][kept[row]]).strip() for row in range(len(clips))]
 
