@@ -287,3 +287,18 @@ def test_an_llm_as_the_speech_base_is_refused_naming_it(full_and_adapter_only, t
         )
     with pytest.raises(ValueError, match=message):
         BlspForConditionalGeneration.from_speech_text_pretrained(llm, llm)
+
+
+def test_fingerprint_samples_stay_inside_tensors_past_float32_precision():
+    """The values a fingerprint samples are indexed exactly: float32 spacing rounded the last index of a tensor of
+    2**24 + 4 elements (SmolLM2's embedding has 28,311,552) one past its end, which crashed saving the adapter."""
+    from bases_blsp import weights_fingerprint
+
+    module = torch.nn.Module()
+    module.weight = torch.nn.Parameter(torch.zeros(2**24 + 4, dtype=torch.bfloat16), requires_grad=False)
+    with torch.no_grad():
+        module.weight[-1] = 1.0
+    changed = weights_fingerprint(module, "bfloat16")
+    with torch.no_grad():
+        module.weight[-1] = 0.0
+    assert changed != weights_fingerprint(module, "bfloat16")

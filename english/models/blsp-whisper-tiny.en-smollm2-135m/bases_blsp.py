@@ -107,7 +107,8 @@ def weights_fingerprint(model: torch.nn.Module, dtype: str) -> str:
     for name, parameter in sorted(model.named_parameters()):
         flat = parameter.detach().reshape(-1)
         steps = min(flat.numel(), SAMPLES_PER_TENSOR)
-        values = flat[torch.linspace(0, flat.numel() - 1, steps, device=flat.device).long()]
+        # integer spacing: float32 linspace rounds indices past 2**24 up beyond the last element
+        values = flat[torch.arange(steps, device=flat.device) * (flat.numel() - 1) // max(steps - 1, 1)]
         digest.update(f"{name}{tuple(parameter.shape)}".encode())
         digest.update(values.to("cpu", getattr(torch, dtype)).contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
