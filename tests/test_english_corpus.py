@@ -8,6 +8,7 @@ import pytest
 import soundfile
 
 from english.build_corpus import QUESTION, clip_plan, question_for, real_speech_rows, wordnet_sentences
+from world.build_speech import ESPEAK, FESTIVAL
 
 ANIMALS = ["dog", "cat", "horse", "sheep", "goat", "duck"]
 PLACES = [
@@ -111,3 +112,29 @@ def test_real_speech_rows_keep_spoken_prompts_only(tmp_path):
         "missing": "no recording",
         "silence/1": "no speech (a tone or silence)",
     }
+
+
+def test_short_spans_add_two_splits_and_move_no_other_split(wordnet_dir):
+    plan = clip_plan(
+        num_train=4, num_test=4, seed=0, num_extra_train=5, wordnet_dir=wordnet_dir, num_dev=3, num_piper_train=2
+    )
+    more = clip_plan(
+        num_train=4,
+        num_test=4,
+        seed=0,
+        num_extra_train=5,
+        wordnet_dir=wordnet_dir,
+        num_dev=3,
+        num_piper_train=2,
+        num_short_train=3,
+    )
+    train_short, dev_short = more.pop("train_short"), more.pop("dev_short")
+    assert more == plan
+    for spans, sentences in ((train_short, plan["train_extra"][-3:]), (dev_short, plan["dev"])):
+        assert len(spans) == len(sentences)
+        for span, sentence in zip(spans, sentences):
+            assert 1 <= len(span["text"].split()) <= 4 and span["text"] in sentence["text"]
+            assert span["text"] == span["text"].strip(",.!?;:")
+    assert {row["synthesizer"] for row in dev_short} <= {ESPEAK, FESTIVAL}
+    with pytest.raises(ValueError, match="num_short_train"):
+        clip_plan(num_train=4, num_test=4, seed=0, num_extra_train=5, wordnet_dir=wordnet_dir, num_short_train=6)
