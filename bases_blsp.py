@@ -160,7 +160,8 @@ def check_bases(
         if recorded is None:
             logger.warning_once(
                 f"This adapter-only checkpoint records no fingerprint of its {key.removesuffix('_config')} base "
-                f"(saved before they were recorded): {name!r} is not checked to be the weights it was trained on."
+                f"(saved before they were recorded, or shipped without them): {name!r} is not checked to be the "
+                "weights it was trained on."
             )
             continue
         compared = dtype if dtype in recorded else next(iter(recorded)) if dtype == "float32" else None

