@@ -175,6 +175,8 @@ def checkpoint_to_resume(args) -> str | None:
     examples do). A folder holding another run is refused unless `--overwrite_output_dir`, which clears it first."""
     directory = args.output_dir
     if args.resume_from_checkpoint is not None or not os.path.isdir(directory) or not os.listdir(directory):
+        if isinstance(args.resume_from_checkpoint, str):
+            check_not_finished(args.resume_from_checkpoint, args.max_steps)
         return args.resume_from_checkpoint
     if args.overwrite_output_dir:
         if args.should_save:  # the previous run's checkpoints and appended logs would sit beside the new ones
@@ -191,8 +193,24 @@ def checkpoint_to_resume(args) -> str | None:
             f"--output_dir {directory!r} already holds files and no checkpoint to resume from: pass "
             "--overwrite_output_dir to replace that run, or choose another folder."
         )
+    check_not_finished(last_checkpoint, args.max_steps)
     logger.info("Resuming from %s (pass --overwrite_output_dir to start afresh).", last_checkpoint)
     return last_checkpoint
+
+
+def check_not_finished(checkpoint: str, max_steps: int):
+    """Refuse to resume a checkpoint already at `max_steps`: the Trainer would train one step past it and save that
+    over the finished run."""
+    state = os.path.join(checkpoint, "trainer_state.json")
+    if max_steps > 0 and os.path.exists(state):
+        with open(state, encoding="utf-8") as file:
+            step = json.load(file)["global_step"]
+        if step >= max_steps:
+            raise ValueError(
+                f"{checkpoint} is already at step {step} of --max_steps {max_steps}: that run is trained (the "
+                "checkpoint holds its model). Raise --max_steps to train on, or pass --overwrite_output_dir to start "
+                "afresh."
+            )
 
 
 def check_usable_rows(trained: int, skipped: int, args, final: bool = False):

@@ -231,6 +231,11 @@ def test_resumed_run_matches_uninterrupted_run(initial_blsp, continuation_datase
     expected = weights_under(saved_weights(uninterrupted), "adapter.")
     resumed = weights_under(saved_weights(interrupted), "adapter.")
     assert all(torch.equal(resumed[key], value) for key, value in expected.items())
+    # The finished run again: the Trainer would train a step past --max_steps and save it over the run; refused.
+    with pytest.raises(ValueError, match="checkpoint-8 is already at step 8 of --max_steps 8"):
+        train_adapter.main(flags(interrupted))
+    after = weights_under(saved_weights(interrupted), "adapter.")
+    assert all(torch.equal(after[key], value) for key, value in resumed.items())
 
 
 def test_two_process_accelerate_launch(initial_blsp, continuation_dataset, tmp_path):
