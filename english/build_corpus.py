@@ -70,6 +70,8 @@ WORDNET_DIR = "/usr/share/wordnet"
 MIN_WORDS, MAX_WORDS = 6, 14
 MAX_SPAN_WORDS = 4
 """The longest word span of `train_short` and `dev_short` (single words and short phrases, as people also speak)."""
+SHORT_PIPER_SHARE = 0.25
+"""The share of `train_short`'s clips spoken in Piper's voice."""
 PIPER = "piper"
 PIPER_VOICE = "en_US-joe-medium"
 TEST_SPLITS = ("test_seen_voice", "test_heldout_voice", "test_heldout_festival_voice", "test_piper", "test_real_speech")
@@ -186,43 +188,45 @@ def clip_plan(
         )
     rng = random.Random(seed + 1)
     voices = {
-        "train": lambda: (*pick_training_voice(rng), rng.choice(TRAIN_SPEEDS)),
-        "test_seen_voice": lambda: (*pick_training_voice(rng), rng.choice(TRAIN_SPEEDS)),
+        "train": training_voice(rng),
+        "test_seen_voice": training_voice(rng),
         "test_heldout_voice": lambda: (ESPEAK, HELD_OUT_VOICE, HELD_OUT_SPEED),
         "test_heldout_festival_voice": lambda: (FESTIVAL, HELD_OUT_FESTIVAL_VOICE, rng.choice(TRAIN_SPEEDS)),
-        "test_piper": lambda: (PIPER, PIPER_VOICE, rng.choice(TRAIN_SPEEDS)),
+        "test_piper": piper_voice(rng),
     }
     plan = {split: plan_rows(train if split == "train" else test, voice, rng) for split, voice in voices.items()}
     extra_rng = random.Random(seed + 2)
-    plan["train_extra"] = plan_rows(
-        extra, lambda: (*pick_training_voice(extra_rng), extra_rng.choice(TRAIN_SPEEDS)), extra_rng
-    )
+    plan["train_extra"] = plan_rows(extra, training_voice(extra_rng), extra_rng)
     dev_rng = random.Random(seed + 3)
     dev = [{**row, **question_fields(row["text"])} for row in dev]
-    plan["dev"] = plan_rows(dev, lambda: (*pick_training_voice(dev_rng), dev_rng.choice(TRAIN_SPEEDS)), dev_rng)
+    plan["dev"] = plan_rows(dev, training_voice(dev_rng), dev_rng)
     if num_piper_train:
         if num_piper_train > len(extra):
             raise ValueError(f"--num_piper_train {num_piper_train} is more than train_extra's {len(extra)} sentences")
         piper_rng, dev_piper_rng = random.Random(seed + 4), random.Random(seed + 5)
-        piper = lambda rng: lambda: (PIPER, PIPER_VOICE, rng.choice(TRAIN_SPEEDS))  # noqa: E731
-        plan["train_piper"] = plan_rows(extra[:num_piper_train], piper(piper_rng), piper_rng)
-        plan["dev_piper"] = plan_rows(dev, piper(dev_piper_rng), dev_piper_rng)
+        plan["train_piper"] = plan_rows(extra[:num_piper_train], piper_voice(piper_rng), piper_rng)
+        plan["dev_piper"] = plan_rows(dev, piper_voice(dev_piper_rng), dev_piper_rng)
     if num_short_train:
         short_rng, dev_short_rng = random.Random(seed + 6), random.Random(seed + 7)
         if num_short_train > len(extra):
             raise ValueError(f"--num_short_train {num_short_train} is more than train_extra's {len(extra)} sentences")
-
-        def short_voice():
-            if short_rng.random() < 0.25:
-                return PIPER, PIPER_VOICE, short_rng.choice(TRAIN_SPEEDS)
-            return *pick_training_voice(short_rng), short_rng.choice(TRAIN_SPEEDS)
-
+        piper, training = piper_voice(short_rng), training_voice(short_rng)
+        short_voice = lambda: piper() if short_rng.random() < SHORT_PIPER_SHARE else training()  # noqa: E731
         spans = [{"text": word_span(row["text"], short_rng)} for row in extra[-num_short_train:]]
         plan["train_short"] = plan_rows(spans, short_voice, short_rng)
         dev_spans = [{"text": word_span(row["text"], dev_short_rng)} for row in dev]
-        dev_voice = lambda: (*pick_training_voice(dev_short_rng), dev_short_rng.choice(TRAIN_SPEEDS))  # noqa: E731
-        plan["dev_short"] = plan_rows(dev_spans, dev_voice, dev_short_rng)
+        plan["dev_short"] = plan_rows(dev_spans, training_voice(dev_short_rng), dev_short_rng)
     return plan
+
+
+def training_voice(rng: random.Random):
+    """Draws of (synthesizer, voice, speed) among the training voices, from `rng`."""
+    return lambda: (*pick_training_voice(rng), rng.choice(TRAIN_SPEEDS))
+
+
+def piper_voice(rng: random.Random):
+    """Draws of (synthesizer, voice, speed) in Piper's voice, from `rng`."""
+    return lambda: (PIPER, PIPER_VOICE, rng.choice(TRAIN_SPEEDS))
 
 
 def word_span(sentence: str, rng: random.Random) -> str:
