@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
-from transformers import PreTrainedConfig, Trainer, TrainerCallback
+from transformers import PreTrainedConfig, Trainer, TrainerCallback, TrainerState
 from transformers.loss.loss_utils import ForCausalLMLoss
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
@@ -201,10 +202,9 @@ def checkpoint_to_resume(args) -> str | None:
 def check_not_finished(checkpoint: str, max_steps: int):
     """Refuse to resume a checkpoint already at `max_steps`: the Trainer would train one step past it and save that
     over the finished run."""
-    state = os.path.join(checkpoint, "trainer_state.json")
+    state = os.path.join(checkpoint, TRAINER_STATE_NAME)
     if max_steps > 0 and os.path.exists(state):
-        with open(state, encoding="utf-8") as file:
-            step = json.load(file)["global_step"]
+        step = TrainerState.load_from_json(state).global_step
         if step >= max_steps:
             raise ValueError(
                 f"{checkpoint} is already at step {step} of --max_steps {max_steps}: that run is trained (the "
