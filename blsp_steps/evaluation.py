@@ -23,6 +23,8 @@ from .corpora import ROW_ID, SAMPLING_RATE, CorpusArguments, load_source
 from .rejects import audio_source
 
 INPUT_KINDS = ("speech", "text", "cascade")
+BUDGET_TOKENS = 8
+"""A row's token budget with --max_new_tokens_per_second starts here (room for punctuation and a short reply)."""
 
 
 @dataclass
@@ -69,6 +71,24 @@ class EvaluationArguments:
     )
     batch_size: int = field(default=8)
     max_new_tokens: int = field(default=128)
+    max_new_tokens_per_second: float | None = field(
+        default=None,
+        metadata={
+            "help": f"Give each row a budget of its own: {BUDGET_TOKENS} tokens plus this many per second of its audio "
+            "(--duration_column_name), at most --max_new_tokens. With greedy decoding this is the row's own "
+            "max_new_tokens: a one-word clip is not given the room of the longest one."
+        },
+    )
+    duration_column_name: str = field(
+        default="duration", metadata={"help": "The column of clip durations in seconds (--max_new_tokens_per_second)."}
+    )
+    first_line: bool = field(
+        default=False,
+        metadata={
+            "help": "Score the reply's first non-empty line only (for instructions that say to write nothing else); "
+            "predictions.jsonl keeps the whole reply beside it."
+        },
+    )
     dtype: str = dtype_field()
 
     def __post_init__(self):
@@ -78,6 +98,16 @@ class EvaluationArguments:
             raise ValueError(f"--task must be one of {sorted(TASK_INSTRUCTIONS)}, got {self.task!r}")
         if self.input == "cascade" and not (self.asr_model_name_or_path or self.asr_transcript_column_name):
             raise ValueError("--input cascade needs --asr_model_name_or_path or --asr_transcript_column_name.")
+
+
+def row_budget(duration: float, args: EvaluationArguments) -> int:
+    """The row's max_new_tokens: `BUDGET_TOKENS` plus `max_new_tokens_per_second` per second, at most max_new_tokens."""
+    return min(args.max_new_tokens, int(BUDGET_TOKENS + args.max_new_tokens_per_second * duration))
+
+
+def first_line(reply: str) -> str:
+    """The reply's first non-empty line."""
+    return next((line.strip() for line in reply.splitlines() if line.strip()), "")
 
 
 def normalize_words(text: str) -> str:
@@ -147,8 +177,10 @@ class Generator:
         return render_prompt(self.tokenizer, instruction, content, self.layout, self.system_prompt)
 
     @torch.inference_mode()
-    def generate(self, instructions: list[str], contents: list) -> list[str]:
-        """Greedy continuations of the prompts; `contents` are clips (speech input) or texts."""
+    def generate(self, instructions: list[str], contents: list, budgets: list[int] | None = None) -> list[str]:
+        """Greedy continuations of the prompts; `contents` are clips (speech input) or texts. `budgets`: each row's
+        max_new_tokens (the batch generates to the largest and each row is cut to its own, which greedy decoding
+        makes the same as generating it alone with its budget)."""
         if self.args.input == "speech":
             prompts = [self.prompt(instruction, self.processor.speech_token) for instruction in instructions]
             inputs = self.processor(text=prompts, audio=contents)
@@ -158,10 +190,12 @@ class Generator:
         inputs = inputs.to(self.model.device)
         if "input_features" in inputs:
             inputs["input_features"] = inputs["input_features"].to(self.model.dtype)
-        output = self.model.generate(**inputs, do_sample=False, max_new_tokens=self.args.max_new_tokens)
+        budgets = budgets or [self.args.max_new_tokens] * len(contents)
+        output = self.model.generate(**inputs, do_sample=False, max_new_tokens=max(budgets))
+        replies = output[:, inputs["input_ids"].shape[1] :]
         return [
-            text.strip()
-            for text in self.tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            self.tokenizer.decode(reply[:budget], skip_special_tokens=True).strip()
+            for reply, budget in zip(replies, budgets)
         ]
 
 
@@ -176,6 +210,7 @@ def read_rows(corpus: CorpusArguments, args: EvaluationArguments) -> list[dict]:
         "reference": args.reference_column_name or corpus.text_column_name,
         "instruction": args.instruction_column_name,
         "asr_transcript": args.asr_transcript_column_name,
+        "duration": args.duration_column_name if args.max_new_tokens_per_second is not None else None,
     }
     missing = [name for name in columns.values() if name and name not in dataset.column_names]
     if missing:
@@ -243,10 +278,19 @@ def evaluate(corpus: CorpusArguments, args: EvaluationArguments) -> dict:
             usable = [(row, content) for row, content in zip(batch, contents) if content is not None]
             if not usable:
                 continue
-            outputs = generator.generate([row["instruction"] for row, _ in usable], [content for _, content in usable])
-            for (row, content), prediction in zip(usable, outputs):
+            budgets = None
+            if args.max_new_tokens_per_second is not None:
+                budgets = [row_budget(row["duration"], args) for row, _ in usable]
+            instructions, texts = [row["instruction"] for row, _ in usable], [content for _, content in usable]
+            outputs = generator.generate(instructions, texts, budgets)
+            for index, ((row, content), reply) in enumerate(zip(usable, outputs)):
                 record = {ROW_ID: row[ROW_ID], "instruction": row["instruction"], "reference": row["reference"]}
+                prediction = first_line(reply) if args.first_line else reply
                 record["prediction"] = prediction
+                if prediction != reply:
+                    record["reply"] = reply
+                if budgets:
+                    record["max_new_tokens"] = budgets[index]
                 if args.input != "speech":
                     record["input_text"] = content
                 file.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -27,6 +27,8 @@ Splits (audiofolders: 16 kHz mono FLAC + `metadata.jsonl` with `file_name`, `tex
 - `train_short` and `dev_short` (with `--num_short_train N`): single words and phrases of up to 4 words, spans of
   the last N `train_extra` sentences (training voices, Piper's in a quarter) and of the dev sentences (training
   voices), recorded like the others (mostly silence and noise around a word or two, as many people's utterances are);
+- `train_piper_pitched` and `dev_piper_pitched` (with `--pitch_piper`, from `train_piper` and `dev_piper`): the same
+  clips with the pitch raised 300-900 cents (sox), a higher voice made of Piper's;
 - `dev`: the last `--num_dev` WordNet sentences (in no other split) in training voices, with a question where the
   sentence has one, for choosing between training runs and prompts, so that no decision reads a held-out split;
 - `test_real_speech`: real human speech, never trained on: the recorded prompts of Debian's
@@ -45,6 +47,7 @@ import os
 import random
 import re
 import shutil
+import subprocess
 
 import numpy as np
 import soundfile
@@ -74,6 +77,11 @@ SHORT_PIPER_SHARE = 0.25
 """The share of `train_short`'s clips spoken in Piper's voice."""
 PIPER = "piper"
 PIPER_VOICE = "en_US-joe-medium"
+PITCHED_SPLITS = {"train_piper_pitched": "train_piper", "dev_piper_pitched": "dev_piper"}
+"""`--pitch_piper`: each split is its source's clips with the pitch raised (sox's `pitch`): a higher Piper voice."""
+PITCH_CENTS = (300, 900)
+"""The range a pitched clip's shift is drawn from, in cents: joe's voice (about 110 Hz) towards a woman's (about 200
+Hz). sox's `pitch` moves the formants along, as a shorter vocal tract does."""
 TEST_SPLITS = ("test_seen_voice", "test_heldout_voice", "test_heldout_festival_voice", "test_piper", "test_real_speech")
 REAL_SPEECH_SPLIT = "test_real_speech"
 ASTERISK_SOUNDS = "/usr/share/asterisk/sounds/en"
@@ -290,6 +298,27 @@ def write_split(directory: str, rows: list[dict], seed: tuple[int, ...], num_wor
         file.writelines(json.dumps(row) + "\n" for row in rows)
 
 
+def write_pitched_split(source: str, directory: str, seed: int) -> list[dict]:
+    """`source`'s clips with their pitch raised by a drawn `PITCH_CENTS` shift (recorded in each row's `pitch_cents`),
+    the tempo and everything else kept."""
+    metadata = os.path.join(source, "metadata.jsonl")
+    if not os.path.exists(metadata):
+        raise FileNotFoundError(f"{metadata} is missing: build {os.path.basename(source)} first (--num_piper_train)")
+    with open(metadata, encoding="utf-8") as file:
+        rows = [json.loads(line) for line in file]
+    rng = random.Random(seed)
+    os.makedirs(directory, exist_ok=True)
+    for row in rows:
+        row["pitch_cents"] = rng.randint(*PITCH_CENTS)
+        output = os.path.join(directory, row["file_name"])
+        command = ["sox", os.path.join(source, row["file_name"]), output, "pitch", str(row["pitch_cents"])]
+        subprocess.run(command, check=True, capture_output=True)
+        row["duration"] = round(soundfile.info(output).duration, 3)
+    with open(os.path.join(directory, "metadata.jsonl"), "w", encoding="utf-8") as file:
+        file.writelines(json.dumps(row) + "\n" for row in rows)
+    return rows
+
+
 def clean_prompt_transcript(text: str) -> str:
     """An asterisk prompt's transcript as spoken: annotations in brackets, parentheses or angles dropped, `#` and `*`
     read as the speaker reads them ("pound", "star")."""
@@ -355,6 +384,7 @@ def build_corpus(
     num_dev=0,
     num_piper_train=0,
     num_short_train=0,
+    pitch_piper=False,
 ) -> dict:
     """Write the splits (all by default) under `output_dir`, each replacing its folder; returns their rows."""
     plan = clip_plan(
@@ -372,6 +402,12 @@ def build_corpus(
         shutil.rmtree(os.path.join(output_dir, split), ignore_errors=True)
         write_split(os.path.join(output_dir, split), rows, (seed, position), num_workers)
         print(f"{split}: {len(rows)} clips, {sum(row['duration'] for row in rows) / 3600:.2f} h", flush=True)
+    for position, (split, source) in enumerate(PITCHED_SPLITS.items() if pitch_piper else []):
+        if not splits or split in splits:
+            shutil.rmtree(os.path.join(output_dir, split), ignore_errors=True)
+            directory = os.path.join(output_dir, split)
+            plan[split] = rows = write_pitched_split(os.path.join(output_dir, source), directory, seed + 8 + position)
+            print(f"{split}: {len(rows)} clips, {sum(row['duration'] for row in rows) / 3600:.2f} h", flush=True)
     if not splits or REAL_SPEECH_SPLIT in splits:
         directory = os.path.join(output_dir, REAL_SPEECH_SPLIT)
         shutil.rmtree(directory, ignore_errors=True)
@@ -406,6 +442,12 @@ def main():
         help="Also build `train_short` (a span of 1-4 words of each of the last N train_extra sentences, training "
         "voices and Piper's) and `dev_short` (a span of each dev sentence): single words and short phrases.",
     )
+    parser.add_argument(
+        "--pitch_piper",
+        action="store_true",
+        help="Also build `train_piper_pitched` and `dev_piper_pitched`: the clips of train_piper and dev_piper (built "
+        "before) with the pitch raised 300-900 cents, a higher voice made of Piper's.",
+    )
     parser.add_argument("--splits", nargs="*", default=None, help="Build only these splits.")
     parser.add_argument("--num_workers", type=int, default=os.cpu_count(), help="Synthesis processes.")
     parser.add_argument("--seed", type=int, default=0)
@@ -421,6 +463,7 @@ def main():
         args.num_dev,
         args.num_piper_train,
         args.num_short_train,
+        args.pitch_piper,
     )
 
 

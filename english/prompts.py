@@ -13,9 +13,9 @@ import argparse
 import json
 import os
 
-from blsp_steps.evaluation import EvaluationArguments, Generator, score
+from blsp_steps.evaluation import EvaluationArguments, Generator, first_line, row_budget, score
 from english.build_corpus import question_fields
-from english.score import ANSWER_WORDS, PROMPTS, answer_accuracy, transcription_tokens
+from english.score import ANSWER_WORDS, PROMPTS, answer_accuracy, transcription_settings
 
 ENGLISH_DIR = os.path.dirname(os.path.abspath(__file__))
 CANDIDATES = [
@@ -44,15 +44,24 @@ def training_rows(data_dir: str, count: int) -> tuple[list[dict], list[dict]]:
     return rows[:count], questions[:count]
 
 
-def generate(llm: str, layout: str, instructions: list[str], texts: list[str], max_new_tokens: int) -> list[str]:
+def generate(llm: str, layout: str, task: str, instructions: list[str], rows: list[dict]) -> list[str]:
+    """The LLM's replies reading the rows' texts, with the settings `english.score` gives the task."""
+    settings = transcription_settings(task)
     args = EvaluationArguments(
-        model_name_or_path=llm, output_dir="unused", input="text", prompt_layout=layout, max_new_tokens=max_new_tokens
+        model_name_or_path=llm,
+        output_dir="unused",
+        input="text",
+        prompt_layout=layout,
+        max_new_tokens=PROMPTS[task][1],
+        **settings,
     )
     generator = Generator(args)
+    budgets = [row_budget(row["duration"], args) for row in rows] if settings else None
     replies = []
-    for start in range(0, len(texts), 20):
-        replies += generator.generate(instructions[start : start + 20], texts[start : start + 20])
-    return replies
+    for start in range(0, len(rows), 20):
+        texts = [row["text"] for row in rows[start : start + 20]]
+        replies += generator.generate(instructions[start : start + 20], texts, budgets and budgets[start : start + 20])
+    return [first_line(reply) for reply in replies] if args.first_line else replies
 
 
 def main():
@@ -67,14 +76,12 @@ def main():
     chosen = [CANDIDATES[index] for index in args.candidates] if args.candidates is not None else CANDIDATES
     for task, instruction, layout in chosen:
         rows = sentences if task == "transcribe" else questions
-        texts = [row["text"] for row in rows]
         if task == "transcribe":
-            tokens = transcription_tokens([row["duration"] for row in rows])
-            replies = generate(args.llm, layout, [instruction] * len(texts), texts, tokens)
-            result = f"WER {score(replies, texts)['wer']:.1f}"
+            replies = generate(args.llm, layout, task, [instruction] * len(rows), rows)
+            result = f"WER {score(replies, [row['text'] for row in rows])['wer']:.1f}"
         else:
             instructions = [instruction.format(question=row["question"]) for row in rows]
-            replies = generate(args.llm, layout, instructions, texts, PROMPTS["question"][1])
+            replies = generate(args.llm, layout, task, instructions, rows)
             records = [{"prediction": reply, "reference": row["answer"]} for reply, row in zip(replies, rows)]
             result = f"answer in first {ANSWER_WORDS} words {answer_accuracy(records)[0]:.1f}%"
         lines.append(f"| {task} | {instruction} | {layout} | {result} |")

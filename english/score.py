@@ -30,18 +30,24 @@ from world.run import save_untrained_blsp
 ENGLISH_DIR = os.path.dirname(os.path.abspath(__file__))
 SAMPLING_RATE = 16000
 PROMPTS = {
-    "transcribe": ("Repeat the following text exactly, word for word, and write nothing else.", None),
+    "transcribe": ("Repeat the following text exactly, word for word, and write nothing else.", 160),
     "question": ("{question}", 8),
     "continue": (CONTINUATION_INSTRUCTION, 40),
 }
-"""Each task's instruction (the question task's formats the row's question) and its `max_new_tokens` (None: from the
-clips' length, `transcription_tokens`): the same for every system, chosen by `python -m english.prompts` on training
-sentences so that the LLM reading the transcript is a real ceiling."""
+"""Each task's instruction (the question task's formats the row's question) and its `max_new_tokens`: the same for
+every system, chosen by `python -m english.prompts` on training sentences so that the LLM reading the transcript is a
+real ceiling."""
+TRANSCRIPT_TOKENS_PER_SECOND = 5
+"""A transcript's room: each clip gets `blsp_steps.evaluation.BUDGET_TOKENS` plus 5 tokens a second of its own
+audio (speech rarely passes 3 words a second), and the reply's first line is scored (the instruction says to write
+nothing else). With one budget for the longest clip, a one-word prompt had 150 tokens to write on."""
 
 
-def transcription_tokens(durations: list[float]) -> int:
-    """Room for a transcript of the longest clip: 5 tokens a second (speech rarely passes 3 words a second) + 8."""
-    return min(160, int(8 + 5 * max(durations)))
+def transcription_settings(task: str) -> dict:
+    """The evaluation settings of the transcription task: a budget per clip and the reply's first line."""
+    if task != "transcribe":
+        return {}
+    return {"max_new_tokens_per_second": TRANSCRIPT_TOKENS_PER_SECOND, "first_line": True}
 
 
 ANSWER_WORDS = 3
@@ -112,9 +118,6 @@ def run_task(system: dict, evaluation_set: str, task: str, output_dir: str, args
         return read_predictions(output_dir)
     instruction, max_new_tokens = PROMPTS[task]
     question = task == "question"
-    if max_new_tokens is None:
-        with open(evaluation_set, encoding="utf-8") as file:
-            max_new_tokens = transcription_tokens([json.loads(line)["duration"] for line in file])
     evaluation_args = scoring.EvaluationArguments(
         model_name_or_path=system["path"],
         output_dir=output_dir,
@@ -129,6 +132,7 @@ def run_task(system: dict, evaluation_set: str, task: str, output_dir: str, args
         text_model_name_or_path=args.llm,
         batch_size=args.batch_size,
         max_new_tokens=max_new_tokens,
+        **transcription_settings(task),
     )
     dataset = question_set(evaluation_set) if question else evaluation_set
     scoring.evaluate(CorpusArguments(dataset_name=dataset), evaluation_args)

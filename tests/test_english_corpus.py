@@ -2,12 +2,22 @@
 training sentences changes no other split's clips, and the real-speech split holds spoken prompts only."""
 
 import gzip
+import json
+import shutil
 
 import numpy as np
 import pytest
 import soundfile
 
-from english.build_corpus import QUESTION, clip_plan, question_for, real_speech_rows, wordnet_sentences
+from english.build_corpus import (
+    PITCH_CENTS,
+    QUESTION,
+    clip_plan,
+    question_for,
+    real_speech_rows,
+    wordnet_sentences,
+    write_pitched_split,
+)
 from world.build_speech import ESPEAK, FESTIVAL
 
 ANIMALS = ["dog", "cat", "horse", "sheep", "goat", "duck"]
@@ -138,3 +148,25 @@ def test_short_spans_add_two_splits_and_move_no_other_split(wordnet_dir):
     assert {row["synthesizer"] for row in dev_short} <= {ESPEAK, FESTIVAL}
     with pytest.raises(ValueError, match="num_short_train"):
         clip_plan(num_train=4, num_test=4, seed=0, num_extra_train=5, wordnet_dir=wordnet_dir, num_short_train=6)
+
+
+@pytest.mark.skipif(shutil.which("sox") is None, reason="sox is not installed (apt-get install sox)")
+def test_pitched_clips_are_higher_by_the_recorded_shift_and_as_long(tmp_path):
+    source = tmp_path / "train_piper"
+    source.mkdir()
+    time = np.arange(16000) / 16000
+    rows = [{"file_name": f"{index}.flac", "text": "a tone", "duration": 1.0} for index in range(3)]
+    for row in rows:
+        soundfile.write(source / row["file_name"], 0.3 * np.sin(2 * np.pi * 200 * time), 16000, subtype="PCM_16")
+    (source / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    pitched = write_pitched_split(str(source), str(tmp_path / "pitched"), seed=0)
+    assert [row["text"] for row in pitched] == ["a tone"] * 3
+    for row in pitched:
+        assert PITCH_CENTS[0] <= row["pitch_cents"] <= PITCH_CENTS[1]
+        samples, rate = soundfile.read(tmp_path / "pitched" / row["file_name"])
+        assert rate == 16000 and row["duration"] == pytest.approx(1.0, abs=0.01)
+        spectrum = np.abs(np.fft.rfft(samples[2000:14000]))
+        peak = np.argmax(spectrum) * 16000 / 12000
+        assert peak == pytest.approx(200 * 2 ** (row["pitch_cents"] / 1200), rel=0.03)
+    with pytest.raises(FileNotFoundError, match="build missing first"):
+        write_pitched_split(str(tmp_path / "missing"), str(tmp_path / "out"), seed=0)

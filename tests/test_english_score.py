@@ -1,7 +1,8 @@
-"""The English scoring's choices (`english.score`): which rows of a split are scored, and how long a transcript may
+"""The English scoring's choices (`english.score`): which rows of a split are scored, and how long each transcript may
 grow; every system gets the same."""
 
-from english.score import PROMPTS, evenly_spaced, transcription_tokens
+from blsp_steps.evaluation import EvaluationArguments, row_budget
+from english.score import PROMPTS, evenly_spaced, transcription_settings
 
 
 def test_a_subset_spreads_over_the_split_and_keeps_every_question():
@@ -13,8 +14,10 @@ def test_a_subset_spreads_over_the_split_and_keeps_every_question():
     assert evenly_spaced(rows, None) == rows and evenly_spaced(rows, 50) == rows
 
 
-def test_transcripts_get_room_for_the_longest_clip_and_no_more_than_160_tokens():
-    assert transcription_tokens([2.0, 6.0]) == 38
-    assert transcription_tokens([28.0]) == 148 and transcription_tokens([60.0]) == 160
+def test_each_transcript_gets_room_for_its_own_clip_and_no_more_than_160_tokens():
+    settings = transcription_settings("transcribe")
+    args = EvaluationArguments("model", "out", max_new_tokens=PROMPTS["transcribe"][1], **settings)
+    assert [row_budget(duration, args) for duration in (0.6, 2.0, 6.0, 28.0, 60.0)] == [11, 18, 38, 148, 160]
+    assert args.first_line and transcription_settings("question") == {}
     assert set(PROMPTS) == {"transcribe", "question", "continue"}
     assert "{question}" in PROMPTS["question"][0]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from blsp_steps.corpora import CorpusArguments
-from blsp_steps.evaluation import EvaluationArguments, evaluate, score
+from blsp_steps.evaluation import EvaluationArguments, evaluate, first_line, score
 from processing_blsp import BlspProcessor, render_prompt
 
 
@@ -91,3 +91,49 @@ def test_text_input_uses_the_llm_on_the_transcript(saved_blsp, corpus_with_bad_r
             output = llm.generate(**ids, do_sample=False, max_new_tokens=5)[0, ids["input_ids"].shape[1] :]
         assert prediction["prediction"] == processor.tokenizer.decode(output, skip_special_tokens=True).strip()
         assert prediction["input_text"] == record["text"]
+
+
+def test_each_row_gets_its_own_budget_and_the_first_line_is_scored(saved_blsp, corpus_with_bad_row, tmp_path):
+    """--max_new_tokens_per_second gives a row what generating it alone with its own max_new_tokens gives; with
+    --first_line the reply's first non-empty line is scored and the whole reply is kept beside it."""
+    directory, records = corpus_with_bad_row
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    durations = [0.5, 1.0, 2.0, 9.0]
+    rows = [{**record, "duration": duration} for record, duration in zip(records[:4], durations)]
+    (corpus / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    args = EvaluationArguments(
+        model_name_or_path=saved_blsp["llama"],
+        output_dir=str(tmp_path / "eval"),
+        input="text",
+        batch_size=4,
+        max_new_tokens=12,
+        max_new_tokens_per_second=2,
+        first_line=True,
+    )
+    evaluate(CorpusArguments(dataset_name=str(corpus)), args)
+    predictions = read_predictions(args.output_dir)
+    assert [p["max_new_tokens"] for p in predictions] == [9, 10, 12, 12]  # 8 + 2 per second, at most 12
+    processor = BlspProcessor.from_pretrained(saved_blsp["llama"])
+    from transformers import AutoModel
+
+    llm = AutoModel.from_pretrained(saved_blsp["llama"], trust_remote_code=True).language_model.eval()
+    for prediction, row in zip(predictions, rows):
+        prompt = render_prompt(processor.tokenizer, prediction["instruction"], row["text"])
+        ids = processor.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+        with torch.no_grad():
+            output = llm.generate(**ids, do_sample=False, max_new_tokens=prediction["max_new_tokens"])
+        alone = processor.tokenizer.decode(output[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+        assert prediction.get("reply", prediction["prediction"]) == alone
+        assert prediction["prediction"] == first_line(alone)
+    assert first_line("\n\n  Call forward.  \nAnd more.") == "Call forward."
+    assert first_line("\n \n") == ""
+
+
+def test_a_budget_needs_the_duration_column(saved_blsp, corpus_with_bad_row, tmp_path):
+    directory, _ = corpus_with_bad_row
+    args = EvaluationArguments(
+        model_name_or_path=saved_blsp["llama"], output_dir=str(tmp_path), input="text", max_new_tokens_per_second=2
+    )
+    with pytest.raises(ValueError, match=r"no column\(s\) \['duration'\]"):
+        evaluate(CorpusArguments(dataset_name=directory), args)
