@@ -56,6 +56,14 @@ class EvaluationArguments:
         default=None, metadata={"help": "instruction_first or speech_first (default: the checkpoint's processor)."}
     )
     system_prompt: str | None = field(default=None, metadata={"help": "System message for chat LLMs."})
+    history_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "A JSON file of chat turns put before each row's turn, the same for every row and system: "
+            'few-shot examples, e.g. [{"role": "user", "content": "Which colour is mentioned? the red door"}, '
+            '{"role": "assistant", "content": "red"}]. Text only.'
+        },
+    )
     speech_model_name_or_path: str | None = field(
         default=None, metadata={"help": "An adapter-only checkpoint's Whisper base, when not the one it names."}
     )
@@ -98,6 +106,24 @@ class EvaluationArguments:
             raise ValueError(f"--task must be one of {sorted(TASK_INSTRUCTIONS)}, got {self.task!r}")
         if self.input == "cascade" and not (self.asr_model_name_or_path or self.asr_transcript_column_name):
             raise ValueError("--input cascade needs --asr_model_name_or_path or --asr_transcript_column_name.")
+
+
+def read_history(path: str) -> list[dict]:
+    """Chat turns from a JSON file: a list of {"role": "user" | "assistant", "content": text}, checked."""
+    with open(path, encoding="utf-8") as file:
+        turns = json.load(file)
+    for index, turn in enumerate(turns if isinstance(turns, list) else [turns]):
+        if (
+            not isinstance(turns, list)
+            or not isinstance(turn, dict)
+            or turn.get("role") not in ("user", "assistant")
+            or not isinstance(turn.get("content"), str)
+        ):
+            raise ValueError(
+                f"{path}: turn {index} is {turn!r}; a history file is a JSON list of "
+                '{"role": "user" or "assistant", "content": "text"} turns.'
+            )
+    return turns
 
 
 def row_budget(duration: float, args: EvaluationArguments) -> int:
@@ -156,6 +182,7 @@ class Generator:
         self.layout = args.prompt_layout or getattr(getattr(self, "processor", None), "prompt_layout", None)
         self.layout = self.layout or "instruction_first"
         self.system_prompt = args.system_prompt or getattr(getattr(self, "processor", None), "system_prompt", None)
+        self.history = read_history(args.history_file) if args.history_file else None
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -174,7 +201,9 @@ class Generator:
         return BlspProcessor.context_error(speech_tokens, prompt_tokens, self.args.max_new_tokens, self.limit)
 
     def prompt(self, instruction: str, content: str) -> str:
-        return render_prompt(self.tokenizer, instruction, content, self.layout, self.system_prompt)
+        return render_prompt(
+            self.tokenizer, instruction, content, self.layout, self.system_prompt, history=self.history
+        )
 
     @torch.inference_mode()
     def generate(self, instructions: list[str], contents: list, budgets: list[int] | None = None) -> list[str]:

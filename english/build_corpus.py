@@ -142,6 +142,14 @@ def question_for(sentence: str) -> tuple[str, str] | None:
     return QUESTION.format(category=category), word
 
 
+def question_category(question: str) -> str:
+    """The category a `QUESTION` asks for ("animal" of "Which animal is mentioned? Answer with one word.")."""
+    match = re.fullmatch(re.escape(QUESTION).replace(re.escape("{category}"), "(.+)"), question)
+    if not match:
+        raise ValueError(f"{question!r} is not a question of the form {QUESTION!r}")
+    return match.group(1)
+
+
 def question_fields(sentence: str) -> dict[str, str]:
     """A row's `question` and `answer` fields when the sentence names one category word (`question_for`), else none."""
     qa = question_for(sentence)

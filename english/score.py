@@ -18,25 +18,63 @@ human speech (`test_real_speech`).
 import argparse
 import json
 import os
+from dataclasses import dataclass
 
 from transformers import pipeline
 
 from blsp_steps import evaluation as scoring
 from blsp_steps.corpora import CorpusArguments
-from english.build_corpus import TEST_SPLITS
-from processing_blsp import CONTINUATION_INSTRUCTION, load_audio
+from english.build_corpus import TEST_SPLITS, question_category
+from processing_blsp import CONTINUATION_INSTRUCTION, build_messages, load_audio
 from world.run import save_untrained_blsp
 
 ENGLISH_DIR = os.path.dirname(os.path.abspath(__file__))
 SAMPLING_RATE = 16000
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A task's prompt, the same for every system: the instruction (the question task's formats the row's question,
+    `{question}`, or its category, `{category}`), the reply's `max_new_tokens`, and worked examples put before the
+    row's turn as earlier chat turns (few-shot; text, for every system: (instruction, text, reply))."""
+
+    instruction: str
+    max_new_tokens: int
+    examples: tuple[tuple[str, str, str], ...] = ()
+
+    def history(self, layout: str) -> list[dict]:
+        """The examples as user and assistant turns, laid out as the row's own turn is."""
+        turns = []
+        for instruction, text, reply in self.examples:
+            turns.extend(build_messages(instruction, text, layout, None))
+            turns.append({"role": "assistant", "content": reply})
+        return turns
+
+
+TRANSCRIBE_INSTRUCTION = "Repeat the following text exactly, word for word, and write nothing else."
 PROMPTS = {
-    "transcribe": ("Repeat the following text exactly, word for word, and write nothing else.", 160),
-    "question": ("{question}", 8),
-    "continue": (CONTINUATION_INSTRUCTION, 40),
+    "transcribe": Prompt(
+        TRANSCRIBE_INSTRUCTION,
+        160,
+        (
+            (
+                TRANSCRIBE_INSTRUCTION,
+                "The accent falls on the first syllable",
+                "The accent falls on the first syllable",
+            ),
+            (TRANSCRIBE_INSTRUCTION, "the price", "the price"),
+        ),
+    ),
+    "question": Prompt(
+        "Which {category} is mentioned?",
+        8,
+        (("Which family member is mentioned?", "The proud father produced many pictures of his baby", "father"),),
+    ),
+    "continue": Prompt(CONTINUATION_INSTRUCTION, 40),
 }
-"""Each task's instruction (the question task's formats the row's question) and its `max_new_tokens`: the same for
-every system, chosen by `python -m english.prompts` on training sentences so that the LLM reading the transcript is a
-real ceiling."""
+"""Chosen by `python -m english.prompts` on training sentences and spans so that the LLM reading the transcript is a
+real ceiling. The examples are the last sentence of `train`, the last span of `train_short` and the last `train`
+sentence that carries a question: no evaluated sentence."""
 TRANSCRIPT_TOKENS_PER_SECOND = 5
 """A transcript's room: each clip gets `blsp_steps.evaluation.BUDGET_TOKENS` plus 5 tokens a second of its own
 audio (speech rarely passes 3 words a second), and the reply's first line is scored (the instruction says to write
@@ -55,9 +93,9 @@ ANSWER_WORDS = 3
 
 
 def write_evaluation_set(data_dir: str, split: str, output_dir: str, asr, max_samples: int | None) -> str:
-    """The split as jsonl (audio path, transcript, question prompt, answer) plus whisper's transcript, written once.
+    """The split as jsonl (audio path, transcript, question, answer) plus whisper's transcript, written once.
 
-    Rows without a question (real speech that names no category word) get an empty prompt; the question task skips
+    Rows without a question (real speech that names no category word) get an empty one; the question task skips
     them (`question_set`)."""
     path = os.path.join(output_dir, f"{split}.jsonl")
     if os.path.exists(path):
@@ -69,12 +107,16 @@ def write_evaluation_set(data_dir: str, split: str, output_dir: str, asr, max_sa
     transcripts = [output["text"].strip() for output in asr(clips, batch_size=8)]
     with open(path + ".tmp", "w", encoding="utf-8") as file:
         for row, clip, transcript in zip(rows, audio, transcripts):
-            question = PROMPTS["question"][0].format(question=row["question"]) if row.get("question") else ""
             record = {key: row[key] for key in ("text", "duration")}
-            record.update(question=question, answer=row.get("answer", ""))
+            record.update(question=row.get("question", ""), answer=row.get("answer", ""))
             file.write(json.dumps({**record, "audio": clip, "asr_transcript": transcript}) + "\n")
     os.replace(path + ".tmp", path)
     return path
+
+
+def question_instruction(question: str) -> str:
+    """The question task's instruction for a row's question ("Which animal is mentioned? Answer with one word.")."""
+    return PROMPTS["question"].instruction.format(question=question, category=question_category(question))
 
 
 def evenly_spaced(rows: list[dict], count: int | None) -> list[dict]:
@@ -87,13 +129,15 @@ def evenly_spaced(rows: list[dict], count: int | None) -> list[dict]:
 
 
 def question_set(evaluation_set: str) -> str:
-    """The evaluation set's rows that carry a question, written once beside it."""
+    """The evaluation set's rows that carry a question, with the question task's `instruction`, written beside it
+    (anew each time: the instruction follows `PROMPTS`)."""
     path = evaluation_set.replace(".jsonl", "-questions.jsonl")
-    if not os.path.exists(path):
-        with open(evaluation_set, encoding="utf-8") as file:
-            rows = [line for line in file if json.loads(line)["question"]]
-        with open(path, "w", encoding="utf-8") as file:
-            file.writelines(rows)
+    with open(evaluation_set, encoding="utf-8") as file:
+        rows = [json.loads(line) for line in file]
+    with open(path, "w", encoding="utf-8") as file:
+        for row in rows:
+            if row["question"]:
+                file.write(json.dumps({**row, "instruction": question_instruction(row["question"])}) + "\n")
     return path
 
 
@@ -116,22 +160,28 @@ def run_task(system: dict, evaluation_set: str, task: str, output_dir: str, args
     """Generate one system's replies for one task on one evaluation set (kept when already there)."""
     if os.path.exists(os.path.join(output_dir, "metrics.json")):
         return read_predictions(output_dir)
-    instruction, max_new_tokens = PROMPTS[task]
-    question = task == "question"
+    prompt, question = PROMPTS[task], task == "question"
+    os.makedirs(output_dir, exist_ok=True)
+    history_file = None
+    if prompt.examples:
+        history_file = os.path.join(output_dir, "history.json")
+        with open(history_file, "w", encoding="utf-8") as file:
+            json.dump(prompt.history(args.prompt_layout), file, indent=1)
     evaluation_args = scoring.EvaluationArguments(
         model_name_or_path=system["path"],
         output_dir=output_dir,
         input=system["input"],
         task="answer" if question else task,
-        instruction=None if question else instruction,
-        instruction_column_name="question" if question else None,
+        instruction=None if question else prompt.instruction,
+        instruction_column_name="instruction" if question else None,
         reference_column_name="answer" if question else None,
         asr_transcript_column_name="asr_transcript" if system["input"] == "cascade" else None,
         prompt_layout=args.prompt_layout,
         speech_model_name_or_path=args.asr,
         text_model_name_or_path=args.llm,
         batch_size=args.batch_size,
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=prompt.max_new_tokens,
+        history_file=history_file,
         **transcription_settings(task),
     )
     dataset = question_set(evaluation_set) if question else evaluation_set

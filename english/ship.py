@@ -21,7 +21,7 @@ from transformers import pipeline
 
 from blsp_steps.evaluation import score
 from configuration_blsp import BlspConfig
-from english.score import PROMPTS
+from english.score import TRANSCRIBE_INSTRUCTION
 from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import BlspProcessor
 
@@ -35,7 +35,6 @@ EXAMPLE_LICENSES = {
     "test_real_speech": {"license": "CC-BY-SA-3.0", "origin": "Asterisk core sounds (Debian asterisk-core-sounds-en)"}
 }
 """The shipped real clips' license and origin (the synthetic clips are the project's own)."""
-TRANSCRIBE_INSTRUCTION = PROMPTS["transcribe"][0]
 ANSWER_TOKENS = 24
 """Greedy tokens of each example clip's recorded answer (`examples/answers.json`, checked by the tests)."""
 

@@ -2,7 +2,13 @@
 grow; every system gets the same."""
 
 from blsp_steps.evaluation import EvaluationArguments, row_budget
-from english.score import PROMPTS, evenly_spaced, transcription_settings
+from english.score import (
+    PROMPTS,
+    TRANSCRIBE_INSTRUCTION,
+    evenly_spaced,
+    question_instruction,
+    transcription_settings,
+)
 
 
 def test_a_subset_spreads_over_the_split_and_keeps_every_question():
@@ -16,8 +22,18 @@ def test_a_subset_spreads_over_the_split_and_keeps_every_question():
 
 def test_each_transcript_gets_room_for_its_own_clip_and_no_more_than_160_tokens():
     settings = transcription_settings("transcribe")
-    args = EvaluationArguments("model", "out", max_new_tokens=PROMPTS["transcribe"][1], **settings)
+    args = EvaluationArguments("model", "out", max_new_tokens=PROMPTS["transcribe"].max_new_tokens, **settings)
     assert [row_budget(duration, args) for duration in (0.6, 2.0, 6.0, 28.0, 60.0)] == [11, 18, 38, 148, 160]
     assert args.first_line and transcription_settings("question") == {}
     assert set(PROMPTS) == {"transcribe", "question", "continue"}
-    assert "{question}" in PROMPTS["question"][0]
+
+
+def test_questions_ask_for_the_rows_category_after_a_worked_example():
+    question = "Which day of the week is mentioned? Answer with one word."
+    assert question_instruction(question) == "Which day of the week is mentioned?"
+    history = PROMPTS["question"].history("instruction_first")
+    assert [turn["role"] for turn in history] == ["user", "assistant"]
+    assert history[0]["content"].startswith("Which family member is mentioned? The proud father")
+    assert history[1]["content"] == "father"
+    spoken_after = PROMPTS["transcribe"].history("speech_first")[0]["content"]
+    assert spoken_after == "The accent falls on the first syllable " + TRANSCRIBE_INSTRUCTION

@@ -137,3 +137,32 @@ def test_a_budget_needs_the_duration_column(saved_blsp, corpus_with_bad_row, tmp
     )
     with pytest.raises(ValueError, match=r"no column\(s\) \['duration'\]"):
         evaluate(CorpusArguments(dataset_name=directory), args)
+
+
+def test_history_turns_come_before_each_row_and_a_bad_file_is_named(saved_blsp, corpus_with_bad_row, tmp_path):
+    directory, records = corpus_with_bad_row
+    history = [{"role": "user", "content": "Repeat: a red door"}, {"role": "assistant", "content": "a red door"}]
+    (tmp_path / "history.json").write_text(json.dumps(history))
+    args = EvaluationArguments(
+        model_name_or_path=saved_blsp["llama"],
+        output_dir=str(tmp_path / "eval"),
+        input="text",
+        history_file=str(tmp_path / "history.json"),
+        max_new_tokens=4,
+    )
+    evaluate(CorpusArguments(dataset_name=directory), args)
+    processor = BlspProcessor.from_pretrained(saved_blsp["llama"])
+    from transformers import AutoModel
+
+    llm = AutoModel.from_pretrained(saved_blsp["llama"], trust_remote_code=True).language_model.eval()
+    prediction, record = read_predictions(args.output_dir)[0], records[0]
+    prompt = render_prompt(processor.tokenizer, prediction["instruction"], record["text"], history=history)
+    assert prompt.index("a red door") < prompt.index(record["text"])
+    ids = processor.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+    with torch.no_grad():
+        output = llm.generate(**ids, do_sample=False, max_new_tokens=4)[0, ids["input_ids"].shape[1] :]
+    assert prediction["prediction"] == processor.tokenizer.decode(output, skip_special_tokens=True).strip()
+    (tmp_path / "bad.json").write_text(json.dumps([{"role": "user"}]))
+    args.history_file = str(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match=r"bad.json: turn 0 .* a history file is a JSON list"):
+        evaluate(CorpusArguments(dataset_name=directory), args)
