@@ -70,14 +70,22 @@ CALL_NAMES = frozenset().union(*CALL_KWARGS.values(), CALL_KWARGS, {"text_target
 
 
 def build_messages(
-    instruction: str | None, content: str, layout: str, system_prompt: str | None, separator: str = " "
+    instruction: str | None,
+    content: str,
+    layout: str,
+    system_prompt: str | None,
+    separator: str = " ",
+    history: list[dict] | None = None,
 ) -> list[dict]:
-    """One user turn holding the instruction and the content (a transcript or the speech placeholder)."""
+    """One user turn holding the instruction and the content (a transcript or the speech placeholder), after the
+    system prompt and the `history` turns (e.g. few-shot examples) when given."""
     if layout not in PROMPT_LAYOUTS:
         raise ValueError(f"prompt layout must be one of {PROMPT_LAYOUTS}, got {layout!r}")
     parts = [instruction, content] if layout == "instruction_first" else [content, instruction]
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return messages + [{"role": "user", "content": separator.join(part for part in parts if part)}]
+    return (
+        messages + list(history or []) + [{"role": "user", "content": separator.join(part for part in parts if part)}]
+    )
 
 
 def render_conversation(tokenizer, messages: list[dict], add_generation_prompt: bool = True, **template_kwargs) -> str:
@@ -107,9 +115,12 @@ def render_prompt(
     layout: str = "instruction_first",
     system_prompt: str | None = None,
     separator: str = " ",
+    history: list[dict] | None = None,
 ) -> str:
-    """The generation prompt for an instruction about `content` (a transcript, or the speech placeholder)."""
-    return render_conversation(tokenizer, build_messages(instruction, content, layout, system_prompt, separator))
+    """The generation prompt for an instruction about `content` (a transcript, or the speech placeholder), after the
+    `history` turns when given."""
+    messages = build_messages(instruction, content, layout, system_prompt, separator, history)
+    return render_conversation(tokenizer, messages)
 
 
 def tokenize_segments(tokenizer, text: str) -> list[int]:
