@@ -70,6 +70,13 @@ class EvaluationArguments:
     text_model_name_or_path: str | None = field(
         default=None, metadata={"help": "An adapter-only checkpoint's LLM base, when not the one it names."}
     )
+    ctc_temperature: float | None = field(
+        default=None,
+        metadata={
+            "help": "A BLSP checkpoint's ctc_temperature for this run (speech_compression='ctc'; 0: each kept frame "
+            "enters as its best token's embedding); the checkpoint's own when not set."
+        },
+    )
     trust_remote_code: bool = field(
         default=False,
         metadata={
@@ -169,6 +176,8 @@ class Generator:
             bases = {"speech_model_name_or_path": args.speech_model_name_or_path}
             bases["text_model_name_or_path"] = args.text_model_name_or_path
             bases = {key: value for key, value in bases.items() if value}
+            if args.ctc_temperature is not None:
+                bases["ctc_temperature"] = args.ctc_temperature
             model = BlspForConditionalGeneration.from_pretrained(args.model_name_or_path, dtype=dtype, **bases)
             self.processor = BlspProcessor.from_pretrained(args.model_name_or_path, trust_remote_code=trust)
             self.tokenizer = self.processor.tokenizer

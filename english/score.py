@@ -182,6 +182,7 @@ def run_task(system: dict, evaluation_set: str, task: str, output_dir: str, args
         batch_size=args.batch_size,
         max_new_tokens=prompt.max_new_tokens,
         history_file=history_file,
+        ctc_temperature=system.get("ctc_temperature"),
         **transcription_settings(task),
     )
     dataset = question_set(evaluation_set) if question else evaluation_set
@@ -207,7 +208,10 @@ def save_untrained(whisper: str, llm: str, output_dir: str) -> str:
 
 def systems_to_score(args) -> dict[str, dict]:
     """Short name -> path, input kind and the table's column title."""
-    systems = {"blsp": {"path": args.blsp, "input": "speech", "title": "BLSP (speech)"}} if args.blsp else {}
+    systems = {}
+    if args.blsp:
+        blsp = {"path": args.blsp, "input": "speech", "title": "BLSP (speech)", "ctc_temperature": args.ctc_temperature}
+        systems["blsp"] = blsp
     if args.untrained and "untrained" in args.systems:
         path = save_untrained(args.asr, args.llm, args.output_dir)
         systems["untrained"] = {"path": path, "input": "speech", "title": "untrained adapter"}
@@ -256,6 +260,13 @@ def main():
         default="instruction_first",
         choices=["speech_first", "instruction_first"],
         help="Where the speech (or text) goes: after the instruction (chosen by english.prompts), or before it.",
+    )
+    parser.add_argument(
+        "--ctc_temperature",
+        type=float,
+        default=None,
+        help="The BLSP checkpoint's ctc_temperature for this run (0: each kept frame as its best token); its own when "
+        "not set.",
     )
     parser.add_argument("--batch_size", type=int, default=20)
     args = parser.parse_args()

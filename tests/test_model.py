@@ -8,6 +8,7 @@ import torch
 from transformers import pipeline
 
 import modeling_blsp
+from configuration_blsp import BlspConfig
 from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import BlspProcessor
 
@@ -231,33 +232,44 @@ def compressed(qwen2, monkeypatch):
     return model, processor
 
 
-def kept_frames_as_text(model, inputs) -> torch.Tensor:
-    """One row's LLM input built by hand: the prompt's embeddings with only the kept frames' mixtures in place of the
-    speech placeholders."""
+def kept_frames_as_text(model, inputs, temperature: float = 1.0) -> torch.Tensor:
+    """One row's LLM input built by hand: the prompt's embeddings with only the kept frames' mixtures (their softmax
+    at `temperature`; 0: the best token's embedding) in place of the speech placeholders."""
     ids = inputs["input_ids"][0]
     speech = model.get_speech_features(inputs["input_features"], inputs["input_features_mask"])
     logits = modeling_blsp.ctc_readout(speech, model.get_input_embeddings().weight)
     tokens = logits.argmax(-1)
     kept = (tokens != 0) & (tokens != torch.nn.functional.pad(tokens[:-1], (1, 0), value=-1))
     assert 0 < int(kept.sum()) < len(kept) - 1, "the test needs frames both kept and left out"
-    mixture = torch.softmax(logits[:, 1:], -1) @ model.get_input_embeddings().weight
+    scores = logits[:, 1:]
+    weights = torch.softmax(scores / temperature, -1) if temperature else scores == scores.max(-1, keepdim=True).values
+    mixture = weights.to(logits.dtype) @ model.get_input_embeddings().weight
     positions = (ids == model.config.speech_token_id).nonzero()[:, 0]
     embed = model.get_input_embeddings()
     return torch.cat([embed(ids[: positions[0]]), mixture[kept], embed(ids[positions[-1] + 1 :])])[None]
 
 
-def test_ctc_compression_equals_reading_only_the_kept_frames(compressed, clips):
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 0.0])
+def test_ctc_compression_equals_reading_only_the_kept_frames(compressed, clips, monkeypatch, temperature):
     """Left-out frames are as if absent: logits and greedy generation equal those of the LLM on a prompt built without
-    them (positions counted without them, the mask carried through generation)."""
+    them (positions counted without them, the mask carried through generation), at every ctc_temperature."""
     model, processor = compressed
+    monkeypatch.setattr(model.config, "ctc_temperature", temperature)
     inputs = processor(text=processor.render_prompt("Transcribe."), audio=clips[1])
     with torch.no_grad():
-        by_hand = kept_frames_as_text(model, inputs)
+        by_hand = kept_frames_as_text(model, inputs, temperature)
         reference = model.language_model(inputs_embeds=by_hand).logits[0, -1]
         torch.testing.assert_close(model(**inputs).logits[0, -1], reference, atol=1e-4, rtol=0)
     generated = model.generate(**inputs, do_sample=False, max_new_tokens=8)[0, inputs["input_ids"].shape[1] :]
     expected = model.language_model.generate(inputs_embeds=by_hand, do_sample=False, max_new_tokens=8)[0]
     assert generated.tolist() == expected.tolist()
+
+
+def test_ctc_temperature_is_set_at_load_time_and_checked(saved_blsp):
+    model = BlspForConditionalGeneration.from_pretrained(saved_blsp["qwen2"], ctc_temperature=0.0)
+    assert model.config.ctc_temperature == 0.0
+    with pytest.raises(ValueError, match="ctc_temperature must be 0 or more"):
+        BlspConfig(ctc_temperature=-1.0)
 
 
 def test_ctc_compression_is_padding_invariant(compressed, clips):
