@@ -157,11 +157,29 @@ def read_predictions(directory: str) -> list[dict]:
 
 
 def run_task(system: dict, evaluation_set: str, task: str, output_dir: str, args) -> list[dict]:
-    """Generate one system's replies for one task on one evaluation set (kept when already there)."""
-    if os.path.exists(os.path.join(output_dir, "metrics.json")):
-        return read_predictions(output_dir)
+    """Generate one system's replies for one task on one evaluation set (kept when already there, made with the same
+    system, prompt and settings; other settings are refused rather than mixed into one table)."""
     prompt, question = PROMPTS[task], task == "question"
+    settings = {
+        "system": {key: system.get(key) for key in ("path", "input", "ctc_temperature")},
+        "prompt": {"instruction": prompt.instruction, "history": prompt.history(args.prompt_layout)},
+        "layout": args.prompt_layout,
+    }
+    settings_file = os.path.join(output_dir, "settings.json")
+    if os.path.exists(os.path.join(output_dir, "metrics.json")):
+        recorded = None
+        if os.path.exists(settings_file):
+            with open(settings_file, encoding="utf-8") as file:
+                recorded = json.load(file)
+        if recorded != settings:
+            raise ValueError(
+                f"{output_dir} holds replies made with other settings than this run's ({settings_file}): give "
+                "another --output_dir, or delete that folder to score anew."
+            )
+        return read_predictions(output_dir)
     os.makedirs(output_dir, exist_ok=True)
+    with open(settings_file, "w", encoding="utf-8") as file:
+        json.dump(settings, file, indent=1)
     history_file = None
     if prompt.examples:
         history_file = os.path.join(output_dir, "history.json")

@@ -1,12 +1,19 @@
 """The English scoring's choices (`english.score`): which rows of a split are scored, and how long each transcript may
 grow; every system gets the same."""
 
+import argparse
+import json
+import os
+
+import pytest
+
 from blsp_steps.evaluation import EvaluationArguments, row_budget
 from english.score import (
     PROMPTS,
     TRANSCRIBE_INSTRUCTION,
     evenly_spaced,
     question_instruction,
+    run_task,
     transcription_settings,
 )
 
@@ -37,3 +44,30 @@ def test_questions_ask_for_the_rows_category_after_a_worked_example():
     assert history[1]["content"] == "father"
     spoken_after = PROMPTS["transcribe"].history("speech_first")[0]["content"]
     assert spoken_after == "The accent falls on the first syllable " + TRANSCRIBE_INSTRUCTION
+
+
+def test_replies_are_reused_only_when_made_with_the_same_settings(tmp_path):
+    """A second run into the same --output_dir reads the replies already there only if they were made with this run's
+    system, prompt and settings (a BLSP system at another ctc_temperature is refused, not mixed into the table)."""
+    args = argparse.Namespace(prompt_layout="instruction_first")
+    system = {"path": "runs/blsp", "input": "speech", "ctc_temperature": 0.0}
+    output_dir = str(tmp_path / "dev" / "transcribe" / "blsp")
+    os.makedirs(output_dir)
+    with open(os.path.join(output_dir, "metrics.json"), "w", encoding="utf-8") as file:
+        json.dump({"wer": 10.0}, file)
+    with pytest.raises(ValueError, match="holds replies made with other settings"):
+        run_task(system, "unused.jsonl", "transcribe", output_dir, args)  # replies of unknown settings
+    row = {"row_id": 0, "reference": "the red door", "prediction": "the red door"}
+    with open(os.path.join(output_dir, "predictions.jsonl"), "w", encoding="utf-8") as file:
+        file.write(json.dumps(row) + "\n")
+    prompt = PROMPTS["transcribe"]
+    settings = {
+        "system": system,
+        "prompt": {"instruction": prompt.instruction, "history": prompt.history("instruction_first")},
+        "layout": "instruction_first",
+    }
+    with open(os.path.join(output_dir, "settings.json"), "w", encoding="utf-8") as file:
+        json.dump(settings, file)
+    assert run_task(system, "unused.jsonl", "transcribe", output_dir, args) == [row]
+    with pytest.raises(ValueError, match="give another --output_dir"):
+        run_task({**system, "ctc_temperature": 1.0}, "unused.jsonl", "transcribe", output_dir, args)
