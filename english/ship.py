@@ -19,9 +19,9 @@ import shutil
 import torch
 from transformers import pipeline
 
-from blsp_steps.evaluation import score
+from blsp_steps.evaluation import first_line, score
 from configuration_blsp import BlspConfig
-from english.score import TRANSCRIBE_INSTRUCTION
+from english.score import PROMPTS, TRANSCRIBE_INSTRUCTION
 from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import BlspProcessor
 
@@ -56,10 +56,18 @@ def copy_examples(data_dir: str, output_dir: str) -> list[dict]:
     return rows
 
 
+def few_shot_conversation(clip: str) -> list[dict]:
+    """The transcription prompt `english.score` scores with: two worked examples as earlier chat turns, then the
+    instruction and the clip."""
+    content = [{"type": "text", "text": TRANSCRIBE_INSTRUCTION}, {"type": "audio", "path": clip}]
+    return PROMPTS["transcribe"].history("instruction_first") + [{"role": "user", "content": content}]
+
+
 def record_answers(output_dir: str, rows: list[dict], bases: dict) -> dict:
-    """The shipped model's greedy answers to "Repeat the following text." for every example clip, saved: with the
-    processor's prompt layout (as trained, `answers`) and with the instruction first (`instruction_first`, with its
-    WER against the transcripts)."""
+    """The shipped model's greedy answers to the transcription instruction for every example clip, saved: with the
+    processor's prompt layout (as trained, `answers`), with the instruction first (`instruction_first`) and after
+    `english.score`'s worked examples (`few_shot`), the last two with their WER against the transcripts (the few-shot
+    answers' first line, as `english.score` scores them)."""
     clips = [os.path.join(output_dir, EXAMPLES_DIR, row["file_name"]) for row in rows]
     recorded = {"instruction": TRANSCRIBE_INSTRUCTION, "max_new_tokens": ANSWER_TOKENS}
     speech_llm = pipeline(model=output_dir, trust_remote_code=True, model_kwargs=bases)
@@ -67,8 +75,13 @@ def record_answers(output_dir: str, rows: list[dict], bases: dict) -> dict:
         speech_llm.processor.prompt_layout = layout  # one model load for both layouts
         answers = speech_llm(clips, instruction=TRANSCRIBE_INSTRUCTION, max_new_tokens=ANSWER_TOKENS, batch_size=4)
         recorded[key] = {row["file_name"]: answer["generated_text"] for row, answer in zip(rows, answers)}
-    predictions = [recorded["instruction_first"][row["file_name"]] for row in rows]
-    recorded["instruction_first_wer"] = round(score(predictions, [row["text"] for row in rows])["wer"], 1)
+    conversations = [few_shot_conversation(clip) for clip in clips]
+    answers = speech_llm(conversations, max_new_tokens=ANSWER_TOKENS, batch_size=4)
+    recorded["few_shot"] = {row["file_name"]: answer["generated_text"] for row, answer in zip(rows, answers)}
+    for key in ("instruction_first", "few_shot"):
+        predictions = [recorded[key][row["file_name"]] for row in rows]
+        predictions = [first_line(prediction) for prediction in predictions] if key == "few_shot" else predictions
+        recorded[f"{key}_wer"] = round(score(predictions, [row["text"] for row in rows])["wer"], 1)
     with open(os.path.join(output_dir, EXAMPLES_DIR, "answers.json"), "w", encoding="utf-8") as file:
         json.dump(recorded, file, indent=1)
     return recorded
@@ -99,6 +112,13 @@ def main():
         choices=["instruction_first", "speech_first"],
         help="The shipped processor's layout (english.prompts chose the instruction first for SmolLM2).",
     )
+    parser.add_argument(
+        "--ctc_temperature",
+        type=float,
+        default=None,
+        help="The shipped config's ctc_temperature (chosen on dev with english.score --ctc_temperature); the "
+        "checkpoint's when not set.",
+    )
     args = parser.parse_args()
     bases = {key: getattr(args, key) for key in ("speech_model_name_or_path", "text_model_name_or_path")}
     model = BlspForConditionalGeneration.from_pretrained(
@@ -110,6 +130,8 @@ def main():
     if saved.get("adapter_only"):
         names = (saved["speech_model_name_or_path"], saved["text_model_name_or_path"])
     model.config.adapter_only = True
+    if args.ctc_temperature is not None:
+        model.config.ctc_temperature = args.ctc_temperature
     model.config.speech_model_name_or_path, model.config.text_model_name_or_path = names
     model.adapter.to(torch.bfloat16)
     shutil.rmtree(args.output_dir, ignore_errors=True)
