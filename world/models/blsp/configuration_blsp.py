@@ -66,6 +66,12 @@ class BlspConfig(PreTrainedConfig):
             or as the same token as the frame before, are masked out of the LLM's attention (CTC's greedy collapse),
             and the others enter as the mixture of token embeddings that their softmax weighs. The LLM then reads
             speech much as text. Needs an adapter trained with the `ctc` objective first (see `docs/steps.md`).
+        ctc_temperature (`float`, defaults to 1.0):
+            With `speech_compression="ctc"`, the temperature of the softmax that weighs each kept frame's mixture of
+            token embeddings, a decode-time setting as in LegoSLM (arXiv 2505.11352): 1.0 as the `ctc` and `kl`
+            objectives train; lower values weigh each frame's best token more, and 0 enters it as that token's
+            embedding alone (the LLM reads the adapter's recognition as text). Override it at load time,
+            `from_pretrained(path, ctc_temperature=0.0)`.
         speech_model_name_or_path (`str`, *optional*), text_model_name_or_path (`str`, *optional*):
             The pretrained Whisper and LLM this model was built from (Hub ids or paths), as
             `from_speech_text_pretrained` records them.
@@ -110,6 +116,7 @@ class BlspConfig(PreTrainedConfig):
     speech_token_id: int | None = None
     encoder_padding: Literal["longest", "max_length", "unmasked"] = "longest"
     speech_compression: Literal["ctc"] | None = None
+    ctc_temperature: float = 1.0
     tie_word_embeddings: bool = False
     speech_model_name_or_path: str | None = None
     text_model_name_or_path: str | None = None
@@ -128,6 +135,8 @@ class BlspConfig(PreTrainedConfig):
             )
         if self.speech_compression not in (None, "ctc"):
             raise ValueError(f"speech_compression must be None or 'ctc', got {self.speech_compression!r}.")
+        if self.ctc_temperature < 0:
+            raise ValueError(f"ctc_temperature must be 0 or more, got {self.ctc_temperature}.")
         if self.adapter_only and not (self.speech_model_name_or_path and self.text_model_name_or_path):
             raise ValueError(
                 "An adapter-only BLSP config must name its frozen bases: set speech_model_name_or_path and "

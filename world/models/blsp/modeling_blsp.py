@@ -460,7 +460,8 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`speech_compression="ctc"`: the frames as mixtures of token embeddings, and the attention mask without the
         frames read as the blank or as the token of the frame before (placeholders stay, so the processor's token
-        counts hold); of a clip read as all blanks, its frame most read as a token stays."""
+        counts hold); of a clip read as all blanks, its frame most read as a token stays. The mixture's softmax runs at
+        `config.ctc_temperature` (0: the best token's embedding alone)."""
         embeddings = self.get_input_embeddings().weight
         logits = ctc_readout(speech_embeds, embeddings)
         layout = torch.full(speech_mask.shape, -1, dtype=torch.long, device=speech_mask.device)
@@ -469,7 +470,11 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
         left_out = keep_one_frame_per_clip(speech_mask & ((layout == 0) | (layout == previous)), speech_mask, logits)
         if attention_mask is None:
             attention_mask = torch.ones(speech_mask.shape, dtype=torch.long, device=speech_mask.device)
-        mixture = nn.functional.softmax(logits[:, 1:].float(), dim=-1).to(embeddings.dtype) @ embeddings
+        temperature, scores = self.config.ctc_temperature, logits[:, 1:].float()
+        if temperature == 0:
+            mixture = embeddings[scores.argmax(-1)]
+        else:
+            mixture = nn.functional.softmax(scores / temperature, dim=-1).to(embeddings.dtype) @ embeddings
         return mixture, attention_mask.masked_fill(left_out, 0)
 
     def generate(self, inputs=None, generation_config=None, **kwargs):
