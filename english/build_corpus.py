@@ -381,6 +381,10 @@ def write_real_speech_split(directory: str, sounds_dir: str = ASTERISK_SOUNDS) -
     return rows
 
 
+def report_hours(split: str, rows: list[dict]) -> None:
+    print(f"{split}: {len(rows)} clips, {sum(row['duration'] for row in rows) / 3600:.2f} h", flush=True)
+
+
 def build_corpus(
     output_dir: str,
     num_train: int,
@@ -409,13 +413,14 @@ def build_corpus(
             continue
         shutil.rmtree(os.path.join(output_dir, split), ignore_errors=True)
         write_split(os.path.join(output_dir, split), rows, (seed, position), num_workers)
-        print(f"{split}: {len(rows)} clips, {sum(row['duration'] for row in rows) / 3600:.2f} h", flush=True)
+        report_hours(split, rows)
     for position, (split, source) in enumerate(PITCHED_SPLITS.items() if pitch_piper else []):
-        if not splits or split in splits:
-            shutil.rmtree(os.path.join(output_dir, split), ignore_errors=True)
-            directory = os.path.join(output_dir, split)
-            plan[split] = rows = write_pitched_split(os.path.join(output_dir, source), directory, seed + 8 + position)
-            print(f"{split}: {len(rows)} clips, {sum(row['duration'] for row in rows) / 3600:.2f} h", flush=True)
+        if splits and split not in splits:
+            continue
+        directory = os.path.join(output_dir, split)
+        shutil.rmtree(directory, ignore_errors=True)
+        plan[split] = rows = write_pitched_split(os.path.join(output_dir, source), directory, seed + 8 + position)
+        report_hours(split, rows)
     if not splits or REAL_SPEECH_SPLIT in splits:
         directory = os.path.join(output_dir, REAL_SPEECH_SPLIT)
         shutil.rmtree(directory, ignore_errors=True)

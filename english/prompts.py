@@ -17,13 +17,14 @@ import os
 import tempfile
 
 from blsp_steps.evaluation import EvaluationArguments, Generator, first_line, row_budget, score
-from english.build_corpus import question_category, question_fields
+from english.build_corpus import question_fields
 from english.score import (
     ANSWER_WORDS,
     PROMPTS,
     TRANSCRIBE_INSTRUCTION,
     Prompt,
     answer_accuracy,
+    question_instruction,
     transcription_settings,
 )
 
@@ -64,7 +65,6 @@ def training_rows(data_dir: str, count: int) -> tuple[list[dict], list[dict], li
 
 def generate(llm: str, layout: str, task: str, prompt: Prompt, instructions: list[str], rows: list[dict]) -> list[str]:
     """The LLM's replies reading the rows' texts, with the settings `english.score` gives the task."""
-    settings = transcription_settings(task)
     with tempfile.TemporaryDirectory() as directory:
         history_file = None
         if prompt.examples:
@@ -78,10 +78,12 @@ def generate(llm: str, layout: str, task: str, prompt: Prompt, instructions: lis
             prompt_layout=layout,
             max_new_tokens=prompt.max_new_tokens,
             history_file=history_file,
-            **settings,
+            **transcription_settings(task),
         )
         generator = Generator(args)
-    budgets = [row_budget(row["duration"], args) for row in rows] if settings else None
+    budgets = None
+    if args.max_new_tokens_per_second is not None:
+        budgets = [row_budget(row["duration"], args) for row in rows]
     replies = []
     for start in range(0, len(rows), 20):
         texts = [row["text"] for row in rows[start : start + 20]]
@@ -111,10 +113,7 @@ def main():
                 )
                 results.append(f"WER {score(replies, [row['text'] for row in rows])['wer']:.1f}" if rows else "")
         else:
-            instructions = [
-                prompt.instruction.format(question=row["question"], category=question_category(row["question"]))
-                for row in questions
-            ]
+            instructions = [question_instruction(row["question"], prompt) for row in questions]
             replies = generate(args.llm, layout, task, prompt, instructions, questions)
             records = [{"prediction": reply, "reference": row["answer"]} for reply, row in zip(replies, questions)]
             results = [f"answer in first {ANSWER_WORDS} words {answer_accuracy(records)[0]:.1f}%", ""]

@@ -114,9 +114,9 @@ def write_evaluation_set(data_dir: str, split: str, output_dir: str, asr, max_sa
     return path
 
 
-def question_instruction(question: str) -> str:
-    """The question task's instruction for a row's question ("Which animal is mentioned? Answer with one word.")."""
-    return PROMPTS["question"].instruction.format(question=question, category=question_category(question))
+def question_instruction(question: str, prompt: Prompt = PROMPTS["question"]) -> str:
+    """`prompt`'s instruction for a row's question ("Which animal is mentioned? Answer with one word.")."""
+    return prompt.instruction.format(question=question, category=question_category(question))
 
 
 def evenly_spaced(rows: list[dict], count: int | None) -> list[dict]:
@@ -160,9 +160,10 @@ def run_task(system: dict, evaluation_set: str, task: str, output_dir: str, args
     """Generate one system's replies for one task on one evaluation set (kept when already there, made with the same
     system, prompt and settings; other settings are refused rather than mixed into one table)."""
     prompt, question = PROMPTS[task], task == "question"
+    history = prompt.history(args.prompt_layout)
     settings = {
         "system": {key: system.get(key) for key in ("path", "input", "ctc_temperature")},
-        "prompt": {"instruction": prompt.instruction, "history": prompt.history(args.prompt_layout)},
+        "prompt": {"instruction": prompt.instruction, "history": history},
         "layout": args.prompt_layout,
     }
     settings_file = os.path.join(output_dir, "settings.json")
@@ -181,10 +182,10 @@ def run_task(system: dict, evaluation_set: str, task: str, output_dir: str, args
     with open(settings_file, "w", encoding="utf-8") as file:
         json.dump(settings, file, indent=1)
     history_file = None
-    if prompt.examples:
+    if history:
         history_file = os.path.join(output_dir, "history.json")
         with open(history_file, "w", encoding="utf-8") as file:
-            json.dump(prompt.history(args.prompt_layout), file, indent=1)
+            json.dump(history, file, indent=1)
     evaluation_args = scoring.EvaluationArguments(
         model_name_or_path=system["path"],
         output_dir=output_dir,

@@ -78,10 +78,11 @@ def record_answers(output_dir: str, rows: list[dict], bases: dict) -> dict:
     conversations = [few_shot_conversation(clip) for clip in clips]
     answers = speech_llm(conversations, max_new_tokens=ANSWER_TOKENS, batch_size=4)
     recorded["few_shot"] = {row["file_name"]: answer["generated_text"] for row, answer in zip(rows, answers)}
-    for key in ("instruction_first", "few_shot"):
-        predictions = [recorded[key][row["file_name"]] for row in rows]
-        predictions = [first_line(prediction) for prediction in predictions] if key == "few_shot" else predictions
-        recorded[f"{key}_wer"] = round(score(predictions, [row["text"] for row in rows])["wer"], 1)
+    references = [row["text"] for row in rows]
+    instruction_first = list(recorded["instruction_first"].values())
+    few_shot = [first_line(answer) for answer in recorded["few_shot"].values()]
+    recorded["instruction_first_wer"] = round(score(instruction_first, references)["wer"], 1)
+    recorded["few_shot_wer"] = round(score(few_shot, references)["wer"], 1)
     with open(os.path.join(output_dir, EXAMPLES_DIR, "answers.json"), "w", encoding="utf-8") as file:
         json.dump(recorded, file, indent=1)
     return recorded
