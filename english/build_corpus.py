@@ -29,6 +29,9 @@ Splits (audiofolders: 16 kHz mono FLAC + `metadata.jsonl` with `file_name`, `tex
   voices), recorded like the others (mostly silence and noise around a word or two, as many people's utterances are);
 - `train_piper_pitched` and `dev_piper_pitched` (with `--pitch_piper`, from `train_piper` and `dev_piper`): the same
   clips with the pitch raised 300-900 cents (sox), a higher voice made of Piper's;
+- `train_phrases` (with `--num_phrase_train N`): N of WordNet's other examples (`wordnet_phrases`: phrases of 2-5
+  words, and sentences naming people, days or months; none a plain sentence), training voices and Piper's in a
+  quarter: new text, since the plain sentences are all in the splits above;
 - `dev`: the last `--num_dev` WordNet sentences (in no other split) in training voices, with a question where the
   sentence has one, for choosing between training runs and prompts, so that no decision reads a held-out split;
 - `test_real_speech`: real human speech, never trained on: the recorded prompts of Debian's
@@ -74,7 +77,7 @@ MIN_WORDS, MAX_WORDS = 6, 14
 MAX_SPAN_WORDS = 4
 """The longest word span of `train_short` and `dev_short` (single words and short phrases, as people also speak)."""
 SHORT_PIPER_SHARE = 0.25
-"""The share of `train_short`'s clips spoken in Piper's voice."""
+"""The share of `train_short`'s and `train_phrases`' clips spoken in Piper's voice."""
 PIPER = "piper"
 PIPER_VOICE = "en_US-joe-medium"
 PITCHED_SPLITS = {"train_piper_pitched": "train_piper", "dev_piper_pitched": "dev_piper"}
@@ -108,6 +111,19 @@ PLAIN_RE = re.compile(r"[A-Za-z][A-Za-z ,'-]*[.!?]?")
 
 def wordnet_sentences(wordnet_dir: str = WORDNET_DIR) -> list[str]:
     """WordNet's plain example sentences of 6-14 words, deduplicated case-insensitively, sorted."""
+    return sorted(wordnet_examples(wordnet_dir, is_plain).values())
+
+
+def wordnet_phrases(wordnet_dir: str = WORDNET_DIR) -> list[str]:
+    """WordNet's other examples that are speakable text: phrases of 2-5 words, and sentences of 6-14 words that name
+    someone or something (a capitalised word past the first: names, days, months). None is, in any case, a plain
+    sentence (`wordnet_sentences`: the dev and test sentences among them), so they add new text to training only."""
+    plain = wordnet_examples(wordnet_dir, is_plain)
+    return sorted(text for key, text in wordnet_examples(wordnet_dir, is_phrase).items() if key not in plain)
+
+
+def wordnet_examples(wordnet_dir: str, keep) -> dict[str, str]:
+    """WordNet's example sentences for which `keep(sentence)`, keyed by their lowercase (the first spelling kept)."""
     paths = sorted(glob.glob(os.path.join(wordnet_dir, "data.*")))
     if not paths:
         raise FileNotFoundError(f"no WordNet data files in {wordnet_dir}: apt-get install wordnet-base")
@@ -119,9 +135,9 @@ def wordnet_sentences(wordnet_dir: str = WORDNET_DIR) -> list[str]:
                     continue
                 for example in re.findall(r'"([^"]+)"', line.split("|", 1)[1]):
                     sentence = " ".join(example.split())
-                    if is_plain(sentence):
+                    if keep(sentence):
                         found.setdefault(sentence.lower(), sentence)
-    return sorted(found.values())
+    return found
 
 
 def is_plain(sentence: str) -> bool:
@@ -130,6 +146,14 @@ def is_plain(sentence: str) -> bool:
     if not MIN_WORDS <= len(words) <= MAX_WORDS or not PLAIN_RE.fullmatch(sentence) or "--" in sentence:
         return False
     return all(word == "I" or not word[0].isupper() or index == 0 for index, word in enumerate(words))
+
+
+def is_phrase(sentence: str) -> bool:
+    """Letters, commas, apostrophes and hyphens, 2-14 words, and not `is_plain` (shorter, or naming someone)."""
+    words = sentence.split()
+    if not 2 <= len(words) <= MAX_WORDS or not PLAIN_RE.fullmatch(sentence) or "--" in sentence:
+        return False
+    return not is_plain(sentence)
 
 
 def question_for(sentence: str) -> tuple[str, str] | None:
@@ -184,6 +208,7 @@ def clip_plan(
     num_dev: int = 0,
     num_piper_train: int = 0,
     num_short_train: int = 0,
+    num_phrase_train: int = 0,
 ) -> dict[str, list[dict]]:
     """Every split's metadata rows: sentence, synthesizer, voice, speed and drawn recording conditions.
 
@@ -193,7 +218,8 @@ def clip_plan(
     recording draws do not move; a larger `num_piper_train` keeps the first rows of `train_piper` and all of
     `dev_piper`). With `num_short_train`, `train_short` speaks a span of 1-4 words of each of the last
     `num_short_train` sentences of `train_extra` (training voices, Piper's in a quarter), and `dev_short` a span of
-    each dev sentence (training voices)."""
+    each dev sentence (training voices). With `num_phrase_train`, `train_phrases` speaks that many of WordNet's other
+    examples (`wordnet_phrases`, drawn with the seed; training voices, Piper's in a quarter)."""
     rest, test = split_sentences(wordnet_sentences(wordnet_dir), num_train, num_test, seed)
     dev_start = len(rest) - num_dev
     train, extra, dev = rest[:num_train], rest[num_train : num_train + num_extra_train], rest[dev_start:]
@@ -226,12 +252,18 @@ def clip_plan(
         short_rng, dev_short_rng = random.Random(seed + 6), random.Random(seed + 7)
         if num_short_train > len(extra):
             raise ValueError(f"--num_short_train {num_short_train} is more than train_extra's {len(extra)} sentences")
-        piper, training = piper_voice(short_rng), training_voice(short_rng)
-        short_voice = lambda: piper() if short_rng.random() < SHORT_PIPER_SHARE else training()  # noqa: E731
+        short_voice = mixed_voice(short_rng)
         spans = [{"text": word_span(row["text"], short_rng)} for row in extra[-num_short_train:]]
         plan["train_short"] = plan_rows(spans, short_voice, short_rng)
         dev_spans = [{"text": word_span(row["text"], dev_short_rng)} for row in dev]
         plan["dev_short"] = plan_rows(dev_spans, training_voice(dev_short_rng), dev_short_rng)
+    if num_phrase_train:
+        phrases = wordnet_phrases(wordnet_dir)
+        if num_phrase_train > len(phrases):
+            raise ValueError(f"--num_phrase_train {num_phrase_train} is more than WordNet's {len(phrases)} phrases")
+        phrase_rng = random.Random(seed + 10)
+        drawn = [{"text": text} for text in phrase_rng.sample(phrases, num_phrase_train)]
+        plan["train_phrases"] = plan_rows(drawn, mixed_voice(phrase_rng), phrase_rng)
     return plan
 
 
@@ -243,6 +275,12 @@ def training_voice(rng: random.Random):
 def piper_voice(rng: random.Random):
     """Draws of (synthesizer, voice, speed) in Piper's voice, from `rng`."""
     return lambda: (PIPER, PIPER_VOICE, rng.choice(TRAIN_SPEEDS))
+
+
+def mixed_voice(rng: random.Random):
+    """Draws among the training voices and, in `SHORT_PIPER_SHARE` of them, Piper's, from `rng`."""
+    piper, training = piper_voice(rng), training_voice(rng)
+    return lambda: piper() if rng.random() < SHORT_PIPER_SHARE else training()
 
 
 def word_span(sentence: str, rng: random.Random) -> str:
@@ -397,6 +435,7 @@ def build_corpus(
     num_piper_train=0,
     num_short_train=0,
     pitch_piper=False,
+    num_phrase_train=0,
 ) -> dict:
     """Write the splits (all by default) under `output_dir`, each replacing its folder; returns their rows."""
     plan = clip_plan(
@@ -407,6 +446,7 @@ def build_corpus(
         num_dev=num_dev,
         num_piper_train=num_piper_train,
         num_short_train=num_short_train,
+        num_phrase_train=num_phrase_train,
     )
     for position, (split, rows) in enumerate(plan.items()):
         if splits and split not in splits or not rows:
@@ -461,6 +501,13 @@ def main():
         help="Also build `train_piper_pitched` and `dev_piper_pitched`: the clips of train_piper and dev_piper (built "
         "before) with the pitch raised 300-900 cents, a higher voice made of Piper's.",
     )
+    parser.add_argument(
+        "--num_phrase_train",
+        type=int,
+        default=0,
+        help="Also build `train_phrases`: N of WordNet's examples that are not plain sentences (phrases of 2-5 words, "
+        "sentences naming people, days or months; 25,000 in all), training voices and Piper's: new text to train on.",
+    )
     parser.add_argument("--splits", nargs="*", default=None, help="Build only these splits.")
     parser.add_argument("--num_workers", type=int, default=os.cpu_count(), help="Synthesis processes.")
     parser.add_argument("--seed", type=int, default=0)
@@ -477,6 +524,7 @@ def main():
         args.num_piper_train,
         args.num_short_train,
         args.pitch_piper,
+        args.num_phrase_train,
     )
 
 

@@ -15,6 +15,7 @@ from english.build_corpus import (
     clip_plan,
     question_for,
     real_speech_rows,
+    wordnet_phrases,
     wordnet_sentences,
     write_pitched_split,
 )
@@ -32,6 +33,7 @@ def wordnet_dir(tmp_path):
     examples = [f'"the {animal} walked slowly across the {place} field"' for animal, place in zip(ANIMALS, PLACES)]
     examples += [f'"we carried the heavy boxes up to the {place} today"' for place in PLACES]
     examples += ['"we met the tall man called Alice today"', '"too short to keep"', '"we counted 42 sheep in the barn"']
+    examples += ['"The Dog walked slowly across the old barn field"']  # a plain sentence, capitalised otherwise
     lines = ["  license header line\n"]
     lines += [f"{index:08d} 05 n 01 thing 0 000 | a thing; {example}\n" for index, example in enumerate(examples)]
     (tmp_path / "data.noun").write_text("".join(lines), encoding="latin-1")
@@ -86,6 +88,20 @@ def test_piper_training_splits_add_a_voice_and_move_no_other_split(wordnet_dir):
     assert larger["train_piper"][:2] == train_piper and larger["dev_piper"] == dev_piper
     with pytest.raises(ValueError, match="num_piper_train"):
         clip_plan(num_train=4, num_test=4, seed=0, num_extra_train=5, wordnet_dir=wordnet_dir, num_piper_train=6)
+
+
+def test_phrases_are_new_text_in_one_more_split(wordnet_dir):
+    # a name or fewer than 6 words; not a digit, and not a plain sentence spelt otherwise (a dev or test sentence)
+    assert wordnet_phrases(wordnet_dir) == ["too short to keep", "we met the tall man called Alice today"]
+    plan = clip_plan(num_train=4, num_test=4, seed=0, num_extra_train=5, wordnet_dir=wordnet_dir, num_dev=3)
+    more = clip_plan(
+        num_train=4, num_test=4, seed=0, num_extra_train=5, wordnet_dir=wordnet_dir, num_dev=3, num_phrase_train=2
+    )
+    phrases = more.pop("train_phrases")
+    assert more == plan
+    assert sorted(row["text"] for row in phrases) == wordnet_phrases(wordnet_dir)
+    with pytest.raises(ValueError, match="num_phrase_train"):
+        clip_plan(num_train=4, num_test=4, seed=0, wordnet_dir=wordnet_dir, num_phrase_train=3)
 
 
 def test_real_speech_rows_keep_spoken_prompts_only(tmp_path):
