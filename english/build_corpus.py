@@ -32,6 +32,8 @@ Splits (audiofolders: 16 kHz mono FLAC + `metadata.jsonl` with `file_name`, `tex
 - `train_phrases` (with `--num_phrase_train N`): N of WordNet's other examples (`wordnet_phrases`: phrases of 2-5
   words, and sentences naming people, days or months; none a plain sentence), training voices and Piper's in a
   quarter: new text, since the plain sentences are all in the splits above;
+- `train_flite` and `dev_flite` (with `--num_flite_train N`): the first N `train_extra` sentences and the dev sentences
+  in flite's voices (`apt-get install flite`: awb, rms and slt, each made from one person's recordings);
 - `dev`: the last `--num_dev` WordNet sentences (in no other split) in training voices, with a question where the
   sentence has one, for choosing between training runs and prompts, so that no decision reads a held-out split;
 - `test_real_speech`: real human speech, never trained on: the recorded prompts of Debian's
@@ -60,6 +62,7 @@ from processing_blsp import load_audio
 from world.build_speech import (
     ESPEAK,
     FESTIVAL,
+    FLITE,
     HELD_OUT_FESTIVAL_VOICE,
     HELD_OUT_SPEED,
     HELD_OUT_VOICE,
@@ -80,6 +83,9 @@ SHORT_PIPER_SHARE = 0.25
 """The share of `train_short`'s and `train_phrases`' clips spoken in Piper's voice."""
 PIPER = "piper"
 PIPER_VOICE = "en_US-joe-medium"
+FLITE_VOICES = ("awb", "rms", "slt")
+"""flite's statistical voices, each made from one person's recordings (CMU ARCTIC: a Scottish and an American man, an
+American woman; slt is also festival's training voice `cmu_us_slt_arctic_hts`)."""
 PITCHED_SPLITS = {"train_piper_pitched": "train_piper", "dev_piper_pitched": "dev_piper"}
 """`--pitch_piper`: each split is its source's clips with the pitch raised (sox's `pitch`): a higher Piper voice."""
 PITCH_CENTS = (300, 900)
@@ -209,6 +215,7 @@ def clip_plan(
     num_piper_train: int = 0,
     num_short_train: int = 0,
     num_phrase_train: int = 0,
+    num_flite_train: int = 0,
 ) -> dict[str, list[dict]]:
     """Every split's metadata rows: sentence, synthesizer, voice, speed and drawn recording conditions.
 
@@ -219,7 +226,9 @@ def clip_plan(
     `dev_piper`). With `num_short_train`, `train_short` speaks a span of 1-4 words of each of the last
     `num_short_train` sentences of `train_extra` (training voices, Piper's in a quarter), and `dev_short` a span of
     each dev sentence (training voices). With `num_phrase_train`, `train_phrases` speaks that many of WordNet's other
-    examples (`wordnet_phrases`, drawn with the seed; training voices, Piper's in a quarter)."""
+    examples (`wordnet_phrases`, drawn with the seed; training voices, Piper's in a quarter). With `num_flite_train`,
+    flite's voices join the training voices: `train_flite` speaks the first `num_flite_train` sentences of
+    `train_extra` in them, and `dev_flite` the dev sentences."""
     rest, test = split_sentences(wordnet_sentences(wordnet_dir), num_train, num_test, seed)
     dev_start = len(rest) - num_dev
     train, extra, dev = rest[:num_train], rest[num_train : num_train + num_extra_train], rest[dev_start:]
@@ -264,6 +273,12 @@ def clip_plan(
         phrase_rng = random.Random(seed + 10)
         drawn = [{"text": text} for text in phrase_rng.sample(phrases, num_phrase_train)]
         plan["train_phrases"] = plan_rows(drawn, mixed_voice(phrase_rng), phrase_rng)
+    if num_flite_train:
+        if num_flite_train > len(extra):
+            raise ValueError(f"--num_flite_train {num_flite_train} is more than train_extra's {len(extra)} sentences")
+        flite_rng, dev_flite_rng = random.Random(seed + 11), random.Random(seed + 12)
+        plan["train_flite"] = plan_rows(extra[:num_flite_train], flite_voice(flite_rng), flite_rng)
+        plan["dev_flite"] = plan_rows(dev, flite_voice(dev_flite_rng), dev_flite_rng)
     return plan
 
 
@@ -275,6 +290,11 @@ def training_voice(rng: random.Random):
 def piper_voice(rng: random.Random):
     """Draws of (synthesizer, voice, speed) in Piper's voice, from `rng`."""
     return lambda: (PIPER, PIPER_VOICE, rng.choice(TRAIN_SPEEDS))
+
+
+def flite_voice(rng: random.Random):
+    """Draws of (synthesizer, voice, speed) among flite's voices, from `rng`."""
+    return lambda: (FLITE, rng.choice(FLITE_VOICES), rng.choice(TRAIN_SPEEDS))
 
 
 def mixed_voice(rng: random.Random):
@@ -436,6 +456,7 @@ def build_corpus(
     num_short_train=0,
     pitch_piper=False,
     num_phrase_train=0,
+    num_flite_train=0,
 ) -> dict:
     """Write the splits (all by default) under `output_dir`, each replacing its folder; returns their rows."""
     plan = clip_plan(
@@ -447,6 +468,7 @@ def build_corpus(
         num_piper_train=num_piper_train,
         num_short_train=num_short_train,
         num_phrase_train=num_phrase_train,
+        num_flite_train=num_flite_train,
     )
     for position, (split, rows) in enumerate(plan.items()):
         if splits and split not in splits or not rows:
@@ -508,6 +530,13 @@ def main():
         help="Also build `train_phrases`: N of WordNet's examples that are not plain sentences (phrases of 2-5 words, "
         "sentences naming people, days or months; 25,000 in all), training voices and Piper's: new text to train on.",
     )
+    parser.add_argument(
+        "--num_flite_train",
+        type=int,
+        default=0,
+        help="Also train on flite's voices (`apt-get install flite`: awb, rms, slt): `train_flite` (this many "
+        "train_extra sentences in them) and `dev_flite` (the dev sentences in them).",
+    )
     parser.add_argument("--splits", nargs="*", default=None, help="Build only these splits.")
     parser.add_argument("--num_workers", type=int, default=os.cpu_count(), help="Synthesis processes.")
     parser.add_argument("--seed", type=int, default=0)
@@ -525,6 +554,7 @@ def main():
         args.num_short_train,
         args.pitch_piper,
         args.num_phrase_train,
+        args.num_flite_train,
     )
 
 

@@ -10,6 +10,7 @@ import pytest
 import soundfile
 
 from english.build_corpus import (
+    FLITE_VOICES,
     PITCH_CENTS,
     QUESTION,
     clip_plan,
@@ -19,7 +20,7 @@ from english.build_corpus import (
     wordnet_sentences,
     write_pitched_split,
 )
-from world.build_speech import ESPEAK, FESTIVAL
+from world.build_speech import ESPEAK, FESTIVAL, FLITE, speak_flite
 
 ANIMALS = ["dog", "cat", "horse", "sheep", "goat", "duck"]
 PLACES = [
@@ -102,6 +103,28 @@ def test_phrases_are_new_text_in_one_more_split(wordnet_dir):
     assert sorted(row["text"] for row in phrases) == wordnet_phrases(wordnet_dir)
     with pytest.raises(ValueError, match="num_phrase_train"):
         clip_plan(num_train=4, num_test=4, seed=0, wordnet_dir=wordnet_dir, num_phrase_train=3)
+
+
+def test_flite_splits_add_its_voices_and_move_no_other_split(wordnet_dir):
+    plan = clip_plan(num_train=4, num_test=4, seed=0, num_extra_train=5, wordnet_dir=wordnet_dir, num_dev=3)
+    more = clip_plan(
+        num_train=4, num_test=4, seed=0, num_extra_train=5, wordnet_dir=wordnet_dir, num_dev=3, num_flite_train=2
+    )
+    train_flite, dev_flite = more.pop("train_flite"), more.pop("dev_flite")
+    assert more == plan
+    assert [row["text"] for row in train_flite] == [row["text"] for row in plan["train_extra"][:2]]
+    assert [row["text"] for row in dev_flite] == [row["text"] for row in plan["dev"]]
+    assert {(row["synthesizer"], row["voice"] in FLITE_VOICES) for row in train_flite + dev_flite} == {(FLITE, True)}
+    with pytest.raises(ValueError, match="num_flite_train"):
+        clip_plan(num_train=4, num_test=4, seed=0, num_extra_train=5, wordnet_dir=wordnet_dir, num_flite_train=6)
+
+
+@pytest.mark.skipif(shutil.which("flite") is None, reason="flite is not installed (apt-get install flite)")
+@pytest.mark.parametrize("voice", FLITE_VOICES)
+def test_flite_speaks_at_the_asked_speed(voice):
+    fast, slow = (speak_flite("the dog walked across the field", voice, speed) for speed in (200, 120))
+    assert fast.dtype == np.float32 and np.abs(fast).max() > 0.05
+    assert 1.4 < len(slow) / len(fast) < 1.9  # durations stretch by 200 / 120
 
 
 def test_real_speech_rows_keep_spoken_prompts_only(tmp_path):

@@ -35,7 +35,7 @@ import soxr
 from world.language import Sentence, sentences_by_template, split_sentences
 
 SAMPLING_RATE = 16000
-ESPEAK, FESTIVAL = "espeak-ng", "festival"
+ESPEAK, FESTIVAL, FLITE = "espeak-ng", "festival", "flite"
 TRAIN_ACCENTS = (
     "en-us", "en-gb", "en-gb-x-gbclan", "en-gb-x-rp", "en-gb-x-gbcwmd", "en-029", "en-us-nyc",
 )  # fmt: skip
@@ -51,6 +51,8 @@ FESTIVAL_SHARE = 0.25
 """Fraction of training clips spoken by festival rather than espeak-ng."""
 FESTIVAL_NATIVE_WPM = 180
 """festival's own speaking rate, roughly: a speed of `s` words per minute stretches durations by this / `s`."""
+FLITE_NATIVE_WPM = 180
+"""flite's own rate, the same way (its voices speak about as fast as festival's)."""
 TRAIN_SPEEDS = (120, 130, 140, 150, 160, 180, 190, 200)
 HELD_OUT_VOICE, HELD_OUT_SPEED = "en-gb-scotland+f2", 170
 HELD_OUT_FESTIVAL_VOICE = "ked_diphone"
@@ -90,6 +92,15 @@ def speak_espeak(text: str, voice: str, speed: int) -> np.ndarray:
     return read_resampled(io.BytesIO(wav))
 
 
+def speak_flite(text: str, voice: str, speed: int) -> np.ndarray:
+    """flite's rendering of `text` (`apt-get install flite`; voices awb, rms, slt, kal16) as float32 mono at 16 kHz."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path = os.path.join(scratch, "speech.wav")
+        stretch = f"duration_stretch={FLITE_NATIVE_WPM / speed:.4f}"
+        subprocess.run(["flite", "-voice", voice, "--setf", stretch, "-t", text, "-o", path], check=True)
+        return read_resampled(path)
+
+
 def speak_festival(rows: list[dict]) -> list[np.ndarray]:
     """festival's renderings of the rows (one festival process for all of them), as float32 mono at 16 kHz."""
     with tempfile.TemporaryDirectory() as scratch:
@@ -122,6 +133,8 @@ def speak_rows(rows: list[dict]) -> list[np.ndarray]:
     for index, row in enumerate(rows):
         if row["synthesizer"] == ESPEAK:
             speech[index] = speak_espeak(row["text"], row["voice"], row["speed"])
+        elif row["synthesizer"] == FLITE:
+            speech[index] = speak_flite(row["text"], row["voice"], row["speed"])
     return [trim(samples) for samples in speech]
 
 
