@@ -252,11 +252,7 @@ def clip_plan(
     dev = [{**row, **question_fields(row["text"])} for row in dev]
     plan["dev"] = plan_rows(dev, training_voice(dev_rng), dev_rng)
     if num_piper_train:
-        if num_piper_train > len(extra):
-            raise ValueError(f"--num_piper_train {num_piper_train} is more than train_extra's {len(extra)} sentences")
-        piper_rng, dev_piper_rng = random.Random(seed + 4), random.Random(seed + 5)
-        plan["train_piper"] = plan_rows(extra[:num_piper_train], piper_voice(piper_rng), piper_rng)
-        plan["dev_piper"] = plan_rows(dev, piper_voice(dev_piper_rng), dev_piper_rng)
+        plan.update(voice_splits("piper", num_piper_train, piper_voice, extra, dev, seed + 4))
     if num_short_train:
         short_rng, dev_short_rng = random.Random(seed + 6), random.Random(seed + 7)
         if num_short_train > len(extra):
@@ -274,12 +270,20 @@ def clip_plan(
         drawn = [{"text": text} for text in phrase_rng.sample(phrases, num_phrase_train)]
         plan["train_phrases"] = plan_rows(drawn, mixed_voice(phrase_rng), phrase_rng)
     if num_flite_train:
-        if num_flite_train > len(extra):
-            raise ValueError(f"--num_flite_train {num_flite_train} is more than train_extra's {len(extra)} sentences")
-        flite_rng, dev_flite_rng = random.Random(seed + 11), random.Random(seed + 12)
-        plan["train_flite"] = plan_rows(extra[:num_flite_train], flite_voice(flite_rng), flite_rng)
-        plan["dev_flite"] = plan_rows(dev, flite_voice(dev_flite_rng), dev_flite_rng)
+        plan.update(voice_splits("flite", num_flite_train, flite_voice, extra, dev, seed + 11))
     return plan
+
+
+def voice_splits(name: str, count: int, voice, extra: list[dict], dev: list[dict], seed: int) -> dict[str, list[dict]]:
+    """`train_<name>` (the first `count` train_extra sentences) and `dev_<name>` (the dev sentences) in `voice`'s
+    draws, from generators seeded `seed` and `seed + 1`: a voice that joins the training voices."""
+    if count > len(extra):
+        raise ValueError(f"--num_{name}_train {count} is more than train_extra's {len(extra)} sentences")
+    train_rng, dev_rng = random.Random(seed), random.Random(seed + 1)
+    return {
+        f"train_{name}": plan_rows(extra[:count], voice(train_rng), train_rng),
+        f"dev_{name}": plan_rows(dev, voice(dev_rng), dev_rng),
+    }
 
 
 def training_voice(rng: random.Random):
