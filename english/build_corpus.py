@@ -532,7 +532,7 @@ def main():
         type=int,
         default=0,
         help="Also build `train_phrases`: N of WordNet's examples that are not plain sentences (phrases of 2-5 words, "
-        "sentences naming people, days or months; 25,000 in all), training voices and Piper's: new text to train on.",
+        "sentences naming people, days or months; 26,192 in all), training voices and Piper's: new text to train on.",
     )
     parser.add_argument(
         "--num_flite_train",

@@ -11,6 +11,8 @@ import soundfile
 
 from english.build_corpus import (
     FLITE_VOICES,
+    PIPER,
+    PIPER_VOICE,
     PITCH_CENTS,
     QUESTION,
     clip_plan,
@@ -73,22 +75,28 @@ def test_dev_sentences_are_in_no_other_split_and_do_not_move_with_the_extra_ones
         clip_plan(num_train=4, num_test=4, seed=0, num_extra_train=16, wordnet_dir=wordnet_dir, num_dev=3)
 
 
-def test_piper_training_splits_add_a_voice_and_move_no_other_split(wordnet_dir):
-    plan = clip_plan(num_train=4, num_test=4, seed=0, num_extra_train=5, wordnet_dir=wordnet_dir, num_dev=3)
-    more = clip_plan(
-        num_train=4, num_test=4, seed=0, num_extra_train=5, wordnet_dir=wordnet_dir, num_dev=3, num_piper_train=2
-    )
-    train_piper, dev_piper = more.pop("train_piper"), more.pop("dev_piper")
+@pytest.mark.parametrize(
+    "name, synthesizer, voices", [("piper", PIPER, (PIPER_VOICE,)), ("flite", FLITE, FLITE_VOICES)]
+)
+def test_a_voices_training_splits_add_it_and_move_no_other_split(wordnet_dir, name, synthesizer, voices):
+    def planned(count):  # 0: without the voice
+        voice = {f"num_{name}_train": count}
+        return clip_plan(
+            num_train=4, num_test=4, seed=0, num_extra_train=5, wordnet_dir=wordnet_dir, num_dev=3, **voice
+        )
+
+    plan, more = planned(0), planned(2)
+    train, dev = more.pop(f"train_{name}"), more.pop(f"dev_{name}")
     assert more == plan
-    assert [row["text"] for row in train_piper] == [row["text"] for row in plan["train_extra"][:2]]
-    assert [row["text"] for row in dev_piper] == [row["text"] for row in plan["dev"]]
-    assert {row["synthesizer"] for row in train_piper + dev_piper} == {"piper"}
-    larger = clip_plan(
-        num_train=4, num_test=4, seed=0, num_extra_train=5, wordnet_dir=wordnet_dir, num_dev=3, num_piper_train=4
-    )
-    assert larger["train_piper"][:2] == train_piper and larger["dev_piper"] == dev_piper
-    with pytest.raises(ValueError, match="num_piper_train"):
-        clip_plan(num_train=4, num_test=4, seed=0, num_extra_train=5, wordnet_dir=wordnet_dir, num_piper_train=6)
+    assert [row["text"] for row in train] == [row["text"] for row in plan["train_extra"][:2]]
+    assert [row["text"] for row in dev] == [row["text"] for row in plan["dev"]]
+    assert {(row["synthesizer"], row["voice"] in voices) for row in train + dev} == {(synthesizer, True)}
+    larger = planned(4)
+    assert larger[f"train_{name}"][:2] == train and larger[f"dev_{name}"] == dev
+    with pytest.raises(ValueError, match=f"num_{name}_train"):
+        clip_plan(
+            num_train=4, num_test=4, seed=0, num_extra_train=5, wordnet_dir=wordnet_dir, **{f"num_{name}_train": 6}
+        )
 
 
 def test_phrases_are_new_text_in_one_more_split(wordnet_dir):
@@ -103,20 +111,6 @@ def test_phrases_are_new_text_in_one_more_split(wordnet_dir):
     assert sorted(row["text"] for row in phrases) == wordnet_phrases(wordnet_dir)
     with pytest.raises(ValueError, match="num_phrase_train"):
         clip_plan(num_train=4, num_test=4, seed=0, wordnet_dir=wordnet_dir, num_phrase_train=3)
-
-
-def test_flite_splits_add_its_voices_and_move_no_other_split(wordnet_dir):
-    plan = clip_plan(num_train=4, num_test=4, seed=0, num_extra_train=5, wordnet_dir=wordnet_dir, num_dev=3)
-    more = clip_plan(
-        num_train=4, num_test=4, seed=0, num_extra_train=5, wordnet_dir=wordnet_dir, num_dev=3, num_flite_train=2
-    )
-    train_flite, dev_flite = more.pop("train_flite"), more.pop("dev_flite")
-    assert more == plan
-    assert [row["text"] for row in train_flite] == [row["text"] for row in plan["train_extra"][:2]]
-    assert [row["text"] for row in dev_flite] == [row["text"] for row in plan["dev"]]
-    assert {(row["synthesizer"], row["voice"] in FLITE_VOICES) for row in train_flite + dev_flite} == {(FLITE, True)}
-    with pytest.raises(ValueError, match="num_flite_train"):
-        clip_plan(num_train=4, num_test=4, seed=0, num_extra_train=5, wordnet_dir=wordnet_dir, num_flite_train=6)
 
 
 @pytest.mark.skipif(shutil.which("flite") is None, reason="flite is not installed (apt-get install flite)")
