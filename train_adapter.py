@@ -12,7 +12,9 @@ Objectives (`--loss`):
 - `ctc`: CTC between the adapter's outputs, read through the LLM's token embeddings, and the transcript's tokens;
   no LLM forward, so a step costs a small fraction of the others: a warm-up that aligns the speech with the LLM's
   embedding space before `ce` or `kl` (not in the BLSP paper; see docs/steps.md);
-- sums such as `ce+kl`: `--ce_weight` * ce + `--kl_weight` * kl (+ `--ctc_weight` * ctc).
+- `chars`: CTC between an auxiliary character head on the adapter (`--adapter_characters`) and the transcript's
+  characters, beside `ctc` (`--loss ctc+chars`): spelling is learnt from less data than the LLM's tokens;
+- sums such as `ce+kl`: `--ce_weight` * ce + `--kl_weight` * kl (+ `--ctc_weight` * ctc, `--chars_weight` * chars).
 
 Only the adapter trains by default; `--train_speech_encoder` adds the Whisper encoder, `--lora_r` LoRA on the LLM.
 This script holds the arguments and `main`; in `blsp_steps/`: the datasets' preparation (`training_data.py`), the
@@ -120,6 +122,14 @@ class ModelArguments:
         metadata={
             "help": "Self-attention layers in the adapter (BlspConfig.adapter_num_transformer_layers); layers added "
             "to a trained adapter start as the identity. Default: the checkpoint's (none for a new model)."
+        },
+    )
+    adapter_characters: str | None = field(
+        default=None,
+        metadata={
+            "help": "The characters of an auxiliary CTC head on the adapter (BlspConfig.adapter_characters), which the "
+            '`chars` objective trains, e.g. " abcdefghijklmnopqrstuvwxyz\'" (a new head on a trained adapter starts '
+            "untrained). Default: the checkpoint's (none for a new model)."
         },
     )
     dtype: str = dtype_field(" Trainable parameters are kept in float32.")
@@ -297,8 +307,8 @@ class BlspTrainingArguments(TrainingArguments):
     loss: str = field(
         default="ce",
         metadata={
-            "help": "Objective: 'ce' (continuation), 'kl' (distillation), 'ctc' (alignment warm-up), or a sum such "
-            "as 'ce+kl'.",
+            "help": "Objective: 'ce' (continuation), 'kl' (distillation), 'ctc' (alignment warm-up), 'chars' (the "
+            "adapter's character head), or a sum such as 'ce+kl'.",
             "choices": list(LOSSES),
         },
     )
@@ -322,6 +332,7 @@ class BlspTrainingArguments(TrainingArguments):
     ce_weight: float = field(default=1.0, metadata={"help": "Weight of the cross-entropy term."})
     kl_weight: float = field(default=1.0, metadata={"help": "Weight of the KL term."})
     ctc_weight: float = field(default=1.0, metadata={"help": "Weight of the CTC term."})
+    chars_weight: float = field(default=1.0, metadata={"help": "Weight of the character CTC term."})
     train_sampling_strategy: str = field(
         default="group_by_length",
         metadata={
@@ -376,7 +387,7 @@ class BlspTrainingArguments(TrainingArguments):
 
     @property
     def loss_terms(self) -> set[str]:
-        """The terms of the objective: a subset of {"ce", "kl", "ctc"}."""
+        """The terms of the objective: a subset of {"ce", "kl", "ctc", "chars"}."""
         return set(self.loss.split("+"))
 
 
@@ -449,6 +460,11 @@ def main(args: list[str] | None = None):
         raise ValueError(
             "--padding_free cannot leave speech frames out (speech_compression='ctc' masks them): drop one of them."
         )
+    if "chars" in training_args.loss_terms and not model.config.adapter_characters:
+        raise ValueError(
+            "--loss chars trains the adapter's character head, which this model has none of: pass "
+            '--adapter_characters (e.g. " abcdefghijklmnopqrstuvwxyz\'").'
+        )
     if model_args.match_embedding_scale:
         factor = model.match_speech_scale_to_embeddings()
         logger.info("Adapter output scaled by %.4f to the LLM's embedding norm.", factor)
@@ -474,6 +490,7 @@ def main(args: list[str] | None = None):
             with_teacher=needs_teacher(training_args.loss_terms),
             cached_teacher=cached_teacher,
             with_ctc_labels="ctc" in training_args.loss_terms,
+            characters=model.config.adapter_characters if "chars" in training_args.loss_terms else None,
             rejects_path=audio_rejects_path(training_args),
             vocab_size=model.config.text_config.vocab_size,
             augmentation=SpeechAugmentation(

@@ -51,6 +51,11 @@ class AugmentationArguments:
         )
 
 
+def telephone_band(clip: np.ndarray, sampling_rate: int) -> np.ndarray:
+    """The clip resampled to 8 kHz and back: nothing above 4 kHz survives, as in telephone recordings."""
+    return soxr.resample(soxr.resample(clip, sampling_rate, TELEPHONE_RATE), TELEPHONE_RATE, sampling_rate)
+
+
 class SpeechAugmentation:
     """Draws each clip's augmentation from its own generator (`seed`), in the collator's process."""
 
@@ -65,8 +70,7 @@ class SpeechAugmentation:
             if factor != 1.0:
                 clip = soxr.resample(clip, self.sampling_rate * factor, self.sampling_rate)
         if self.rng.random() < self.args.telephone_band_probability:
-            narrow = soxr.resample(clip, self.sampling_rate, TELEPHONE_RATE)
-            clip = soxr.resample(narrow, TELEPHONE_RATE, self.sampling_rate)
+            clip = telephone_band(clip, self.sampling_rate)
         return clip.astype(np.float32)
 
     def state_masks(self, states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,14 @@ import sacrebleu
 import torch
 from datasets import Audio
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig, pipeline
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LogitsProcessorList,
+    NoRepeatNGramLogitsProcessor,
+    PreTrainedConfig,
+    pipeline,
+)
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
 from modeling_blsp import BlspForConditionalGeneration
@@ -104,9 +111,18 @@ class EvaluationArguments:
             "predictions.jsonl keeps the whole reply beside it."
         },
     )
+    no_repeat_reply_ngram_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Forbid a reply to repeat any of its own n-grams of this many tokens (the prompt is not counted, "
+            "so text can still be copied from it): greedy decoding cannot loop on a phrase."
+        },
+    )
     dtype: str = dtype_field()
 
     def __post_init__(self):
+        if self.no_repeat_reply_ngram_size is not None and self.no_repeat_reply_ngram_size < 1:
+            raise ValueError(f"--no_repeat_reply_ngram_size must be at least 1, got {self.no_repeat_reply_ngram_size}.")
         if self.input not in INPUT_KINDS:
             raise ValueError(f"--input must be one of {INPUT_KINDS}, got {self.input!r}")
         if self.task not in TASK_INSTRUCTIONS:
@@ -161,6 +177,18 @@ def score(predictions: list[str], references: list[str]) -> dict[str, float]:
         "bleu": sacrebleu.corpus_bleu(words_predictions, [words_references]).score,
         "exact_match": 100 * exact / len(references),
     }
+
+
+class NoRepeatReplyNGram(NoRepeatNGramLogitsProcessor):
+    """transformers' n-gram block over the reply only: its own `no_repeat_ngram_size` counts the prompt too, which
+    forbids copying the text a transcription prompt holds."""
+
+    def __init__(self, ngram_size: int, prompt_length: int):
+        super().__init__(ngram_size)
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return super().__call__(input_ids[:, self.prompt_length :], scores)
 
 
 class Generator:
@@ -229,7 +257,13 @@ class Generator:
         if "input_features" in inputs:
             inputs["input_features"] = inputs["input_features"].to(self.model.dtype)
         budgets = budgets or [self.args.max_new_tokens] * len(contents)
-        output = self.model.generate(**inputs, do_sample=False, max_new_tokens=max(budgets))
+        processors = LogitsProcessorList()
+        if self.args.no_repeat_reply_ngram_size:
+            prompt_length = inputs["input_ids"].shape[1]
+            processors.append(NoRepeatReplyNGram(self.args.no_repeat_reply_ngram_size, prompt_length))
+        output = self.model.generate(
+            **inputs, do_sample=False, max_new_tokens=max(budgets), logits_processor=processors
+        )
         replies = output[:, inputs["input_ids"].shape[1] :]
         return [
             self.tokenizer.decode(reply[:budget], skip_special_tokens=True).strip()

@@ -15,6 +15,7 @@ from itertools import combinations
 import torch
 from torch import nn
 
+from adapter_blsp import character_logits
 from configuration_blsp import IGNORE_INDEX
 from modeling_blsp import BlspForConditionalGeneration, ctc_readout
 
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 TEACHER_PREFIX = "teacher_"
 CTC_LABELS_KEY = "ctc_labels"
+CHARACTER_LABELS_KEY = "character_labels"
 CACHED_TEACHER_KEYS = ("cached_teacher_ids", "cached_teacher_logprobs")
 TEACHER_SOURCES = ("auto", "cached", "live")
 
@@ -100,6 +102,7 @@ class TrainingStep:
         }
         self.cached_teacher = tuple(inputs.pop(key) for key in CACHED_TEACHER_KEYS if key in inputs) or None
         self.ctc_labels = inputs.pop(CTC_LABELS_KEY, None)
+        self.character_labels = inputs.pop(CHARACTER_LABELS_KEY, None)
         self.labels = inputs.pop("labels")
 
     @cached_property
@@ -155,11 +158,26 @@ def ctc_term(step: TrainingStep) -> torch.Tensor:
     embeddings = step.trainer.accelerator.unwrap_model(step.model).get_input_embeddings().weight
     logits = ctc_readout(speech, embeddings).float()
     labels = step.ctc_labels
+    labels = labels.where(labels == IGNORE_INDEX, labels + 1)  # index 0 is the blank
+    return step.local_mean(ctc_loss(logits, lengths, labels))
+
+
+def characters_term(step: TrainingStep) -> torch.Tensor:
+    """CTC between the adapter's auxiliary character head (`BlspConfig.adapter_characters`) and the transcript's
+    characters: an easier target than the LLM's tokens, which shapes the same adapter outputs. Mean as `ctc_term`."""
+    speech, lengths = step.speech
+    adapter = step.trainer.accelerator.unwrap_model(step.model).adapter
+    logits = character_logits(adapter, speech).float()
+    return step.local_mean(ctc_loss(logits, lengths * adapter.characters_per_frame, step.character_labels))
+
+
+def ctc_loss(logits: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """torch's CTC loss (mean over rows of the loss per target) of (rows, positions, 1 + classes) logits, blank at
+    column 0, against `labels` (class indices from 1, padded with -100)."""
     target_lengths = (labels != IGNORE_INDEX).sum(-1)
-    targets = labels[labels != IGNORE_INDEX] + 1  # index 0 is the blank
     log_probs = nn.functional.log_softmax(logits, dim=-1).transpose(0, 1)
-    loss = nn.functional.ctc_loss(log_probs, targets, lengths, target_lengths, blank=0, zero_infinity=True)
-    return step.local_mean(loss)
+    targets = labels[labels != IGNORE_INDEX]
+    return nn.functional.ctc_loss(log_probs, targets, lengths, target_lengths, blank=0, zero_infinity=True)
 
 
 @dataclass(frozen=True)
@@ -211,6 +229,16 @@ OBJECTIVES = {
         description="CTC between the adapter's outputs, read through the LLM's token embeddings, and the transcript's "
         "tokens: an alignment warm-up before the BLSP objective, without any LLM forward (not in the BLSP paper)",
         term="CTC to the transcript's tokens through the LLM's embeddings",
+    ),
+    "chars": Objective(
+        columns=(AUDIO, TEXT),
+        needs_teacher=False,
+        loss=characters_term,
+        weight="chars_weight",
+        settings=(),
+        description="CTC between the adapter's auxiliary character head and the transcript's characters (not in the "
+        "BLSP paper)",
+        term="CTC to the transcript's characters (auxiliary head)",
     ),
 }
 LOSSES = tuple("+".join(terms) for size in range(1, len(OBJECTIVES) + 1) for terms in combinations(OBJECTIVES, size))

@@ -30,6 +30,7 @@ from .corpora import ROW_ID, TEACHER_IDS, TEACHER_LOGPROBS
 from .encoder_states import CACHE_KEYS, clip_key, read_speech_states
 from .objectives import (
     CACHED_TEACHER_KEYS,
+    CHARACTER_LABELS_KEY,
     CTC_LABELS_KEY,
     OBJECTIVES,
     TEACHER_PREFIX,
@@ -52,6 +53,14 @@ LORA_SAVE_MODES = ("merged", "adapter")
 # ----------------------------------------------------------------------------------------------------- data
 
 
+def character_labels(text: str, characters: str) -> list[int]:
+    """The text's characters as indices from 1 into `characters` (0 is CTC's blank): lower-cased, characters not in
+    `characters` left out, then runs of white space as one space."""
+    index = {character: position + 1 for position, character in enumerate(characters)}
+    kept = "".join(character for character in text.lower() if character in index or character.isspace())
+    return [index[character] for character in " ".join(kept.split())]
+
+
 @dataclass
 class SpeechPromptCollator:
     """Decodes each row's audio (soundfile + soxr) and builds the model inputs.
@@ -70,6 +79,9 @@ class SpeechPromptCollator:
     each (tokens, k) in reading order) instead of the teacher's inputs."""
     with_ctc_labels: bool = False
     """Also give the transcript's tokens, padded with -100, under `ctc_labels` (the `ctc` objective)."""
+    characters: str | None = None
+    """Also give the transcript's characters (lower-cased, spaces collapsed, others left out) as indices from 1 into
+    these, padded with -100, under `character_labels` (the `chars` objective)."""
     rejects_path: str | None = None
     augmentation: SpeechAugmentation | None = None
     """Training only: speed and band of each decoded clip, masks on its features (`BlspTrainer` drops it when
@@ -160,6 +172,11 @@ class SpeechPromptCollator:
             tokens = self.processor.tokenizer([row["text"] for row in kept], add_special_tokens=False)["input_ids"]
             batch[CTC_LABELS_KEY] = nn.utils.rnn.pad_sequence(
                 [torch.tensor(ids, dtype=torch.long) for ids in tokens], batch_first=True, padding_value=IGNORE_INDEX
+            )
+        if self.characters:
+            labels = [character_labels(row["text"], self.characters) for row in kept]
+            batch[CHARACTER_LABELS_KEY] = nn.utils.rnn.pad_sequence(
+                [torch.tensor(ids, dtype=torch.long) for ids in labels], batch_first=True, padding_value=IGNORE_INDEX
             )
         return batch
 
@@ -254,7 +271,7 @@ def check_model_type(name_or_path: str, expected: str, hint: str):
 def load_model_and_processor(model_args, prompt_layout, system_prompt):
     """A new BLSP model (Whisper + LLM, new adapter) or an existing checkpoint, with its processor; the adapter
     settings given on the command line replace the checkpoint's."""
-    names = ("adapter_conv_stride", "adapter_num_transformer_layers")
+    names = ("adapter_conv_stride", "adapter_num_transformer_layers", "adapter_characters")
     architecture = {name: getattr(model_args, name) for name in names if getattr(model_args, name) is not None}
     if model_args.model_name_or_path is not None:
         path = model_args.model_name_or_path

@@ -14,6 +14,7 @@ import os
 import torch
 
 from blsp_steps import evaluation as scoring
+from blsp_steps.augmentation import telephone_band
 from english.build_corpus import TEST_SPLITS
 from modeling_blsp import BlspForConditionalGeneration, ctc_readout
 from processing_blsp import BlspProcessor, load_audio
@@ -45,6 +46,12 @@ def main():
         "--splits", nargs="*", default=["dev", *TEST_SPLITS], help="`dev` chooses runs; others: held out."
     )
     parser.add_argument("--max_samples", type=int, default=None)
+    parser.add_argument(
+        "--telephone_band",
+        action="store_true",
+        help="Also read each split through the telephone band (8 kHz and back, as the real recordings are): rows "
+        "<split>+telephone.",
+    )
     parser.add_argument("--examples", type=int, default=3, help="Clips printed per split with their readout.")
     parser.add_argument("--output_dir", default=None, help="Also write each split's readouts here (<split>.jsonl).")
     args = parser.parse_args()
@@ -55,24 +62,26 @@ def main():
     ).eval()
     processor = BlspProcessor.from_pretrained(args.blsp)
     lines = ["| split | clips | adapter readout WER (%) |", "|---|---|---|"]
-    for split in args.splits:
+    channels = [("", None)] + [("+telephone", telephone_band)] * args.telephone_band
+    for split, (suffix, channel) in ((split, channel) for split in args.splits for channel in channels):
         with open(os.path.join(args.data_dir, split, "metadata.jsonl"), encoding="utf-8") as file:
             rows = [json.loads(line) for line in file][: args.max_samples]
         readouts = []
         for start in range(0, len(rows), 20):
             batch = rows[start : start + 20]
             clips = [load_audio(os.path.join(args.data_dir, split, row["file_name"]), 16000) for row in batch]
-            readouts += read_out(model, processor, clips)
+            readouts += read_out(model, processor, [channel(clip, 16000) if channel else clip for clip in clips])
+        name = split + suffix
         for row, readout in list(zip(rows, readouts))[: args.examples]:
-            print(f"{split}: {row['text']!r} -> {readout!r}")
+            print(f"{name}: {row['text']!r} -> {readout!r}")
         if args.output_dir:
             os.makedirs(args.output_dir, exist_ok=True)
-            with open(os.path.join(args.output_dir, f"{split}.jsonl"), "w", encoding="utf-8") as file:
+            with open(os.path.join(args.output_dir, f"{name}.jsonl"), "w", encoding="utf-8") as file:
                 for row, readout in zip(rows, readouts):
                     record = {"file_name": row["file_name"], "text": row["text"], "readout": readout}
                     file.write(json.dumps(record) + "\n")
         wer = scoring.score(readouts, [row["text"] for row in rows])["wer"]
-        lines.append(f"| {split} | {len(rows)} | {wer:.1f} |")
+        lines.append(f"| {name} | {len(rows)} | {wer:.1f} |")
     print("\n".join(lines))
 
 

@@ -165,6 +165,7 @@ def run_task(system: dict, evaluation_set: str, task: str, output_dir: str, args
         "system": {key: system.get(key) for key in ("path", "input", "ctc_temperature")},
         "prompt": {"instruction": prompt.instruction, "history": history},
         "layout": args.prompt_layout,
+        "no_repeat_reply_ngram_size": args.no_repeat_reply_ngram_size,
     }
     settings_file = os.path.join(output_dir, "settings.json")
     if os.path.exists(os.path.join(output_dir, "metrics.json")):
@@ -202,6 +203,7 @@ def run_task(system: dict, evaluation_set: str, task: str, output_dir: str, args
         max_new_tokens=prompt.max_new_tokens,
         history_file=history_file,
         ctc_temperature=system.get("ctc_temperature"),
+        no_repeat_reply_ngram_size=args.no_repeat_reply_ngram_size,
         **transcription_settings(task),
     )
     dataset = question_set(evaluation_set) if question else evaluation_set
@@ -286,6 +288,12 @@ def main():
         default=None,
         help="The BLSP checkpoint's ctc_temperature for this run (0: each kept frame as its best token); its own when "
         "not set.",
+    )
+    parser.add_argument(
+        "--no_repeat_reply_ngram_size",
+        type=int,
+        default=None,
+        help="Every system's replies may not repeat one of their own n-grams of this many tokens (greedy loops).",
     )
     parser.add_argument("--batch_size", type=int, default=20)
     args = parser.parse_args()

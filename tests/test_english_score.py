@@ -49,7 +49,7 @@ def test_questions_ask_for_the_rows_category_after_a_worked_example():
 def test_replies_are_reused_only_when_made_with_the_same_settings(tmp_path):
     """A second run into the same --output_dir reads the replies already there only if they were made with this run's
     system, prompt and settings (a BLSP system at another ctc_temperature is refused, not mixed into the table)."""
-    args = argparse.Namespace(prompt_layout="instruction_first")
+    args = argparse.Namespace(prompt_layout="instruction_first", no_repeat_reply_ngram_size=4)
     system = {"path": "runs/blsp", "input": "speech", "ctc_temperature": 0.0}
     output_dir = str(tmp_path / "dev" / "transcribe" / "blsp")
     os.makedirs(output_dir)
@@ -65,9 +65,18 @@ def test_replies_are_reused_only_when_made_with_the_same_settings(tmp_path):
         "system": system,
         "prompt": {"instruction": prompt.instruction, "history": prompt.history("instruction_first")},
         "layout": "instruction_first",
+        "no_repeat_reply_ngram_size": 4,
     }
     with open(os.path.join(output_dir, "settings.json"), "w", encoding="utf-8") as file:
         json.dump(settings, file)
     assert run_task(system, "unused.jsonl", "transcribe", output_dir, args) == [row]
     with pytest.raises(ValueError, match="give another --output_dir"):
         run_task({**system, "ctc_temperature": 1.0}, "unused.jsonl", "transcribe", output_dir, args)
+    with pytest.raises(ValueError, match="give another --output_dir"):  # replies decoded with another n-gram block
+        run_task(
+            system,
+            "unused.jsonl",
+            "transcribe",
+            output_dir,
+            argparse.Namespace(**{**vars(args), "no_repeat_reply_ngram_size": None}),
+        )

@@ -6,9 +6,10 @@ import shutil
 
 import pytest
 import torch
+from transformers import NoRepeatNGramLogitsProcessor
 
 from blsp_steps.corpora import CorpusArguments
-from blsp_steps.evaluation import EvaluationArguments, evaluate, first_line, score
+from blsp_steps.evaluation import EvaluationArguments, NoRepeatReplyNGram, evaluate, first_line, score
 from processing_blsp import BlspProcessor, render_prompt
 
 
@@ -166,3 +167,14 @@ def test_history_turns_come_before_each_row_and_a_bad_file_is_named(saved_blsp, 
     args.history_file = str(tmp_path / "bad.json")
     with pytest.raises(ValueError, match=r"bad.json: turn 0 .* a history file is a JSON list"):
         evaluate(CorpusArguments(dataset_name=directory), args)
+
+
+def test_reply_ngram_block_counts_the_reply_only():
+    """A reply may copy the prompt's n-grams (a transcription prompt holds the text) but not repeat its own."""
+    scores = torch.zeros(1, 8)
+    copying = torch.tensor([[1, 2, 3, 1, 2]])  # prompt 1 2 3, reply so far 1 2
+    assert NoRepeatNGramLogitsProcessor(3)(copying, scores)[0, 3] == -float("inf")  # transformers' own bans the copy
+    assert torch.isfinite(NoRepeatReplyNGram(3, prompt_length=3)(copying, scores)).all()
+    looping = torch.tensor([[1, 2, 3, 4, 5, 4, 5]])  # reply 4 5 4 5: "4 5 4" was written, so 4 may not follow 4 5
+    banned = NoRepeatReplyNGram(3, prompt_length=3)(looping, scores)[0]
+    assert banned[4] == -float("inf") and torch.isfinite(banned[torch.arange(8) != 4]).all()

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 import train_adapter
 from blsp_steps.corpora import CONTINUATIONS_METADATA_FILE
-from blsp_steps.objectives import TrainingStep, ctc_term
-from blsp_steps.training import SpeechPromptCollator
+from blsp_steps.objectives import OBJECTIVES, TrainingStep
+from blsp_steps.training import SpeechPromptCollator, character_labels
 from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import BlspProcessor
 from tests.helpers.launching import two_process_launch
@@ -34,6 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+CHARACTERS = " abcdefghijklmnopqrstuvwxyz'"
 
 
 @pytest.fixture(scope="module")
@@ -157,12 +158,15 @@ def test_ctc_warm_up_trains_the_adapter_without_running_the_llm(
     assert "CTC between the adapter's outputs" in card
 
 
-def test_ctc_term_of_a_padded_batch_is_the_mean_of_each_row_alone(initial_blsp, speech_corpus):
-    """Padded frames and labels take no part: the batch's loss is the mean of the rows' losses computed alone."""
+@pytest.mark.parametrize("term", ["ctc", "chars"])
+def test_ctc_term_of_a_padded_batch_is_the_mean_of_each_row_alone(initial_blsp, speech_corpus, term):
+    """Padded frames and labels take no part: the batch's loss is the mean of the rows' losses computed alone (the
+    LLM's tokens, or the character head's characters)."""
     corpus_dir, rows = speech_corpus
-    model = BlspForConditionalGeneration.from_pretrained(initial_blsp).eval()
+    model = BlspForConditionalGeneration.from_pretrained(initial_blsp, adapter_characters=CHARACTERS).eval()
     processor = BlspProcessor.from_pretrained(initial_blsp)
-    collator = SpeechPromptCollator(processor, with_teacher=False, with_ctc_labels=True)
+    labels = {"ctc": {"with_ctc_labels": True}, "chars": {"characters": CHARACTERS}}[term]
+    collator = SpeechPromptCollator(processor, with_teacher=False, **labels)
     records = [
         {
             "audio": {"path": os.path.join(corpus_dir, row["file_name"]), "bytes": None},
@@ -177,11 +181,38 @@ def test_ctc_term_of_a_padded_batch_is_the_mean_of_each_row_alone(initial_blsp, 
         batch = collator(batch_rows)
         batch.pop("num_skipped_rows")
         with torch.no_grad():
-            return ctc_term(TrainingStep(trainer, model, batch, None))
+            return OBJECTIVES[term].loss(TrainingStep(trainer, model, batch, None))
 
-    assert len({int((collator([row])["ctc_labels"] >= 0).sum()) for row in records}) > 1  # rows differ in length
+    key = {"ctc": "ctc_labels", "chars": "character_labels"}[term]
+    assert len({int((collator([row])[key] >= 0).sum()) for row in records}) > 1  # rows differ in length
     alone = torch.stack([loss([row]) for row in records])
     torch.testing.assert_close(loss(records), alone.mean(), rtol=1e-5, atol=1e-5)
+
+
+def test_character_head_trains_beside_ctc_and_loads_back(initial_blsp, transcript_dataset, tmp_path):
+    """`--adapter_characters` adds the head to a trained adapter; `--loss ctc+chars` trains it with the adapter, and
+    the checkpoint loads back with the trained head (the LLM never runs)."""
+    output_dir = str(tmp_path)
+    flags = ["--loss", "ctc+chars", "--adapter_characters", CHARACTERS, "--chars_weight", "0.5"]
+    train_adapter.main(["--model_name_or_path", initial_blsp] + run_flags(transcript_dataset, output_dir, 30, *flags))
+    assert_loss_falls(output_dir)
+    trained = weights_under(saved_weights(output_dir), "adapter.character_head.")
+    assert trained["weight"].shape[0] == 4 * (len(CHARACTERS) + 1)
+    model = BlspForConditionalGeneration.from_pretrained(output_dir)
+    assert model.config.adapter_characters == CHARACTERS
+    torch.testing.assert_close(model.adapter.character_head.weight, trained["weight"])
+    card = ModelCard.load(os.path.join(output_dir, "README.md")).text
+    assert "0.5 x CTC to the transcript's characters" in card
+
+
+def test_chars_objective_needs_a_character_head(initial_blsp, transcript_dataset, tmp_path):
+    with pytest.raises(ValueError, match="--adapter_characters"):
+        flags = run_flags(transcript_dataset, str(tmp_path), 1, "--loss", "ctc+chars")
+        train_adapter.main(["--model_name_or_path", initial_blsp] + flags)
+
+
+def test_character_labels_lower_case_leave_out_others_and_collapse_spaces():
+    assert character_labels("It's  A\tcat, 2!", CHARACTERS) == [10, 21, 28, 20, 1, 2, 1, 4, 2, 21]
 
 
 def test_lora_changes_only_lora_and_adapter(initial_blsp, continuation_dataset, tmp_path):

@@ -52,6 +52,11 @@ class BlspConfig(PreTrainedConfig):
             trained adapter start as the identity and training goes on from what it had learned.
         adapter_num_attention_heads (`int`, defaults to 8), adapter_intermediate_size (`int`, *optional*):
             Heads and feed-forward width of those layers (default width: twice the LLM's hidden size).
+        adapter_characters (`str`, *optional*), adapter_characters_per_frame (`int`, defaults to 4):
+            The characters of an auxiliary CTC head on the adapter's output, trained by the `chars` objective of
+            `train_adapter.py` (spelling, learnt from less data than the LLM's tokens) and unused at inference. Each
+            adapter frame predicts `adapter_characters_per_frame` character positions, as speech has more characters
+            a second than the adapter has frames.
         speech_token (`str`, defaults to `"<speech>"`), speech_token_id (`int`, *optional*):
             The placeholder that the processor expands into one token per adapter frame.
         encoder_padding (`"longest"`, `"max_length"` or `"unmasked"`, defaults to `"longest"`):
@@ -112,6 +117,8 @@ class BlspConfig(PreTrainedConfig):
     adapter_num_transformer_layers: int = 0
     adapter_num_attention_heads: int = 8
     adapter_intermediate_size: int | None = None
+    adapter_characters: str | None = None
+    adapter_characters_per_frame: int = 4
     speech_token: str = "<speech>"
     speech_token_id: int | None = None
     encoder_padding: Literal["longest", "max_length", "unmasked"] = "longest"
@@ -133,6 +140,12 @@ class BlspConfig(PreTrainedConfig):
                 f"adapter_conv_stride {list(strides)} must give one stride per adapter convolution "
                 f"(adapter_num_conv_layers={self.adapter_num_conv_layers}), or one int for all."
             )
+        if self.adapter_characters is not None and (
+            not self.adapter_characters or len(set(self.adapter_characters)) != len(self.adapter_characters)
+        ):
+            raise ValueError(f"adapter_characters must be distinct characters, got {self.adapter_characters!r}.")
+        if self.adapter_characters_per_frame < 1:
+            raise ValueError(f"adapter_characters_per_frame must be 1 or more: {self.adapter_characters_per_frame}.")
         if self.speech_compression not in (None, "ctc"):
             raise ValueError(f"speech_compression must be None or 'ctc', got {self.speech_compression!r}.")
         if self.ctc_temperature < 0:

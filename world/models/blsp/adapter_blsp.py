@@ -75,6 +75,10 @@ class BlspModalityAdapter(nn.Module):
         self.bottleneck_down = nn.Linear(text_dim, config.adapter_bottleneck_dim, bias=False)
         self.bottleneck_up = nn.Linear(config.adapter_bottleneck_dim, text_dim, bias=False)
         self.layer_norm = nn.LayerNorm(text_dim, eps=config.adapter_layer_norm_eps)
+        self.characters_per_frame = config.adapter_characters_per_frame
+        self.character_head = None
+        if config.adapter_characters:
+            self.character_head = nn.Linear(text_dim, self.characters_per_frame * (len(config.adapter_characters) + 1))
 
     def forward(self, hidden_states: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(batch, frames, speech_dim) encoder states with valid `lengths` -> (batch, tokens, text_dim), lengths."""
@@ -88,6 +92,13 @@ class BlspModalityAdapter(nn.Module):
             hidden_states = layer(hidden_states, length_mask(lengths, hidden_states.shape[1]))
         hidden_states = hidden_states + self.bottleneck_up(nn.functional.gelu(self.bottleneck_down(hidden_states)))
         return self.layer_norm(hidden_states), lengths
+
+
+def character_logits(adapter: BlspModalityAdapter, speech_embeds: torch.Tensor) -> torch.Tensor:
+    """(batch, frames, hidden) adapter outputs -> (batch, frames * characters_per_frame, 1 + characters) CTC logits
+    of the auxiliary character head (column 0: the blank)."""
+    logits = adapter.character_head(speech_embeds)
+    return logits.view(*speech_embeds.shape[:-2], speech_embeds.shape[-2] * adapter.characters_per_frame, -1)
 
 
 def ctc_readout(speech_embeds: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
@@ -164,6 +175,7 @@ def encode_unmasked(
 __all__ = [
     "BlspAdapterTransformerLayer",
     "BlspModalityAdapter",
+    "character_logits",
     "ctc_readout",
     "keep_one_frame_per_clip",
     "encode_unmasked",
