@@ -128,6 +128,11 @@ def evenly_spaced(rows: list[dict], count: int | None) -> list[dict]:
     return [row for index, row in enumerate(rows) if index in chosen or row.get("question")]
 
 
+def has_questions(evaluation_set: str) -> bool:
+    with open(evaluation_set, encoding="utf-8") as file:
+        return any(json.loads(line)["question"] for line in file)
+
+
 def question_set(evaluation_set: str) -> str:
     """The evaluation set's rows that carry a question, with the question task's `instruction`, written beside it
     (anew each time: the instruction follows `PROMPTS`)."""
@@ -305,6 +310,9 @@ def main():
     for split in args.splits:
         evaluation_set = write_evaluation_set(args.data_dir, split, args.output_dir, asr, args.max_samples)
         for task in args.tasks:
+            if task == "question" and not has_questions(evaluation_set):
+                print(f"{split}: no row carries a question; the question task is skipped.", flush=True)
+                continue
             outputs = {
                 name: run_task(system, evaluation_set, task, os.path.join(args.output_dir, split, task, name), args)
                 for name, system in systems.items()

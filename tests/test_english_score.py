@@ -8,6 +8,7 @@ import os
 import pytest
 
 from blsp_steps.evaluation import EvaluationArguments, row_budget
+from english import score
 from english.score import (
     PROMPTS,
     TRANSCRIBE_INSTRUCTION,
@@ -80,3 +81,24 @@ def test_replies_are_reused_only_when_made_with_the_same_settings(tmp_path):
             output_dir,
             argparse.Namespace(**{**vars(args), "no_repeat_reply_ngram_size": None}),
         )
+
+
+def test_a_split_without_questions_skips_the_question_task(tmp_path, monkeypatch, capsys):
+    """`--tasks question` on a split whose rows carry no question (dev_short) is skipped with a note, not a crash."""
+    split = tmp_path / "data" / "dev_short"
+    split.mkdir(parents=True)
+    (split / "metadata.jsonl").write_text(json.dumps({"file_name": "a.flac", "text": "the price", "duration": 1.0}))
+    monkeypatch.setattr(score, "load_audio", lambda path, rate: [0.0])
+    monkeypatch.setattr(score, "pipeline", lambda *args, **kwargs: lambda clips, batch_size: [{"text": "the price"}])
+    ran = []
+
+    def fake_run_task(system, evaluation_set, task, output_dir, args):
+        ran.append(task)
+        return [{"row_id": 0, "reference": "the price", "prediction": "the price"}]
+
+    monkeypatch.setattr(score, "run_task", fake_run_task)
+    argv = ["score", "--data_dir", str(tmp_path / "data"), "--splits", "dev_short", "--systems", "text_input"]
+    monkeypatch.setattr("sys.argv", argv + ["--tasks", "transcribe", "question", "--output_dir", str(tmp_path / "out")])
+    score.main()
+    assert ran == ["transcribe"]
+    assert "dev_short: no row carries a question" in capsys.readouterr().out
