@@ -93,12 +93,12 @@ def test_a_split_without_questions_skips_the_question_task(tmp_path, monkeypatch
     ran = []
 
     def fake_run_task(system, evaluation_set, task, output_dir, args):
-        ran.append(task)
+        ran.append((task, args.no_repeat_reply_ngram_size))
         return [{"row_id": 0, "reference": "the price", "prediction": "the price"}]
 
     monkeypatch.setattr(score, "run_task", fake_run_task)
     argv = ["score", "--data_dir", str(tmp_path / "data"), "--splits", "dev_short", "--systems", "text_input"]
     monkeypatch.setattr("sys.argv", argv + ["--tasks", "transcribe", "question", "--output_dir", str(tmp_path / "out")])
     score.main()
-    assert ran == ["transcribe"]
+    assert ran == [("transcribe", score.REPLY_NGRAM_BLOCK)]  # every system's replies may not loop, by default
     assert "dev_short: no row carries a question" in capsys.readouterr().out
