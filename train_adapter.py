@@ -13,7 +13,7 @@ Objectives (`--loss`):
   no LLM forward, so a step costs a small fraction of the others: a warm-up that aligns the speech with the LLM's
   embedding space before `ce` or `kl` (not in the BLSP paper; see docs/steps.md);
 - `chars`: CTC between an auxiliary character head on the adapter (`--adapter_characters`) and the transcript's
-  characters, beside `ctc` (`--loss ctc+chars`): spelling is learnt from less data than the LLM's tokens;
+  characters, beside `ctc` (`--loss ctc+chars`);
 - sums such as `ce+kl`: `--ce_weight` * ce + `--kl_weight` * kl (+ `--ctc_weight` * ctc, `--chars_weight` * chars).
 
 Only the adapter trains by default; `--train_speech_encoder` adds the Whisper encoder, `--lora_r` LoRA on the LLM.

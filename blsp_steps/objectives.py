@@ -164,7 +164,7 @@ def ctc_term(step: TrainingStep) -> torch.Tensor:
 
 def characters_term(step: TrainingStep) -> torch.Tensor:
     """CTC between the adapter's auxiliary character head (`BlspConfig.adapter_characters`) and the transcript's
-    characters: an easier target than the LLM's tokens, which shapes the same adapter outputs. Mean as `ctc_term`."""
+    characters, read from the same adapter outputs as `ctc_term` (mean as there)."""
     speech, lengths = step.speech
     adapter = step.trainer.accelerator.unwrap_model(step.model).adapter
     logits = character_logits(adapter, speech).float()
