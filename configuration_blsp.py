@@ -54,9 +54,8 @@ class BlspConfig(PreTrainedConfig):
             Heads and feed-forward width of those layers (default width: twice the LLM's hidden size).
         adapter_characters (`str`, *optional*), adapter_characters_per_frame (`int`, defaults to 4):
             The characters of an auxiliary CTC head on the adapter's output, trained by the `chars` objective of
-            `train_adapter.py` and unused at inference. Each
-            adapter frame predicts `adapter_characters_per_frame` character positions, as speech has more characters
-            a second than the adapter has frames.
+            `train_adapter.py` and unused at inference. Each adapter frame predicts `adapter_characters_per_frame`
+            character positions, as speech has more characters a second than the adapter has frames.
         speech_token (`str`, defaults to `"<speech>"`), speech_token_id (`int`, *optional*):
             The placeholder that the processor expands into one token per adapter frame.
         encoder_padding (`"longest"`, `"max_length"` or `"unmasked"`, defaults to `"longest"`):

@@ -257,14 +257,14 @@ class Generator:
         if "input_features" in inputs:
             inputs["input_features"] = inputs["input_features"].to(self.model.dtype)
         budgets = budgets or [self.args.max_new_tokens] * len(contents)
+        prompt_length = inputs["input_ids"].shape[1]
         processors = LogitsProcessorList()
         if self.args.no_repeat_reply_ngram_size:
-            prompt_length = inputs["input_ids"].shape[1]
             processors.append(NoRepeatReplyNGram(self.args.no_repeat_reply_ngram_size, prompt_length))
         output = self.model.generate(
             **inputs, do_sample=False, max_new_tokens=max(budgets), logits_processor=processors
         )
-        replies = output[:, inputs["input_ids"].shape[1] :]
+        replies = output[:, prompt_length:]
         return [
             self.tokenizer.decode(reply[:budget], skip_special_tokens=True).strip()
             for reply, budget in zip(replies, budgets)

@@ -61,6 +61,12 @@ def character_labels(text: str, characters: str) -> list[int]:
     return [index[character] for character in " ".join(kept.split())]
 
 
+def padded_labels(rows: list[list[int]]) -> torch.Tensor:
+    """(rows, longest) label indices, padded with -100."""
+    tensors = [torch.tensor(ids, dtype=torch.long) for ids in rows]
+    return nn.utils.rnn.pad_sequence(tensors, batch_first=True, padding_value=IGNORE_INDEX)
+
+
 @dataclass
 class SpeechPromptCollator:
     """Decodes each row's audio (soundfile + soxr) and builds the model inputs.
@@ -170,14 +176,10 @@ class SpeechPromptCollator:
             batch.update({TEACHER_PREFIX + key: value for key, value in teacher.items()})
         if self.with_ctc_labels:
             tokens = self.processor.tokenizer([row["text"] for row in kept], add_special_tokens=False)["input_ids"]
-            batch[CTC_LABELS_KEY] = nn.utils.rnn.pad_sequence(
-                [torch.tensor(ids, dtype=torch.long) for ids in tokens], batch_first=True, padding_value=IGNORE_INDEX
-            )
+            batch[CTC_LABELS_KEY] = padded_labels(tokens)
         if self.characters:
-            labels = [character_labels(row["text"], self.characters) for row in kept]
-            batch[CHARACTER_LABELS_KEY] = nn.utils.rnn.pad_sequence(
-                [torch.tensor(ids, dtype=torch.long) for ids in labels], batch_first=True, padding_value=IGNORE_INDEX
-            )
+            characters = [character_labels(row["text"], self.characters) for row in kept]
+            batch[CHARACTER_LABELS_KEY] = padded_labels(characters)
         return batch
 
     @staticmethod

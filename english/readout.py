@@ -62,7 +62,7 @@ def main():
     ).eval()
     processor = BlspProcessor.from_pretrained(args.blsp)
     lines = ["| split | clips | adapter readout WER (%) |", "|---|---|---|"]
-    channels = [("", None)] + [("+telephone", telephone_band)] * args.telephone_band
+    channels = [("", None), ("+telephone", telephone_band)] if args.telephone_band else [("", None)]
     for split, (suffix, channel) in ((split, channel) for split in args.splits for channel in channels):
         with open(os.path.join(args.data_dir, split, "metadata.jsonl"), encoding="utf-8") as file:
             rows = [json.loads(line) for line in file][: args.max_samples]

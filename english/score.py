@@ -92,8 +92,8 @@ def transcription_settings(task: str) -> dict:
 REPLY_NGRAM_BLOCK = 6
 """No reply may repeat one of its own 6-token n-grams (`blsp_steps.evaluation.NoRepeatReplyNGram`), for every
 system: greedy decoding looped on two long real prompts ("there for there for ..." to the budget). Chosen on the dev
-splits among 3, 4 and 6 (and none): no BLSP or text-input reply changed there and the cascade's mean moved by 0.3
-points at most, so the largest, the block least likely to stop a true repetition."""
+splits among 3, 4 and 6 (and none): no BLSP or text-input reply changed there and the mean over the three systems
+moved by 0.3 points at most, so the largest, the block least likely to stop a true repetition."""
 
 ANSWER_WORDS = 3
 """An answer counts when the expected word is among the reply's first words ("Dog." and "The dog." both count)."""
