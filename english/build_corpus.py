@@ -58,6 +58,8 @@ import numpy as np
 import soundfile
 import soxr
 
+from english.kokoro import KOKORO, KokoroSpeaker
+from english.kokoro import VOICES as KOKORO_VOICES
 from processing_blsp import load_audio
 from world.build_speech import (
     ESPEAK,
@@ -216,6 +218,7 @@ def clip_plan(
     num_short_train: int = 0,
     num_phrase_train: int = 0,
     num_flite_train: int = 0,
+    num_kokoro_train: int = 0,
 ) -> dict[str, list[dict]]:
     """Every split's metadata rows: sentence, synthesizer, voice, speed and drawn recording conditions.
 
@@ -228,7 +231,9 @@ def clip_plan(
     each dev sentence (training voices). With `num_phrase_train`, `train_phrases` speaks that many of WordNet's other
     examples (`wordnet_phrases`, drawn with the seed; training voices, Piper's in a quarter). With `num_flite_train`,
     flite's voices join the training voices: `train_flite` speaks the first `num_flite_train` sentences of
-    `train_extra` in them, and `dev_flite` the dev sentences."""
+    `train_extra` in them, and `dev_flite` the dev sentences. With `num_kokoro_train`, Kokoro's 28 English voices join
+    them: `train_kokoro` speaks the last `num_kokoro_train` sentences of `train_extra`,
+    `train_kokoro_short` a span of 1-4 words of each, and `dev_kokoro` the dev sentences."""
     rest, test = split_sentences(wordnet_sentences(wordnet_dir), num_train, num_test, seed)
     dev_start = len(rest) - num_dev
     train, extra, dev = rest[:num_train], rest[num_train : num_train + num_extra_train], rest[dev_start:]
@@ -271,6 +276,15 @@ def clip_plan(
         plan["train_phrases"] = plan_rows(drawn, mixed_voice(phrase_rng), phrase_rng)
     if num_flite_train:
         plan.update(voice_splits("flite", num_flite_train, flite_voice, extra, dev, seed + 11))
+    if num_kokoro_train:
+        if num_kokoro_train > len(extra):
+            raise ValueError(f"--num_kokoro_train {num_kokoro_train} is more than train_extra's {len(extra)} sentences")
+        rng, short_rng, dev_rng = (random.Random(seed + offset) for offset in (13, 14, 15))
+        sentences = extra[-num_kokoro_train:]
+        plan["train_kokoro"] = plan_rows(sentences, kokoro_voice(rng), rng)
+        spans = [{"text": word_span(row["text"], short_rng)} for row in sentences]
+        plan["train_kokoro_short"] = plan_rows(spans, kokoro_voice(short_rng), short_rng)
+        plan["dev_kokoro"] = plan_rows(dev, kokoro_voice(dev_rng), dev_rng)
     return plan
 
 
@@ -299,6 +313,11 @@ def piper_voice(rng: random.Random):
 def flite_voice(rng: random.Random):
     """Draws of (synthesizer, voice, speed) among flite's voices, from `rng`."""
     return lambda: (FLITE, rng.choice(FLITE_VOICES), rng.choice(TRAIN_SPEEDS))
+
+
+def kokoro_voice(rng: random.Random):
+    """Draws of (synthesizer, voice, speed) among Kokoro's English voices, from `rng`."""
+    return lambda: (KOKORO, rng.choice(KOKORO_VOICES), rng.choice(TRAIN_SPEEDS))
 
 
 def mixed_voice(rng: random.Random):
@@ -347,7 +366,8 @@ def write_split(directory: str, rows: list[dict], seed: tuple[int, ...], num_wor
     depend on how many)."""
     os.makedirs(directory, exist_ok=True)
     piper = [index for index, row in enumerate(rows) if row["synthesizer"] == PIPER]
-    others = [index for index, row in enumerate(rows) if row["synthesizer"] != PIPER]
+    kokoro = [index for index, row in enumerate(rows) if row["synthesizer"] == KOKORO]
+    others = [index for index, row in enumerate(rows) if row["synthesizer"] not in (PIPER, KOKORO)]
     speech = [None] * len(rows)
     size = -(-len(others) // max(1, num_workers)) or 1
     chunks = [[rows[index] for index in others[start : start + size]] for start in range(0, len(others), size)]
@@ -360,6 +380,9 @@ def write_split(directory: str, rows: list[dict], seed: tuple[int, ...], num_wor
         speech[index] = samples
     for index, samples in zip(piper, speak_piper([rows[index] for index in piper]) if piper else []):
         speech[index] = trim(samples)
+    speak_kokoro = KokoroSpeaker(sampling_rate=SAMPLING_RATE) if kokoro else None
+    for index in kokoro:
+        speech[index] = trim(speak_kokoro(rows[index]["text"], rows[index]["voice"], rows[index]["speed"]))
     for index, (row, samples) in enumerate(zip(rows, speech)):
         recording = record(samples, row, np.random.default_rng([*seed, index]))
         soundfile.write(os.path.join(directory, row["file_name"]), recording, SAMPLING_RATE, subtype="PCM_16")
@@ -461,6 +484,7 @@ def build_corpus(
     pitch_piper=False,
     num_phrase_train=0,
     num_flite_train=0,
+    num_kokoro_train=0,
 ) -> dict:
     """Write the splits (all by default) under `output_dir`, each replacing its folder; returns their rows."""
     plan = clip_plan(
@@ -473,6 +497,7 @@ def build_corpus(
         num_short_train=num_short_train,
         num_phrase_train=num_phrase_train,
         num_flite_train=num_flite_train,
+        num_kokoro_train=num_kokoro_train,
     )
     for position, (split, rows) in enumerate(plan.items()):
         if splits and split not in splits or not rows:
@@ -541,6 +566,14 @@ def main():
         help="Also train on flite's voices (`apt-get install flite`: awb, rms, slt): `train_flite` (this many "
         "train_extra sentences in them) and `dev_flite` (the dev sentences in them).",
     )
+    parser.add_argument(
+        "--num_kokoro_train",
+        type=int,
+        default=0,
+        help="Also train on Kokoro's 28 English voices (english/kokoro.py says how to install them): `train_kokoro` "
+        "(the last N train_extra sentences in them), `train_kokoro_short` (a span of 1-4 words of each) and "
+        "`dev_kokoro` (the dev sentences in them).",
+    )
     parser.add_argument("--splits", nargs="*", default=None, help="Build only these splits.")
     parser.add_argument("--num_workers", type=int, default=os.cpu_count(), help="Synthesis processes.")
     parser.add_argument("--seed", type=int, default=0)
@@ -559,6 +592,7 @@ def main():
         args.pitch_piper,
         args.num_phrase_train,
         args.num_flite_train,
+        args.num_kokoro_train,
     )
 
 

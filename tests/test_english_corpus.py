@@ -22,6 +22,8 @@ from english.build_corpus import (
     wordnet_sentences,
     write_pitched_split,
 )
+from english.kokoro import KOKORO, phonemize
+from english.kokoro import VOICES as KOKORO_VOICES
 from world.build_speech import ESPEAK, FESTIVAL, FLITE, speak_flite
 
 ANIMALS = ["dog", "cat", "horse", "sheep", "goat", "duck"]
@@ -181,6 +183,31 @@ def test_short_spans_add_two_splits_and_move_no_other_split(wordnet_dir):
     assert {row["synthesizer"] for row in dev_short} <= {ESPEAK, FESTIVAL}
     with pytest.raises(ValueError, match="num_short_train"):
         clip_plan(num_train=4, num_test=4, seed=0, num_extra_train=5, wordnet_dir=wordnet_dir, num_short_train=6)
+
+
+def test_kokoro_voices_add_three_splits_and_move_no_other_split(wordnet_dir):
+    plan = clip_plan(num_train=4, num_test=4, seed=0, num_extra_train=5, wordnet_dir=wordnet_dir, num_dev=3)
+    more = clip_plan(
+        num_train=4, num_test=4, seed=0, num_extra_train=5, wordnet_dir=wordnet_dir, num_dev=3, num_kokoro_train=2
+    )
+    train, short, dev = (more.pop(split) for split in ("train_kokoro", "train_kokoro_short", "dev_kokoro"))
+    assert more == plan
+    assert [row["text"] for row in train] == [row["text"] for row in plan["train_extra"][-2:]]
+    assert [row["text"] for row in dev] == [row["text"] for row in plan["dev"]]
+    for span, sentence in zip(short, train, strict=True):
+        assert 1 <= len(span["text"].split()) <= 4 and span["text"] in sentence["text"]
+    assert {(row["synthesizer"], row["voice"] in KOKORO_VOICES) for row in train + short + dev} == {(KOKORO, True)}
+    assert len(KOKORO_VOICES) == 28
+    with pytest.raises(ValueError, match="num_kokoro_train"):
+        clip_plan(num_train=4, num_test=4, seed=0, num_extra_train=5, wordnet_dir=wordnet_dir, num_kokoro_train=6)
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
+def test_kokoro_phonemes_are_kokoro_js_s():
+    # espeak-ng's IPA in the voice's accent, punctuation kept, kokoro-js's American "nineTy" -> "nineDy"
+    assert phonemize("Is the plan agreeable to you?", "af_heart") == "ɪz ðə plˈæn ɐɡɹˈiːəbəl tə juː?"
+    assert phonemize("Is the plan agreeable to you?", "bm_george") == "ɪz ðə plˈan ɐɡɹˈiːəbəl tə juː?"
+    assert phonemize("ninety, red.", "am_adam") == "nˈaɪndi, ɹˈɛd."
 
 
 @pytest.mark.skipif(shutil.which("sox") is None, reason="sox is not installed (apt-get install sox)")
