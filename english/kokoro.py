@@ -41,7 +41,9 @@ NORMAL_WORDS_PER_MINUTE = 160
 
 def espeak_ipa(text: str, language: str) -> str:
     """espeak-ng's IPA for `text`, its clauses joined by spaces."""
-    output = subprocess.run(["espeak-ng", "-q", "--ipa", "-v", language, text], capture_output=True, text=True)
+    # On stdin, so that text starting with "-" ("-ism as an ending") is not read as an option.
+    command = ["espeak-ng", "-q", "--ipa", "-v", language]
+    output = subprocess.run(command, input=text, capture_output=True, text=True)
     if output.returncode:
         raise RuntimeError(f"espeak-ng failed on {text!r}: {output.stderr.strip()} (apt-get install espeak-ng)")
     return " ".join(output.stdout.split())
