@@ -86,9 +86,8 @@ def pick_training_voice(rng: random.Random) -> tuple[str, str]:
 
 def speak_espeak(text: str, voice: str, speed: int) -> np.ndarray:
     """espeak-ng's rendering of `text` as float32 mono samples at 16 kHz."""
-    wav = subprocess.run(
-        ["espeak-ng", "-v", voice, "-s", str(speed), "--stdout", text], check=True, capture_output=True
-    ).stdout
+    command = ["espeak-ng", "-v", voice, "-s", str(speed), "--stdout"]  # text on stdin: "-ism" is no option
+    wav = subprocess.run(command, input=text.encode(), check=True, capture_output=True).stdout
     return read_resampled(io.BytesIO(wav))
 
 
