@@ -34,6 +34,8 @@ Splits (audiofolders: 16 kHz mono FLAC + `metadata.jsonl` with `file_name`, `tex
   quarter: new text, since the plain sentences are all in the splits above;
 - `train_flite` and `dev_flite` (with `--num_flite_train N`): the first N `train_extra` sentences and the dev sentences
   in flite's voices (`apt-get install flite`: awb, rms and slt, each made from one person's recordings);
+- `train_kokoro`, `train_kokoro_short` and `dev_kokoro` (with `--num_kokoro_train N`): the last N `train_extra`
+  sentences, a span of 1-4 words of each, and the dev sentences, in Kokoro-82M's 28 English voices (`english.kokoro`);
 - `dev`: the last `--num_dev` WordNet sentences (in no other split) in training voices, with a question where the
   sentence has one, for choosing between training runs and prompts, so that no decision reads a held-out split;
 - `test_real_speech`: real human speech, never trained on: the recorded prompts of Debian's
@@ -232,8 +234,8 @@ def clip_plan(
     examples (`wordnet_phrases`, drawn with the seed; training voices, Piper's in a quarter). With `num_flite_train`,
     flite's voices join the training voices: `train_flite` speaks the first `num_flite_train` sentences of
     `train_extra` in them, and `dev_flite` the dev sentences. With `num_kokoro_train`, Kokoro's 28 English voices join
-    them: `train_kokoro` speaks the last `num_kokoro_train` sentences of `train_extra`,
-    `train_kokoro_short` a span of 1-4 words of each, and `dev_kokoro` the dev sentences."""
+    them: `train_kokoro` speaks the last `num_kokoro_train` sentences of `train_extra`, `train_kokoro_short` a span of
+    1-4 words of each, and `dev_kokoro` the dev sentences."""
     rest, test = split_sentences(wordnet_sentences(wordnet_dir), num_train, num_test, seed)
     dev_start = len(rest) - num_dev
     train, extra, dev = rest[:num_train], rest[num_train : num_train + num_extra_train], rest[dev_start:]
