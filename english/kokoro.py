@@ -34,7 +34,8 @@ VOICES = tuple(
     for name in names.split()
 )
 """kokoro-js's English voices: `a` American, `b` British; `f` a woman's voice, `m` a man's."""
-SAMPLING_RATE = 24000
+MODEL_SAMPLING_RATE = 24000
+"""Kokoro's own output rate (the corpus resamples to its 16 kHz)."""
 MAX_PHONEMES = 509
 """The longest phoneme string Kokoro speaks at once (its voices hold a style per length up to this)."""
 PUNCTUATION = re.compile("(\\s*[" + re.escape(';:,.!?¡¿—…"«»“”(){}[]') + "]+\\s*)+")
@@ -111,4 +112,4 @@ class KokoroSpeaker:
             "speed": np.array([speed / NORMAL_WORDS_PER_MINUTE], dtype=np.float32),
         }
         samples = np.asarray(self.session.run(None, inputs)[0], dtype=np.float32).ravel()
-        return soxr.resample(samples, SAMPLING_RATE, self.sampling_rate).astype(np.float32)
+        return soxr.resample(samples, MODEL_SAMPLING_RATE, self.sampling_rate).astype(np.float32)
