@@ -62,6 +62,7 @@ import soxr
 
 from english.kokoro import KOKORO, KokoroSpeaker
 from english.kokoro import VOICES as KOKORO_VOICES
+from english.semiotic import semiotic_sentences
 from processing_blsp import load_audio
 from world.build_speech import (
     ESPEAK,
@@ -84,6 +85,7 @@ MIN_WORDS, MAX_WORDS = 6, 14
 MAX_SPAN_WORDS = 4
 """The longest word span of `train_short` and `dev_short` (single words and short phrases, as people also speak)."""
 SHORT_PIPER_SHARE = 0.25
+SEMIOTIC_DEV = 200
 """The share of `train_short`'s and `train_phrases`' clips spoken in Piper's voice."""
 PIPER = "piper"
 PIPER_VOICE = "en_US-joe-medium"
@@ -221,6 +223,7 @@ def clip_plan(
     num_phrase_train: int = 0,
     num_flite_train: int = 0,
     num_kokoro_train: int = 0,
+    num_semiotic_train: int = 0,
 ) -> dict[str, list[dict]]:
     """Every split's metadata rows: sentence, synthesizer, voice, speed and drawn recording conditions.
 
@@ -235,7 +238,9 @@ def clip_plan(
     flite's voices join the training voices: `train_flite` speaks the first `num_flite_train` sentences of
     `train_extra` in them, and `dev_flite` the dev sentences. With `num_kokoro_train`, Kokoro's 28 English voices join
     them: `train_kokoro` speaks the last `num_kokoro_train` sentences of `train_extra`, `train_kokoro_short` a span of
-    1-4 words of each, and `dev_kokoro` the dev sentences."""
+    1-4 words of each, and `dev_kokoro` the dev sentences. With `num_semiotic_train`, `train_semiotic` speaks that many
+    numbers, dates, times, phone numbers, amounts and spelled letters (`english.semiotic`), half in Kokoro's voices and
+    half in the training voices and Piper's, and `dev_semiotic` `SEMIOTIC_DEV` other draws of them."""
     rest, test = split_sentences(wordnet_sentences(wordnet_dir), num_train, num_test, seed)
     dev_start = len(rest) - num_dev
     train, extra, dev = rest[:num_train], rest[num_train : num_train + num_extra_train], rest[dev_start:]
@@ -287,6 +292,11 @@ def clip_plan(
         spans = [{"text": word_span(row["text"], short_rng)} for row in sentences]
         plan["train_kokoro_short"] = plan_rows(spans, kokoro_voice(short_rng), short_rng)
         plan["dev_kokoro"] = plan_rows(dev, kokoro_voice(dev_rng), dev_rng)
+    if num_semiotic_train:
+        rng, dev_rng = random.Random(seed + 16), random.Random(seed + 17)
+        rows, dev_rows = semiotic_sentences(num_semiotic_train, seed + 18), semiotic_sentences(SEMIOTIC_DEV, seed + 19)
+        plan["train_semiotic"] = plan_rows(rows, half_kokoro_voice(rng), rng)
+        plan["dev_semiotic"] = plan_rows(dev_rows, half_kokoro_voice(dev_rng), dev_rng)
     return plan
 
 
@@ -326,6 +336,12 @@ def mixed_voice(rng: random.Random):
     """Draws among the training voices and, in `SHORT_PIPER_SHARE` of them, Piper's, from `rng`."""
     piper, training = piper_voice(rng), training_voice(rng)
     return lambda: piper() if rng.random() < SHORT_PIPER_SHARE else training()
+
+
+def half_kokoro_voice(rng: random.Random):
+    """Draws among Kokoro's voices in half of them, else `mixed_voice`'s, from `rng`."""
+    kokoro, mixed = kokoro_voice(rng), mixed_voice(rng)
+    return lambda: kokoro() if rng.random() < 0.5 else mixed()
 
 
 def word_span(sentence: str, rng: random.Random) -> str:
@@ -487,6 +503,7 @@ def build_corpus(
     num_phrase_train=0,
     num_flite_train=0,
     num_kokoro_train=0,
+    num_semiotic_train=0,
 ) -> dict:
     """Write the splits (all by default) under `output_dir`, each replacing its folder; returns their rows."""
     plan = clip_plan(
@@ -500,6 +517,7 @@ def build_corpus(
         num_phrase_train=num_phrase_train,
         num_flite_train=num_flite_train,
         num_kokoro_train=num_kokoro_train,
+        num_semiotic_train=num_semiotic_train,
     )
     for position, (split, rows) in enumerate(plan.items()):
         if splits and split not in splits or not rows:
@@ -576,6 +594,13 @@ def main():
         "(the last N train_extra sentences in them), `train_kokoro_short` (a span of 1-4 words of each) and "
         "`dev_kokoro` (the dev sentences in them).",
     )
+    parser.add_argument(
+        "--num_semiotic_train",
+        type=int,
+        default=0,
+        help="Also build `train_semiotic`: N spoken numbers, dates, times, phone numbers, amounts and spelled letters "
+        "(english/semiotic.py; half in Kokoro's voices), and `dev_semiotic` (200 other draws): words WordNet lacks.",
+    )
     parser.add_argument("--splits", nargs="*", default=None, help="Build only these splits.")
     parser.add_argument("--num_workers", type=int, default=os.cpu_count(), help="Synthesis processes.")
     parser.add_argument("--seed", type=int, default=0)
@@ -595,6 +620,7 @@ def main():
         args.num_phrase_train,
         args.num_flite_train,
         args.num_kokoro_train,
+        args.num_semiotic_train,
     )
 
 

@@ -15,6 +15,7 @@ from english.build_corpus import (
     PIPER_VOICE,
     PITCH_CENTS,
     QUESTION,
+    SEMIOTIC_DEV,
     clip_plan,
     question_for,
     real_speech_rows,
@@ -24,6 +25,8 @@ from english.build_corpus import (
 )
 from english.kokoro import KOKORO, KokoroSpeaker, phonemize
 from english.kokoro import VOICES as KOKORO_VOICES
+from english.semiotic import CLASSES as SEMIOTIC_CLASSES
+from english.semiotic import semiotic_sentences
 from world.build_speech import ESPEAK, FESTIVAL, FLITE, speak_flite
 
 ANIMALS = ["dog", "cat", "horse", "sheep", "goat", "duck"]
@@ -200,6 +203,24 @@ def test_kokoro_voices_add_three_splits_and_move_no_other_split(wordnet_dir):
     assert len(KOKORO_VOICES) == 28
     with pytest.raises(ValueError, match="num_kokoro_train"):
         clip_plan(num_train=4, num_test=4, seed=0, num_extra_train=5, wordnet_dir=wordnet_dir, num_kokoro_train=6)
+
+
+def test_semiotic_splits_are_spoken_numbers_dates_and_letters_and_move_no_other_split(wordnet_dir):
+    plan = clip_plan(num_train=4, num_test=4, seed=0, num_extra_train=5, wordnet_dir=wordnet_dir, num_dev=3)
+    more = clip_plan(
+        num_train=4, num_test=4, seed=0, num_extra_train=5, wordnet_dir=wordnet_dir, num_dev=3, num_semiotic_train=300
+    )
+    train, dev = more.pop("train_semiotic"), more.pop("dev_semiotic")
+    assert more == plan
+    assert len(train) == 300 and len(dev) == SEMIOTIC_DEV
+    # Written out as spoken: words only, every class drawn, Kokoro's voices and the others
+    assert not any(character.isdigit() for row in train + dev for character in row["text"])
+    assert {row["semiotic_class"] for row in train} == set(SEMIOTIC_CLASSES)
+    assert {row["synthesizer"] for row in train} == {KOKORO, ESPEAK, FESTIVAL, PIPER}
+    texts = " ".join(row["text"].lower() for row in train)
+    for word in ("eleven", "forty", "twentieth", "october", "friday", "o'clock", "dollars"):
+        assert word in texts
+    assert semiotic_sentences(5, seed=1) == semiotic_sentences(5, seed=1) != semiotic_sentences(5, seed=2)
 
 
 def test_kokoro_without_its_packages_or_voices_says_how_to_install_them(tmp_path):
