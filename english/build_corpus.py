@@ -85,8 +85,9 @@ MIN_WORDS, MAX_WORDS = 6, 14
 MAX_SPAN_WORDS = 4
 """The longest word span of `train_short` and `dev_short` (single words and short phrases, as people also speak)."""
 SHORT_PIPER_SHARE = 0.25
-SEMIOTIC_DEV = 200
 """The share of `train_short`'s and `train_phrases`' clips spoken in Piper's voice."""
+SEMIOTIC_DEV = 200
+"""Clips of `dev_semiotic` (numbers, dates and letters drawn apart from `train_semiotic`'s)."""
 PIPER = "piper"
 PIPER_VOICE = "en_US-joe-medium"
 FLITE_VOICES = ("awb", "rms", "slt")
@@ -599,7 +600,8 @@ def main():
         type=int,
         default=0,
         help="Also build `train_semiotic`: N spoken numbers, dates, times, phone numbers, amounts and spelled letters "
-        "(english/semiotic.py; half in Kokoro's voices), and `dev_semiotic` (200 other draws): words WordNet lacks.",
+        f"(english/semiotic.py; half in Kokoro's voices), and `dev_semiotic` ({SEMIOTIC_DEV} other draws): words "
+        "WordNet lacks.",
     )
     parser.add_argument("--splits", nargs="*", default=None, help="Build only these splits.")
     parser.add_argument("--num_workers", type=int, default=os.cpu_count(), help="Synthesis processes.")
