@@ -46,13 +46,10 @@ background noise.
 """
 
 import argparse
-import glob
-import gzip
 import json
 import multiprocessing
 import os
 import random
-import re
 import shutil
 import subprocess
 
@@ -62,8 +59,9 @@ import soxr
 
 from english.kokoro import KOKORO, KokoroSpeaker
 from english.kokoro import VOICES as KOKORO_VOICES
+from english.real_speech import REAL_SPEECH_SPLIT, write_real_speech_split
 from english.semiotic import semiotic_sentences
-from processing_blsp import load_audio
+from english.sentences import WORDNET_DIR, question_fields, split_sentences, wordnet_phrases, wordnet_sentences
 from world.build_speech import (
     ESPEAK,
     FESTIVAL,
@@ -80,8 +78,6 @@ from world.build_speech import (
     trim,
 )
 
-WORDNET_DIR = "/usr/share/wordnet"
-MIN_WORDS, MAX_WORDS = 6, 14
 MAX_SPAN_WORDS = 4
 """The longest word span of `train_short` and `dev_short` (single words and short phrases, as people also speak)."""
 SHORT_PIPER_SHARE = 0.25
@@ -99,117 +95,6 @@ PITCH_CENTS = (300, 900)
 """The range a pitched clip's shift is drawn from, in cents: joe's voice (about 110 Hz) towards a woman's (about 200
 Hz). sox's `pitch` moves the formants along, as a shorter vocal tract does."""
 TEST_SPLITS = ("test_seen_voice", "test_heldout_voice", "test_heldout_festival_voice", "test_piper", "test_real_speech")
-REAL_SPEECH_SPLIT = "test_real_speech"
-ASTERISK_SOUNDS = "/usr/share/asterisk/sounds/en"
-ASTERISK_TRANSCRIPTS = "/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz"
-MAX_CLIP_SECONDS = 30.0
-"""Whisper's window: longer prompts are left out of the real-speech split (and counted)."""
-CATEGORIES = {
-    "colour": "red orange yellow green blue purple pink brown black white gray grey",
-    "animal": "dog dogs cat cats horse horses cow cows bird birds fish sheep pig pigs lion tiger bear wolf fox mouse "
-    "rabbit duck ducks chicken chickens snake monkey elephant deer goat bees bee",
-    "number": "two three four five six seven eight nine ten eleven twelve twenty thirty forty fifty hundred thousand",
-    "body part": "hand hands head eyes eye arm arms leg legs foot feet nose mouth ear ears finger fingers knee "
-    "shoulder heart teeth tooth hair back neck",
-    "family member": "mother father brother sister son daughter wife husband uncle aunt grandmother grandfather cousin",
-    "day of the week": "monday tuesday wednesday thursday friday saturday sunday",
-    "month": "january february march april june july august september october november december",
-    "season": "spring summer autumn winter",
-}
-"""Words whose category a question can ask for ("Which colour is mentioned..."); case-insensitive."""
-QUESTION = "Which {category} is mentioned? Answer with one word."
-WORD_RE = re.compile(r"[a-z][a-z'-]*")
-PLAIN_RE = re.compile(r"[A-Za-z][A-Za-z ,'-]*[.!?]?")
-
-
-def wordnet_sentences(wordnet_dir: str = WORDNET_DIR) -> list[str]:
-    """WordNet's plain example sentences of 6-14 words, deduplicated case-insensitively, sorted."""
-    return sorted(wordnet_examples(wordnet_dir, is_plain).values())
-
-
-def wordnet_phrases(wordnet_dir: str = WORDNET_DIR) -> list[str]:
-    """WordNet's other examples that are speakable text: phrases of 2-5 words, and sentences of 6-14 words that name
-    someone or something (a capitalised word past the first: names, days, months). None is, in any case, a plain
-    sentence (`wordnet_sentences`: the dev and test sentences among them), so they add new text to training only."""
-    plain = wordnet_examples(wordnet_dir, is_plain)
-    return sorted(text for key, text in wordnet_examples(wordnet_dir, is_phrase).items() if key not in plain)
-
-
-def wordnet_examples(wordnet_dir: str, keep) -> dict[str, str]:
-    """WordNet's example sentences for which `keep(sentence)`, keyed by their lowercase (the first spelling kept)."""
-    paths = sorted(glob.glob(os.path.join(wordnet_dir, "data.*")))
-    if not paths:
-        raise FileNotFoundError(f"no WordNet data files in {wordnet_dir}: apt-get install wordnet-base")
-    found = {}
-    for path in paths:
-        with open(path, encoding="latin-1") as file:
-            for line in file:
-                if line.startswith("  ") or "|" not in line:
-                    continue
-                for example in re.findall(r'"([^"]+)"', line.split("|", 1)[1]):
-                    sentence = " ".join(example.split())
-                    if keep(sentence):
-                        found.setdefault(sentence.lower(), sentence)
-    return found
-
-
-def is_plain(sentence: str) -> bool:
-    """Letters, commas, apostrophes and hyphens, 6-14 words, no capitalised word but the first (and "I")."""
-    words = sentence.split()
-    if not MIN_WORDS <= len(words) <= MAX_WORDS or not PLAIN_RE.fullmatch(sentence) or "--" in sentence:
-        return False
-    return all(word == "I" or not word[0].isupper() or index == 0 for index, word in enumerate(words))
-
-
-def is_phrase(sentence: str) -> bool:
-    """Letters, commas, apostrophes and hyphens, 2-14 words, and not `is_plain` (shorter, or naming someone)."""
-    words = sentence.split()
-    if not 2 <= len(words) <= MAX_WORDS or not PLAIN_RE.fullmatch(sentence) or "--" in sentence:
-        return False
-    return not is_plain(sentence)
-
-
-def question_for(sentence: str) -> tuple[str, str] | None:
-    """(question, answer) when the sentence names exactly one category word, else None."""
-    words = WORD_RE.findall(sentence.lower())
-    hits = [(category, word) for word in words for category, members in CATEGORIES.items() if word in members.split()]
-    if len(hits) != 1:
-        return None
-    category, word = hits[0]
-    return QUESTION.format(category=category), word
-
-
-def question_category(question: str) -> str:
-    """The category a `QUESTION` asks for ("animal" of "Which animal is mentioned? Answer with one word.")."""
-    match = re.fullmatch(re.escape(QUESTION).replace(re.escape("{category}"), "(.+)"), question)
-    if not match:
-        raise ValueError(f"{question!r} is not a question of the form {QUESTION!r}")
-    return match.group(1)
-
-
-def question_fields(sentence: str) -> dict[str, str]:
-    """A row's `question` and `answer` fields when the sentence names one category word (`question_for`), else none."""
-    qa = question_for(sentence)
-    return {"question": qa[0], "answer": qa[1]} if qa else {}
-
-
-def split_sentences(sentences: list[str], num_train: int, num_test: int, seed: int) -> tuple[list, list]:
-    """Held-out sentences (each with a question) and training sentences, disjoint, drawn with `seed`.
-
-    The training sentences are all the others, in drawn order; the first `num_train` are `train`'s."""
-    shuffled = random.Random(seed).sample(sentences, len(sentences))
-    test, rest = [], []
-    for sentence in shuffled:
-        fields = question_fields(sentence)
-        if fields and len(test) < num_test:
-            test.append({"text": sentence, **fields})
-        else:
-            rest.append({"text": sentence})
-    if len(test) < num_test or len(rest) < num_train:
-        raise ValueError(
-            f"asked for {num_train} train and {num_test} held-out sentences, found {len(rest)} and {len(test)}"
-        )
-    return rest, test
 
 
 def clip_plan(
@@ -428,60 +313,6 @@ def write_pitched_split(source: str, directory: str, seed: int) -> list[dict]:
         row["duration"] = round(soundfile.info(output).duration, 3)
     with open(os.path.join(directory, "metadata.jsonl"), "w", encoding="utf-8") as file:
         file.writelines(json.dumps(row) + "\n" for row in rows)
-    return rows
-
-
-def clean_prompt_transcript(text: str) -> str:
-    """An asterisk prompt's transcript as spoken: annotations in brackets, parentheses or angles dropped, `#` and `*`
-    read as the speaker reads them ("pound", "star")."""
-    text = re.sub(r"\[[^\]]*\]|\([^)]*\)|<[^>]*>", " ", text)
-    text = " ".join(text.replace("#", " pound ").replace("*", " star ").split())
-    return re.sub(r" ([,.?!;:])", r"\1", text)
-
-
-def real_speech_rows(
-    sounds_dir: str = ASTERISK_SOUNDS, transcripts: str = ASTERISK_TRANSCRIPTS
-) -> tuple[list[dict], dict[str, str]]:
-    """The asterisk prompts with a spoken transcript (rows: `file_name`, `source`, `text`, `duration`, and `question`
-    and `answer` where the prompt names one category word), and the prompts left out with the reason."""
-    if not os.path.isdir(sounds_dir) or not os.path.exists(transcripts):
-        raise FileNotFoundError(
-            f"no asterisk prompts in {sounds_dir} or no transcripts in {transcripts}: "
-            "apt-get install -y asterisk-core-sounds-en-wav asterisk-core-sounds-en"
-        )
-    rows, left_out = [], {}
-    with gzip.open(transcripts, "rt", encoding="utf-8") as file:
-        lines = [line.strip() for line in file if ":" in line and not line.startswith(";")]
-    for line in sorted(lines):
-        name, transcript = (part.strip() for part in line.split(":", 1))
-        path = os.path.join(sounds_dir, name + ".wav")
-        text = clean_prompt_transcript(transcript)
-        if name.startswith("silence/") or not re.search("[A-Za-z0-9]", text):
-            left_out[name] = "no speech (a tone or silence)"
-        elif not os.path.exists(path):
-            left_out[name] = "no recording"
-        elif soundfile.info(path).duration > MAX_CLIP_SECONDS:
-            left_out[name] = f"longer than {MAX_CLIP_SECONDS:.0f} s"
-        else:
-            fields = question_fields(text)
-            if fields.get("answer") == "back":  # "called back": here the adverb, never the body part
-                fields = {}
-            rows.append({"file_name": name.replace("/", "-") + ".flac", "source": name, "text": text, **fields})
-    return rows, left_out
-
-
-def write_real_speech_split(directory: str, sounds_dir: str = ASTERISK_SOUNDS) -> list[dict]:
-    """The asterisk prompts at 16 kHz (FLAC) with `metadata.jsonl`; `left_out.json` says which prompts are not in."""
-    rows, left_out = real_speech_rows(sounds_dir)
-    os.makedirs(directory, exist_ok=True)
-    for row in rows:
-        samples = load_audio(os.path.join(sounds_dir, row["source"] + ".wav"), SAMPLING_RATE)
-        soundfile.write(os.path.join(directory, row["file_name"]), samples, SAMPLING_RATE, subtype="PCM_16")
-        row["duration"] = round(len(samples) / SAMPLING_RATE, 3)
-    with open(os.path.join(directory, "metadata.jsonl"), "w", encoding="utf-8") as file:
-        file.writelines(json.dumps(row) + "\n" for row in rows)
-    with open(os.path.join(directory, "left_out.json"), "w", encoding="utf-8") as file:
-        json.dump(left_out, file, indent=1)
     return rows
 
 

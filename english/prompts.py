@@ -7,7 +7,7 @@ scored with text input.
 Transcription candidates are scored by WER against the text, on training sentences and on spans of 1-4 words
 (`train_short`), each with `english.score`'s budget per clip and first line; question candidates by the share of
 replies that hold the answer word among their first words (`english.score.answer_accuracy`), on the first training
-sentences that carry a category question (`english.build_corpus.question_fields`). The prompts `english.score` uses
+sentences that carry a category question (`english.sentences.question_fields`). The prompts `english.score` uses
 (`PROMPTS` there) are the best rows of this table for SmolLM2-135M-Instruct; the table is in `english/README.md`.
 """
 
@@ -17,7 +17,6 @@ import os
 import tempfile
 
 from blsp_steps.evaluation import EvaluationArguments, Generator, first_line, row_budget, score
-from english.build_corpus import question_fields
 from english.score import (
     ANSWER_WORDS,
     PROMPTS,
@@ -27,6 +26,7 @@ from english.score import (
     question_instruction,
     transcription_settings,
 )
+from english.sentences import question_fields
 
 ENGLISH_DIR = os.path.dirname(os.path.abspath(__file__))
 FULL_EXAMPLE = ("Which family member is mentioned? Answer with one word.",) + PROMPTS["question"].examples[0][1:]

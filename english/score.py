@@ -25,7 +25,8 @@ from transformers import pipeline
 
 from blsp_steps import evaluation as scoring
 from blsp_steps.corpora import CorpusArguments
-from english.build_corpus import TEST_SPLITS, question_category
+from english.build_corpus import TEST_SPLITS
+from english.sentences import question_category
 from processing_blsp import CONTINUATION_INSTRUCTION, build_messages, load_audio
 from world.run import save_untrained_blsp
 

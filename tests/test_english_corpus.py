@@ -1,5 +1,6 @@
-"""The English corpus plan (`english.build_corpus`): held-out and dev sentences stay out of training, adding extra
-training sentences changes no other split's clips, and the real-speech split holds spoken prompts only."""
+"""The English corpus plan (`english.build_corpus`, its text `english.sentences`, its real speech
+`english.real_speech`): held-out and dev sentences stay out of training, adding extra training sentences changes no
+other split's clips, and the real-speech split holds spoken prompts only."""
 
 import gzip
 import json
@@ -14,19 +15,16 @@ from english.build_corpus import (
     PIPER,
     PIPER_VOICE,
     PITCH_CENTS,
-    QUESTION,
     SEMIOTIC_DEV,
     clip_plan,
-    question_for,
-    real_speech_rows,
-    wordnet_phrases,
-    wordnet_sentences,
     write_pitched_split,
 )
 from english.kokoro import KOKORO, KokoroSpeaker, phonemize
 from english.kokoro import VOICES as KOKORO_VOICES
+from english.real_speech import real_speech_rows
 from english.semiotic import CLASSES as SEMIOTIC_CLASSES
 from english.semiotic import semiotic_sentences
+from english.sentences import QUESTION, question_for, wordnet_phrases, wordnet_sentences
 from world.build_speech import ESPEAK, FESTIVAL, FLITE, speak_flite
 
 ANIMALS = ["dog", "cat", "horse", "sheep", "goat", "duck"]
