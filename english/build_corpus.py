@@ -94,7 +94,7 @@ PITCHED_SPLITS = {"train_piper_pitched": "train_piper", "dev_piper_pitched": "de
 PITCH_CENTS = (300, 900)
 """The range a pitched clip's shift is drawn from, in cents: joe's voice (about 110 Hz) towards a woman's (about 200
 Hz). sox's `pitch` moves the formants along, as a shorter vocal tract does."""
-TEST_SPLITS = ("test_seen_voice", "test_heldout_voice", "test_heldout_festival_voice", "test_piper", "test_real_speech")
+TEST_SPLITS = ("test_seen_voice", "test_heldout_voice", "test_heldout_festival_voice", "test_piper", REAL_SPEECH_SPLIT)
 
 
 def clip_plan(
