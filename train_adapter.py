@@ -132,6 +132,13 @@ class ModelArguments:
             "untrained). Default: the checkpoint's (none for a new model)."
         },
     )
+    audio_padding_seconds: float | None = field(
+        default=None,
+        metadata={
+            "help": "Silence the processor adds before and after every clip (BlspProcessor.audio_padding_seconds), in "
+            "training and in the saved processor. Default: the checkpoint's (none for a new model)."
+        },
+    )
     dtype: str = dtype_field(" Trainable parameters are kept in float32.")
     trust_remote_code: bool = field(
         default=False,
@@ -480,7 +487,7 @@ def main(args: list[str] | None = None):
     encoder_cache = None
     if training_args.encoder_states_dir:
         check_encoder_cache(model_args, augmentation_args)
-        fingerprint = encoder_fingerprint(model, processor.feature_extractor)
+        fingerprint = encoder_fingerprint(model, processor.feature_extractor, processor.audio_padding_seconds)
         encoder_cache = EncoderStateCache(training_args.encoder_states_dir, fingerprint)
     trainer = BlspTrainer(
         model=model,

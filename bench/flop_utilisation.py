@@ -176,7 +176,7 @@ def run_objective(name: str, bench: argparse.Namespace, peak: float) -> dict:
     select_trainable_parameters(model, train_speech_encoder=False)
     cache = None
     if name == "ctc_stored_states":
-        fingerprint = encoder_fingerprint(model, processor.feature_extractor)
+        fingerprint = encoder_fingerprint(model, processor.feature_extractor, processor.audio_padding_seconds)
         cache = EncoderStateCache(tempfile.mkdtemp(prefix="bench_states_"), fingerprint)
     clock = Clock()
     modeling_blsp.encode_variable_length = clock.wrap("encoder", UNTIMED["encode_variable_length"])

@@ -23,8 +23,9 @@ def clip_key(clip: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(clip, dtype=np.float32).tobytes()).hexdigest()
 
 
-def encoder_fingerprint(model, feature_extractor) -> dict:
-    """What the cached states depend on: the encoder's weights, the features and the padding mode."""
+def encoder_fingerprint(model, feature_extractor, audio_padding_seconds: float = 0.0) -> dict:
+    """What the cached states depend on: the encoder's weights, the features, the padding mode and the silence the
+    processor adds around each clip (recorded only when there is some, so older directories stay valid)."""
     digest = hashlib.sha256()
     for name, tensor in model.speech_encoder.state_dict().items():
         digest.update(name.encode())
@@ -33,11 +34,14 @@ def encoder_fingerprint(model, feature_extractor) -> dict:
         key: getattr(feature_extractor, key, None)
         for key in ("feature_size", "sampling_rate", "hop_length", "n_fft", "chunk_length", "dither")
     }
-    return {
+    fingerprint = {
         "encoder_sha256": digest.hexdigest(),
         "features": features,
         "encoder_padding": model.config.encoder_padding,
     }
+    if audio_padding_seconds:
+        fingerprint["audio_padding_seconds"] = audio_padding_seconds
+    return fingerprint
 
 
 class EncoderStateCache:

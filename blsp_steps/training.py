@@ -275,6 +275,9 @@ def load_model_and_processor(model_args, prompt_layout, system_prompt):
     settings given on the command line replace the checkpoint's."""
     names = ("adapter_conv_stride", "adapter_num_transformer_layers", "adapter_characters")
     architecture = {name: getattr(model_args, name) for name in names if getattr(model_args, name) is not None}
+    padding = (
+        {} if model_args.audio_padding_seconds is None else {"audio_padding_seconds": model_args.audio_padding_seconds}
+    )
     if model_args.model_name_or_path is not None:
         path = model_args.model_name_or_path
         check_model_type(
@@ -282,7 +285,7 @@ def load_model_and_processor(model_args, prompt_layout, system_prompt):
         )
         model = BlspForConditionalGeneration.from_pretrained(path, dtype=model_args.dtype, **architecture)
         # Our own classes load the checkpoint; code it ships (a tokenizer class file) runs only with consent.
-        processor = BlspProcessor.from_pretrained(path, trust_remote_code=model_args.trust_remote_code)
+        processor = BlspProcessor.from_pretrained(path, trust_remote_code=model_args.trust_remote_code, **padding)
         if model_args.encoder_padding is not None:
             model.config.encoder_padding = model_args.encoder_padding
     else:
@@ -295,7 +298,7 @@ def load_model_and_processor(model_args, prompt_layout, system_prompt):
             encoder_padding=model_args.encoder_padding or "longest",
             **architecture,
         )
-        processor = BlspProcessor.from_speech_text_pretrained(speech, text, config=model.config)
+        processor = BlspProcessor.from_speech_text_pretrained(speech, text, config=model.config, **padding)
     processor.speech_downsampling = [list(conv) for conv in model.config.speech_downsampling]
     if model_args.speech_compression is not None:
         model.config.speech_compression = model_args.speech_compression

@@ -36,6 +36,14 @@ def read_out(model: BlspForConditionalGeneration, processor: BlspProcessor, clip
     return [processor.tokenizer.decode(layout[row][kept[row]]).strip() for row in range(len(clips))]
 
 
+SILENCES = {"leading_silence", "trailing_silence"}
+
+
+def cut_silence(clip, row: dict):
+    """The clip without the silence recorded before and after its speech (`world.build_speech.record`'s)."""
+    return clip[round(row["leading_silence"] * 16000) : len(clip) - round(row["trailing_silence"] * 16000)]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--blsp", required=True, help="A BLSP checkpoint whose adapter was trained with --loss ctc.")
@@ -52,6 +60,13 @@ def main():
         help="Also read each split through the telephone band (8 kHz and back, as the real recordings are): rows "
         "<split>+telephone.",
     )
+    parser.add_argument(
+        "--cut_silence",
+        action="store_true",
+        help="Also read each split with its recorded silence cut off (rows <split>+cut: the clips' `leading_silence` "
+        "and `trailing_silence`, leaving the speech's own 80 ms margins), as tight at the speech as the real prompts "
+        "are; splits without those columns are left out of these rows.",
+    )
     parser.add_argument("--examples", type=int, default=3, help="Clips printed per split with their readout.")
     parser.add_argument("--output_dir", default=None, help="Also write each split's readouts here (<split>.jsonl).")
     args = parser.parse_args()
@@ -62,15 +77,22 @@ def main():
     ).eval()
     processor = BlspProcessor.from_pretrained(args.blsp)
     lines = ["| split | clips | adapter readout WER (%) |", "|---|---|---|"]
-    channels = [("", None), ("+telephone", telephone_band)] if args.telephone_band else [("", None)]
+    channels = [("", None)]
+    channels += [("+telephone", lambda clip, row: telephone_band(clip, 16000))] if args.telephone_band else []
+    channels += [("+cut", cut_silence)] if args.cut_silence else []
     for split, (suffix, channel) in ((split, channel) for split in args.splits for channel in channels):
         with open(os.path.join(args.data_dir, split, "metadata.jsonl"), encoding="utf-8") as file:
             rows = [json.loads(line) for line in file][: args.max_samples]
+        if channel is cut_silence and not all(row.keys() >= SILENCES for row in rows):
+            print(f"{split}+cut left out: its rows do not record their silences")
+            continue
         readouts = []
         for start in range(0, len(rows), 20):
             batch = rows[start : start + 20]
             clips = [load_audio(os.path.join(args.data_dir, split, row["file_name"]), 16000) for row in batch]
-            readouts += read_out(model, processor, [channel(clip, 16000) if channel else clip for clip in clips])
+            readouts += read_out(
+                model, processor, [channel(*pair) if channel else pair[0] for pair in zip(clips, batch)]
+            )
         name = split + suffix
         for row, readout in list(zip(rows, readouts))[: args.examples]:
             print(f"{name}: {row['text']!r} -> {readout!r}")

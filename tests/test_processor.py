@@ -206,3 +206,21 @@ def test_the_processors_chat_template_is_the_one_prompts_render_with(saved_blsp)
 
 def torch_equal(first, second) -> bool:
     return first.shape == second.shape and bool((first == second).all())
+
+
+def test_audio_padding_adds_silence_around_each_clip_and_is_saved(processors, tmp_path):
+    processor = processors["llama"]
+    processor.save_pretrained(tmp_path)
+    padded = BlspProcessor.from_pretrained(tmp_path, audio_padding_seconds=0.15)
+    prompt, clip = processor.render_prompt("Transcribe."), tone(2.0)
+    by_hand = processor(text=prompt, audio=np.pad(clip, round(0.15 * RATE)))
+    inputs = padded(text=prompt, audio=clip)
+    # 2.3 s = 230 mel frames -> 115 -> 58 -> 29 -> 15 adapter frames: the padding is heard and counted
+    assert speech_token_count(padded, inputs, 0) == padded.num_speech_tokens(len(clip)) == 15
+    assert inputs["input_ids"].tolist() == by_hand["input_ids"].tolist()
+    np.testing.assert_array_equal(inputs["input_features"].numpy(), by_hand["input_features"].numpy())
+    padded.save_pretrained(tmp_path / "padded")
+    assert BlspProcessor.from_pretrained(tmp_path / "padded").audio_padding_seconds == 0.15
+    assert processor.audio_padding_seconds == 0.0  # the default: clips as given
+    with pytest.raises(ValueError, match="audio_padding_seconds must be in"):
+        BlspProcessor.from_pretrained(tmp_path, audio_padding_seconds=-0.1)

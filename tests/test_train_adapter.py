@@ -397,3 +397,21 @@ def test_save_adapter_only_refuses_merged_lora(initial_blsp, continuation_datase
             ["--model_name_or_path", initial_blsp, "--save_adapter_only", "true", "--lora_r", "4"]
             + run_flags(continuation_dataset, str(tmp_path), 1)
         )
+
+
+def test_audio_padding_trains_with_the_silence_and_saves_it(initial_blsp, transcript_dataset, tmp_path, monkeypatch):
+    """`--audio_padding_seconds` sets the processor's padding for training (the batches' clips carry it) and saves it
+    with the checkpoint, so inference pads as training did."""
+    heard = []
+    extract = BlspProcessor.extract_features
+
+    def spy(processor, clips):
+        heard.append(processor.audio_padding_seconds)
+        return extract(processor, clips)
+
+    monkeypatch.setattr(BlspProcessor, "extract_features", spy)
+    flags = run_flags(transcript_dataset, str(tmp_path), 2, "--loss", "ctc", "--audio_padding_seconds", "0.2")
+    train_adapter.main(["--model_name_or_path", initial_blsp] + flags)
+    assert heard and set(heard) == {0.2}
+    assert BlspProcessor.from_pretrained(str(tmp_path)).audio_padding_seconds == 0.2
+    assert BlspProcessor.from_pretrained(initial_blsp).audio_padding_seconds == 0.0

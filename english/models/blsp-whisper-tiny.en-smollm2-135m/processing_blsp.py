@@ -191,6 +191,9 @@ class BlspProcessor(ProcessorMixin):
         speech_separator (`str`, defaults to `" "`): The text between the speech placeholder and the instruction.
         prompt_tokenization (`"whole"` or `"segments"`): Tokenize a rendered prompt as one string, or each piece
             between special tokens (BOS, speech, chat markers) on its own, as the original BLSP release did.
+        audio_padding_seconds (`float`, defaults to 0): Silence added before and after every clip before its
+            features. An adapter that only heard clips with silence around the speech loses the first and last words
+            of a clip cut tight at them (as recorded prompts and trimmed microphone takes are).
     """
 
     def __init__(
@@ -205,6 +208,7 @@ class BlspProcessor(ProcessorMixin):
         feature_padding: str = "longest",
         speech_separator: str = " ",
         prompt_tokenization: str = "whole",
+        audio_padding_seconds: float = 0.0,
     ):
         for name, value, choices in (
             ("prompt_layout", prompt_layout, PROMPT_LAYOUTS),
@@ -213,6 +217,8 @@ class BlspProcessor(ProcessorMixin):
         ):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        if not 0.0 <= audio_padding_seconds <= 1.0:
+            raise ValueError(f"audio_padding_seconds must be in [0, 1], got {audio_padding_seconds!r}")
         self.speech_token = speech_token
         self.speech_token_id = add_speech_token(tokenizer, speech_token)
         # Prompts are left-padded (`pad`); pipelines that batch this processor's outputs pad on these sides.
@@ -223,6 +229,7 @@ class BlspProcessor(ProcessorMixin):
         self.feature_padding = feature_padding
         self.speech_separator = speech_separator
         self.prompt_tokenization = prompt_tokenization
+        self.audio_padding_seconds = audio_padding_seconds
         # The operator's limits on request audio (not saved with the processor).
         self.audio_locations = [entry for entry in os.environ.get(AUDIO_LOCATIONS_ENV, "").split(",") if entry]
         self.max_audio_seconds = MAX_AUDIO_SECONDS
@@ -326,9 +333,14 @@ class BlspProcessor(ProcessorMixin):
         hop = self.feature_extractor.hop_length
         return -(-num_samples // hop) if self.feature_padding == "max_length" else num_samples // hop
 
+    @property
+    def audio_padding_samples(self) -> int:
+        return round(self.audio_padding_seconds * self.sampling_rate)
+
     def num_speech_tokens(self, num_samples: int) -> int:
-        """Speech tokens the model produces for a clip of `num_samples` at the feature extractor's rate."""
-        windows = window_lengths(num_samples, self.feature_extractor.n_samples)
+        """Speech tokens the model produces for a clip of `num_samples` at the feature extractor's rate (its padding
+        with `audio_padding_seconds` included)."""
+        windows = window_lengths(num_samples + 2 * self.audio_padding_samples, self.feature_extractor.n_samples)
         return sum(conv_output_length(self.frame_count(length), self.speech_downsampling) for length in windows)
 
     def render_prompt(self, instruction: str | None, content: str | None = None) -> str:
@@ -359,6 +371,7 @@ class BlspProcessor(ProcessorMixin):
                     f"{1000 * MIN_AUDIO_SECONDS:g} ms, are needed)."
                 )
             tokens_per_clip.append(self.num_speech_tokens(len(clip)))
+            clip = np.pad(clip, self.audio_padding_samples)
             bounds = np.cumsum([0] + window_lengths(len(clip), self.feature_extractor.n_samples))
             windows.extend(clip[start:end] for start, end in itertools.pairwise(bounds))
         features = [log_mel(self.feature_extractor, window, self.feature_padding) for window in windows]
