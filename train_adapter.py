@@ -136,7 +136,7 @@ class ModelArguments:
         default=None,
         metadata={
             "help": "Silence the processor adds before and after every clip (BlspProcessor.audio_padding_seconds), in "
-            "training and in the saved processor. Default: the checkpoint's (none for a new model)."
+            "training and in the saved processor; 0 to 1. Default: the checkpoint's (none for a new model)."
         },
     )
     dtype: str = dtype_field(" Trainable parameters are kept in float32.")

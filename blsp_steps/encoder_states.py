@@ -1,9 +1,10 @@
 """Step 2's frozen speech encoder, run once per clip: its states stored on disk and read on later epochs and runs.
 
-Each clip's states (float16, valid frames only) are stored under the SHA-256 of the waveform the encoder hears (after
-speed perturbation and telephone band, which are deterministic per drawn variant, so each variant is its own entry).
-The directory records the encoder's fingerprint (its weights, the feature extractor's settings and the encoder
-padding mode) and is refused for any other encoder. SpecAugment's time masks then act on the states.
+Each clip's states (float16, valid frames only) are stored under the SHA-256 of the waveform the processor is given
+(after speed perturbation and telephone band, which are deterministic per drawn variant, so each variant is its own
+entry). The directory records the encoder's fingerprint (its weights, the feature extractor's settings, the encoder
+padding mode and the silence the processor adds around each clip) and is refused for any other encoder.
+SpecAugment's time masks then act on the states.
 """
 
 import hashlib
@@ -19,7 +20,7 @@ CACHE_KEYS = "speech_cache_keys"
 
 
 def clip_key(clip: np.ndarray) -> str:
-    """The identity of a clip as the encoder hears it: the SHA-256 of its float32 samples."""
+    """The identity of a clip as the processor is given it: the SHA-256 of its float32 samples."""
     return hashlib.sha256(np.ascontiguousarray(clip, dtype=np.float32).tobytes()).hexdigest()
 
 

@@ -41,7 +41,7 @@ SILENCES = {"leading_silence", "trailing_silence"}
 
 def cut_silence(clip, row: dict):
     """The clip without the silence recorded before and after its speech (`world.build_speech.record`'s)."""
-    return clip[round(row["leading_silence"] * 16000) : len(clip) - round(row["trailing_silence"] * 16000)]
+    return clip[int(row["leading_silence"] * 16000) : len(clip) - int(row["trailing_silence"] * 16000)]
 
 
 def main():
@@ -64,8 +64,8 @@ def main():
         "--cut_silence",
         action="store_true",
         help="Also read each split with its recorded silence cut off (rows <split>+cut: the clips' `leading_silence` "
-        "and `trailing_silence`, leaving the speech's own 80 ms margins), as tight at the speech as the real prompts "
-        "are; splits without those columns are left out of these rows.",
+        "and `trailing_silence`, leaving the speech's own margins of up to 80 ms), about as tight at the speech as the "
+        "real prompts are; splits without those columns are left out of these rows.",
     )
     parser.add_argument("--examples", type=int, default=3, help="Clips printed per split with their readout.")
     parser.add_argument("--output_dir", default=None, help="Also write each split's readouts here (<split>.jsonl).")

@@ -221,6 +221,7 @@ def test_audio_padding_adds_silence_around_each_clip_and_is_saved(processors, tm
     np.testing.assert_array_equal(inputs["input_features"].numpy(), by_hand["input_features"].numpy())
     padded.save_pretrained(tmp_path / "padded")
     assert BlspProcessor.from_pretrained(tmp_path / "padded").audio_padding_seconds == 0.15
+    assert "audio_padding_seconds" not in (tmp_path / "padded" / "tokenizer_config.json").read_text()
     assert processor.audio_padding_seconds == 0.0  # the default: clips as given
     with pytest.raises(ValueError, match="audio_padding_seconds must be in"):
         BlspProcessor.from_pretrained(tmp_path, audio_padding_seconds=-0.1)

@@ -168,6 +168,12 @@ def flatten_content(content) -> tuple[str, list]:
     return texts, audios
 
 
+def check_audio_padding(seconds: float) -> float:
+    if not 0.0 <= seconds <= 1.0:
+        raise ValueError(f"audio_padding_seconds must be in [0, 1], got {seconds!r}")
+    return seconds
+
+
 class BlspProcessor(ProcessorMixin):
     r"""
     Wraps a Whisper feature extractor and an LLM tokenizer into one processor for [`BlspForConditionalGeneration`].
@@ -191,8 +197,8 @@ class BlspProcessor(ProcessorMixin):
         speech_separator (`str`, defaults to `" "`): The text between the speech placeholder and the instruction.
         prompt_tokenization (`"whole"` or `"segments"`): Tokenize a rendered prompt as one string, or each piece
             between special tokens (BOS, speech, chat markers) on its own, as the original BLSP release did.
-        audio_padding_seconds (`float`, defaults to 0): Silence added before and after every clip before its
-            features. An adapter that only heard clips with silence around the speech loses the first and last words
+        audio_padding_seconds (`float`, defaults to 0; at most 1): Silence added before and after every clip before
+            its features. An adapter that only heard clips with silence around the speech loses the first and last words
             of a clip cut tight at them (as recorded prompts and trimmed microphone takes are).
     """
 
@@ -217,8 +223,6 @@ class BlspProcessor(ProcessorMixin):
         ):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-        if not 0.0 <= audio_padding_seconds <= 1.0:
-            raise ValueError(f"audio_padding_seconds must be in [0, 1], got {audio_padding_seconds!r}")
         self.speech_token = speech_token
         self.speech_token_id = add_speech_token(tokenizer, speech_token)
         # Prompts are left-padded (`pad`); pipelines that batch this processor's outputs pad on these sides.
@@ -229,7 +233,7 @@ class BlspProcessor(ProcessorMixin):
         self.feature_padding = feature_padding
         self.speech_separator = speech_separator
         self.prompt_tokenization = prompt_tokenization
-        self.audio_padding_seconds = audio_padding_seconds
+        self.audio_padding_seconds = check_audio_padding(audio_padding_seconds)
         # The operator's limits on request audio (not saved with the processor).
         self.audio_locations = [entry for entry in os.environ.get(AUDIO_LOCATIONS_ENV, "").split(",") if entry]
         self.max_audio_seconds = MAX_AUDIO_SECONDS
@@ -259,7 +263,10 @@ class BlspProcessor(ProcessorMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """Load a saved processor, checking its speech token against the checkpoint's config when there is one."""
+        padding = kwargs.pop("audio_padding_seconds", None)  # not the tokenizer's: it would save it in its config
         processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if padding is not None:
+            processor.audio_padding_seconds = check_audio_padding(padding)
         hub_kwargs = {key: kwargs[key] for key in (*HUB_KWARGS, "subfolder") if key in kwargs}
         try:
             config = BlspConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
