@@ -77,7 +77,7 @@ def main():
     ).eval()
     processor = BlspProcessor.from_pretrained(args.blsp)
     lines = ["| split | clips | adapter readout WER (%) |", "|---|---|---|"]
-    channels = [("", None)]
+    channels = [("", lambda clip, row: clip)]
     channels += [("+telephone", lambda clip, row: telephone_band(clip, 16000))] if args.telephone_band else []
     channels += [("+cut", cut_silence)] if args.cut_silence else []
     for split, (suffix, channel) in ((split, channel) for split in args.splits for channel in channels):
@@ -90,9 +90,7 @@ def main():
         for start in range(0, len(rows), 20):
             batch = rows[start : start + 20]
             clips = [load_audio(os.path.join(args.data_dir, split, row["file_name"]), 16000) for row in batch]
-            readouts += read_out(
-                model, processor, [channel(*pair) if channel else pair[0] for pair in zip(clips, batch)]
-            )
+            readouts += read_out(model, processor, [channel(clip, row) for clip, row in zip(clips, batch)])
         name = split + suffix
         for row, readout in list(zip(rows, readouts))[: args.examples]:
             print(f"{name}: {row['text']!r} -> {readout!r}")
