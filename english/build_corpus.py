@@ -36,6 +36,11 @@ Splits (audiofolders: 16 kHz mono FLAC + `metadata.jsonl` with `file_name`, `tex
   in flite's voices (`apt-get install flite`: awb, rms and slt, each made from one person's recordings);
 - `train_kokoro`, `train_kokoro_short` and `dev_kokoro` (with `--num_kokoro_train N`): the last N `train_extra`
   sentences, a span of 1-4 words of each, and the dev sentences, in Kokoro-82M's 28 English voices (`english.kokoro`);
+- `train_semiotic` and `dev_semiotic` (with `--num_semiotic_train N`): spoken numbers, dates, times, phone numbers,
+  amounts and spelled letters (`english.semiotic`), half in Kokoro's voices;
+- `train_llm` and `dev_llm` (with `--num_llm_train N --continuations DIR...`): sentences SmolLM2 wrote in step 1
+  (everyday text: "I'm on a budget and I'm planning to eat at a local restaurant tomorrow."), voiced as
+  `train_semiotic`; none that a dev or test split or a real prompt says;
 - `dev`: the last `--num_dev` WordNet sentences (in no other split) in training voices, with a question where the
   sentence has one, for choosing between training runs and prompts, so that no decision reads a held-out split;
 - `test_real_speech`: real human speech, never trained on: the recorded prompts of Debian's
@@ -59,9 +64,17 @@ import soxr
 
 from english.kokoro import KOKORO, KokoroSpeaker
 from english.kokoro import VOICES as KOKORO_VOICES
-from english.real_speech import REAL_SPEECH_SPLIT, write_real_speech_split
+from english.real_speech import REAL_SPEECH_SPLIT, prompt_transcripts, write_real_speech_split
 from english.semiotic import semiotic_sentences
-from english.sentences import WORDNET_DIR, question_fields, split_sentences, wordnet_phrases, wordnet_sentences
+from english.sentences import (
+    WORDNET_DIR,
+    continuation_sentences,
+    question_fields,
+    sentence_key,
+    split_sentences,
+    wordnet_phrases,
+    wordnet_sentences,
+)
 from world.build_speech import (
     ESPEAK,
     FESTIVAL,
@@ -83,6 +96,7 @@ MAX_SPAN_WORDS = 4
 SHORT_PIPER_SHARE = 0.25
 """The share of `train_short`'s and `train_phrases`' clips spoken in Piper's voice."""
 SEMIOTIC_DEV = 200
+LLM_DEV = 100
 """Clips of `dev_semiotic` (numbers, dates and letters drawn apart from `train_semiotic`'s)."""
 PIPER = "piper"
 PIPER_VOICE = "en_US-joe-medium"
@@ -110,6 +124,8 @@ def clip_plan(
     num_flite_train: int = 0,
     num_kokoro_train: int = 0,
     num_semiotic_train: int = 0,
+    num_llm_train: int = 0,
+    continuations: tuple[str, ...] = (),
 ) -> dict[str, list[dict]]:
     """Every split's metadata rows: sentence, synthesizer, voice, speed and drawn recording conditions.
 
@@ -126,7 +142,10 @@ def clip_plan(
     them: `train_kokoro` speaks the last `num_kokoro_train` sentences of `train_extra`, `train_kokoro_short` a span of
     1-4 words of each, and `dev_kokoro` the dev sentences. With `num_semiotic_train`, `train_semiotic` speaks that many
     numbers, dates, times, phone numbers, amounts and spelled letters (`english.semiotic`), half in Kokoro's voices and
-    half in the training voices and Piper's, and `dev_semiotic` `SEMIOTIC_DEV` other draws of them."""
+    half in the training voices and Piper's, and `dev_semiotic` `SEMIOTIC_DEV` other draws of them. With
+    `num_llm_train`, `train_llm` and `dev_llm` speak that many and `LLM_DEV` of the sentences SmolLM2 wrote in step 1
+    (`continuations`: its output directories), voiced as `train_semiotic`; any sentence that a dev or test split or
+    the real prompts say is left out."""
     rest, test = split_sentences(wordnet_sentences(wordnet_dir), num_train, num_test, seed)
     dev_start = len(rest) - num_dev
     train, extra, dev = rest[:num_train], rest[num_train : num_train + num_extra_train], rest[dev_start:]
@@ -183,7 +202,28 @@ def clip_plan(
         rows, dev_rows = semiotic_sentences(num_semiotic_train, seed + 18), semiotic_sentences(SEMIOTIC_DEV, seed + 19)
         plan["train_semiotic"] = plan_rows(rows, half_kokoro_voice(rng), rng)
         plan["dev_semiotic"] = plan_rows(dev_rows, half_kokoro_voice(dev_rng), dev_rng)
+    if num_llm_train:
+        plan.update(llm_splits(num_llm_train, continuations, plan, seed + 20))
     return plan
+
+
+def llm_splits(count: int, continuations: tuple[str, ...], plan: dict, seed: int) -> dict[str, list[dict]]:
+    """`dev_llm` (the first `LLM_DEV`) and `train_llm` (the next `count`) of the continuations' sentences shuffled with
+    `seed`, none said by a dev or test split of `plan` or by a real prompt."""
+    held_out = {row["text"] for split, rows in plan.items() if split.startswith(("dev", "test")) for row in rows}
+    held_out = {sentence_key(text) for text in held_out | set(prompt_transcripts().values())}
+    found = continuation_sentences(list(continuations), held_out)
+    if count + LLM_DEV > len(found):
+        raise ValueError(
+            f"--num_llm_train {count} and {LLM_DEV} dev sentences asked for, the continuations in {continuations} hold "
+            f"{len(found)}: generate more (generate_continuations.py) or ask for fewer"
+        )
+    sentences = [{"text": text} for text in random.Random(seed).sample(found, len(found))]
+    rng, dev_rng = random.Random(seed + 1), random.Random(seed + 2)
+    return {
+        "train_llm": plan_rows(sentences[LLM_DEV : LLM_DEV + count], half_kokoro_voice(rng), rng),
+        "dev_llm": plan_rows(sentences[:LLM_DEV], half_kokoro_voice(dev_rng), dev_rng),
+    }
 
 
 def voice_splits(name: str, count: int, voice, extra: list[dict], dev: list[dict], seed: int) -> dict[str, list[dict]]:
@@ -336,6 +376,8 @@ def build_corpus(
     num_flite_train=0,
     num_kokoro_train=0,
     num_semiotic_train=0,
+    num_llm_train=0,
+    continuations=(),
 ) -> dict:
     """Write the splits (all by default) under `output_dir`, each replacing its folder; returns their rows."""
     plan = clip_plan(
@@ -350,6 +392,8 @@ def build_corpus(
         num_flite_train=num_flite_train,
         num_kokoro_train=num_kokoro_train,
         num_semiotic_train=num_semiotic_train,
+        num_llm_train=num_llm_train,
+        continuations=tuple(continuations),
     )
     for position, (split, rows) in enumerate(plan.items()):
         if splits and split not in splits or not rows:
@@ -434,6 +478,19 @@ def main():
         f"(english/semiotic.py; half in Kokoro's voices), and `dev_semiotic` ({SEMIOTIC_DEV} other draws): words "
         "WordNet lacks.",
     )
+    parser.add_argument(
+        "--num_llm_train",
+        type=int,
+        default=0,
+        help=f"Also build `train_llm` (N sentences SmolLM2 wrote in step 1, voiced as train_semiotic) and `dev_llm` "
+        f"({LLM_DEV} others): everyday text that WordNet's examples lack. Needs --continuations.",
+    )
+    parser.add_argument(
+        "--continuations",
+        nargs="*",
+        default=[],
+        help="Output directories of generate_continuations.py whose continuations --num_llm_train speaks.",
+    )
     parser.add_argument("--splits", nargs="*", default=None, help="Build only these splits.")
     parser.add_argument("--num_workers", type=int, default=os.cpu_count(), help="Synthesis processes.")
     parser.add_argument("--seed", type=int, default=0)
@@ -454,6 +511,8 @@ def main():
         args.num_flite_train,
         args.num_kokoro_train,
         args.num_semiotic_train,
+        args.num_llm_train,
+        args.continuations,
     )
 
 

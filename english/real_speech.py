@@ -39,12 +39,8 @@ def real_speech_rows(
             "apt-get install -y asterisk-core-sounds-en-wav asterisk-core-sounds-en"
         )
     rows, left_out = [], {}
-    with gzip.open(transcripts, "rt", encoding="utf-8") as file:
-        lines = [line.strip() for line in file if ":" in line and not line.startswith(";")]
-    for line in sorted(lines):
-        name, transcript = (part.strip() for part in line.split(":", 1))
+    for name, text in prompt_transcripts(transcripts).items():
         path = os.path.join(sounds_dir, name + ".wav")
-        text = clean_prompt_transcript(transcript)
         if name.startswith("silence/") or not re.search("[A-Za-z0-9]", text):
             left_out[name] = "no speech (a tone or silence)"
         elif not os.path.exists(path):
@@ -57,6 +53,16 @@ def real_speech_rows(
                 fields = {}
             rows.append({"file_name": name.replace("/", "-") + ".flac", "source": name, "text": text, **fields})
     return rows, left_out
+
+
+def prompt_transcripts(transcripts: str = ASTERISK_TRANSCRIPTS) -> dict[str, str]:
+    """Every asterisk prompt's name and its transcript as spoken (`clean_prompt_transcript`), sorted by name."""
+    if not os.path.exists(transcripts):
+        raise FileNotFoundError(f"no transcripts in {transcripts}: apt-get install -y asterisk-core-sounds-en")
+    with gzip.open(transcripts, "rt", encoding="utf-8") as file:
+        lines = [line.strip() for line in file if ":" in line and not line.startswith(";")]
+    prompts = dict(tuple(part.strip() for part in line.split(":", 1)) for line in sorted(lines))
+    return {name: clean_prompt_transcript(transcript) for name, transcript in prompts.items()}
 
 
 def write_real_speech_split(directory: str, sounds_dir: str = ASTERISK_SOUNDS) -> list[dict]:

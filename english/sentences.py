@@ -8,6 +8,7 @@ import re
 
 WORDNET_DIR = "/usr/share/wordnet"
 MIN_WORDS, MAX_WORDS = 6, 14
+LLM_MIN_WORDS, LLM_MAX_WORDS = 4, 16
 CATEGORIES = {
     "colour": "red orange yellow green blue purple pink brown black white gray grey",
     "animal": "dog dogs cat cats horse horses cow cows bird birds fish sheep pig pigs lion tiger bear wolf fox mouse "
@@ -55,6 +56,36 @@ def wordnet_examples(wordnet_dir: str, keep) -> dict[str, str]:
                     if keep(sentence):
                         found.setdefault(sentence.lower(), sentence)
     return found
+
+
+def continuation_sentences(directories: list[str], exclude: set[str] = frozenset()) -> list[str]:
+    """The speakable sentences of step 1's continuations (the output directories of `generate_continuations.py`):
+    each continuation split after `.`, `!` and `?`, sentences of 4-16 words of letters, commas, apostrophes and
+    hyphens, deduplicated case-insensitively, sorted. Those whose `sentence_key` is in `exclude` are left out (the
+    held-out transcripts: an LLM may write one of them word for word)."""
+    import pyarrow.parquet
+
+    found = {}
+    for directory in directories:
+        paths = sorted(glob.glob(os.path.join(directory, "data", "*.parquet")))
+        if not paths:
+            raise FileNotFoundError(f"no continuations in {directory}/data: run generate_continuations.py first")
+        for path in paths:
+            for continuation in pyarrow.parquet.read_table(path, columns=["continuation"]).column(0).to_pylist():
+                for sentence in re.split(r"(?<=[.!?])\s+", " ".join(continuation.split())):
+                    words = sentence.split()
+                    if (
+                        LLM_MIN_WORDS <= len(words) <= LLM_MAX_WORDS
+                        and PLAIN_RE.fullmatch(sentence)
+                        and "--" not in sentence
+                    ):
+                        found.setdefault(sentence_key(sentence), sentence)
+    return sorted(sentence for key, sentence in found.items() if key not in exclude)
+
+
+def sentence_key(sentence: str) -> str:
+    """A sentence's words, lowercased, without punctuation: what two transcripts share when they say the same."""
+    return " ".join(WORD_RE.findall(sentence.lower()))
 
 
 def is_plain(sentence: str) -> bool:

@@ -6,12 +6,15 @@ import gzip
 import json
 import shutil
 
+import datasets
 import numpy as np
 import pytest
 import soundfile
 
+import english.build_corpus
 from english.build_corpus import (
     FLITE_VOICES,
+    LLM_DEV,
     PIPER,
     PIPER_VOICE,
     PITCH_CENTS,
@@ -24,7 +27,7 @@ from english.kokoro import VOICES as KOKORO_VOICES
 from english.real_speech import real_speech_rows
 from english.semiotic import CLASSES as SEMIOTIC_CLASSES
 from english.semiotic import semiotic_sentences
-from english.sentences import QUESTION, question_for, wordnet_phrases, wordnet_sentences
+from english.sentences import QUESTION, continuation_sentences, question_for, wordnet_phrases, wordnet_sentences
 from world.build_speech import ESPEAK, FESTIVAL, FLITE, speak_flite
 
 ANIMALS = ["dog", "cat", "horse", "sheep", "goat", "duck"]
@@ -219,6 +222,39 @@ def test_semiotic_splits_are_spoken_numbers_dates_and_letters_and_move_no_other_
     for word in ("eleven", "forty", "twentieth", "october", "friday", "o'clock", "dollars"):
         assert word in texts
     assert semiotic_sentences(5, seed=1) == semiotic_sentences(5, seed=1) != semiotic_sentences(5, seed=2)
+
+
+def write_continuations(directory, continuations):
+    """A `generate_continuations.py` output directory holding these continuations."""
+    (directory / "data").mkdir(parents=True)
+    rows = {"row_id": list(range(len(continuations))), "text": ["x"] * len(continuations)}
+    datasets.Dataset.from_dict({**rows, "continuation": continuations}).to_parquet(directory / "data" / "train.parquet")
+    return str(directory)
+
+
+def test_llm_sentences_are_new_speakable_text_in_two_more_splits_and_none_is_held_out(
+    wordnet_dir, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(english.build_corpus, "prompt_transcripts", lambda: {"enter": "Please enter your number now."})
+    plan = clip_plan(num_train=4, num_test=4, seed=0, num_extra_train=5, wordnet_dir=wordnet_dir, num_dev=3)
+    everyday = [f"I'm sure the {a} {n} will be {t}." for a in ("red", "big", "old", "new", "fine") for n in PLACES
+                for t in ("ready soon", "open")]  # fmt: skip
+    said = [plan["dev"][0]["text"] + ".", plan["test_seen_voice"][0]["text"].upper(), "Please enter your number now!"]
+    first = write_continuations(tmp_path / "a", [" ".join(everyday[:100]) + " Yes. We counted 42 sheep.", *said])
+    second = write_continuations(tmp_path / "b", [" ".join(everyday[100:]), everyday[0].upper()])
+    found = continuation_sentences([first, second])
+    assert len(found) == len(everyday) + len(said)  # split at the full stops, the short and the digits left out
+    kwargs = dict(num_train=4, num_test=4, seed=0, num_extra_train=5, wordnet_dir=wordnet_dir, num_dev=3)
+    more = clip_plan(**kwargs, num_llm_train=12, continuations=(first, second))
+    train, dev = more.pop("train_llm"), more.pop("dev_llm")
+    assert more == plan
+    assert len(train) == 12 and len(dev) == LLM_DEV
+    texts = [row["text"] for row in train + dev]
+    assert len(set(texts)) == len(texts) and set(texts) <= set(everyday)  # what a dev or test split or a prompt says
+    with pytest.raises(ValueError, match="num_llm_train 101 and 100 dev sentences asked for.*hold 200"):
+        clip_plan(**kwargs, num_llm_train=101, continuations=(first, second))
+    with pytest.raises(FileNotFoundError, match="run generate_continuations.py first"):
+        continuation_sentences([str(tmp_path)])
 
 
 def test_kokoro_without_its_packages_or_voices_says_how_to_install_them(tmp_path):
