@@ -41,6 +41,9 @@ Splits (audiofolders: 16 kHz mono FLAC + `metadata.jsonl` with `file_name`, `tex
 - `train_llm` and `dev_llm` (with `--num_llm_train N --continuations DIR...`): sentences SmolLM2 wrote in step 1
   (everyday text: "I'm on a budget and I'm planning to eat at a local restaurant tomorrow."), voiced as
   `train_semiotic`; none that a dev or test split or a real prompt says;
+- `dev_cut` and `dev_short_cut` (`english.derived`, built from `dev` and `dev_short` when those are built, or asked for
+  by name): their clips with the recorded silence cut off, as tight at the speech as people's recorded prompts often
+  are;
 - `dev`: the last `--num_dev` WordNet sentences (in no other split) in training voices, with a question where the
   sentence has one, for choosing between training runs and prompts, so that no decision reads a held-out split;
 - `test_real_speech`: real human speech, never trained on: the recorded prompts of Debian's
@@ -56,12 +59,12 @@ import multiprocessing
 import os
 import random
 import shutil
-import subprocess
 
 import numpy as np
 import soundfile
 import soxr
 
+from english.derived import derived_splits
 from english.kokoro import KOKORO, KokoroSpeaker
 from english.kokoro import VOICES as KOKORO_VOICES
 from english.real_speech import REAL_SPEECH_SPLIT, prompt_transcripts, write_real_speech_split
@@ -103,11 +106,7 @@ PIPER_VOICE = "en_US-joe-medium"
 FLITE_VOICES = ("awb", "rms", "slt")
 """flite's statistical voices, each made from one person's recordings (CMU ARCTIC: a Scottish and an American man, an
 American woman; slt is also festival's training voice `cmu_us_slt_arctic_hts`)."""
-PITCHED_SPLITS = {"train_piper_pitched": "train_piper", "dev_piper_pitched": "dev_piper"}
 """`--pitch_piper`: each split is its source's clips with the pitch raised (sox's `pitch`): a higher Piper voice."""
-PITCH_CENTS = (300, 900)
-"""The range a pitched clip's shift is drawn from, in cents: joe's voice (about 110 Hz) towards a woman's (about 200
-Hz). sox's `pitch` moves the formants along, as a shorter vocal tract does."""
 TEST_SPLITS = ("test_seen_voice", "test_heldout_voice", "test_heldout_festival_voice", "test_piper", REAL_SPEECH_SPLIT)
 
 
@@ -335,27 +334,6 @@ def write_split(directory: str, rows: list[dict], seed: tuple[int, ...], num_wor
         file.writelines(json.dumps(row) + "\n" for row in rows)
 
 
-def write_pitched_split(source: str, directory: str, seed: int) -> list[dict]:
-    """`source`'s clips with their pitch raised by a drawn `PITCH_CENTS` shift (recorded in each row's `pitch_cents`),
-    the tempo and everything else kept."""
-    metadata = os.path.join(source, "metadata.jsonl")
-    if not os.path.exists(metadata):
-        raise FileNotFoundError(f"{metadata} is missing: build {os.path.basename(source)} first (--num_piper_train)")
-    with open(metadata, encoding="utf-8") as file:
-        rows = [json.loads(line) for line in file]
-    rng = random.Random(seed)
-    os.makedirs(directory, exist_ok=True)
-    for row in rows:
-        row["pitch_cents"] = rng.randint(*PITCH_CENTS)
-        output = os.path.join(directory, row["file_name"])
-        command = ["sox", os.path.join(source, row["file_name"]), output, "pitch", str(row["pitch_cents"])]
-        subprocess.run(command, check=True, capture_output=True)
-        row["duration"] = round(soundfile.info(output).duration, 3)
-    with open(os.path.join(directory, "metadata.jsonl"), "w", encoding="utf-8") as file:
-        file.writelines(json.dumps(row) + "\n" for row in rows)
-    return rows
-
-
 def report_hours(split: str, rows: list[dict]) -> None:
     print(f"{split}: {len(rows)} clips, {sum(row['duration'] for row in rows) / 3600:.2f} h", flush=True)
 
@@ -401,12 +379,12 @@ def build_corpus(
         shutil.rmtree(os.path.join(output_dir, split), ignore_errors=True)
         write_split(os.path.join(output_dir, split), rows, (seed, position), num_workers)
         report_hours(split, rows)
-    for position, (split, source) in enumerate(PITCHED_SPLITS.items() if pitch_piper else []):
-        if splits and split not in splits:
+    for split, source, write in derived_splits(pitch_piper, seed):
+        if splits and split not in splits or not splits and source not in plan:
             continue
         directory = os.path.join(output_dir, split)
         shutil.rmtree(directory, ignore_errors=True)
-        plan[split] = rows = write_pitched_split(os.path.join(output_dir, source), directory, seed + 8 + position)
+        plan[split] = rows = write(os.path.join(output_dir, source), directory)
         report_hours(split, rows)
     if not splits or REAL_SPEECH_SPLIT in splits:
         directory = os.path.join(output_dir, REAL_SPEECH_SPLIT)

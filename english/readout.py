@@ -18,6 +18,7 @@ from blsp_steps.augmentation import telephone_band
 from english.build_corpus import TEST_SPLITS
 from modeling_blsp import BlspForConditionalGeneration, ctc_readout
 from processing_blsp import BlspProcessor, load_audio
+from world.build_speech import cut_silence
 
 ENGLISH_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -37,11 +38,6 @@ def read_out(model: BlspForConditionalGeneration, processor: BlspProcessor, clip
 
 
 SILENCES = {"leading_silence", "trailing_silence"}
-
-
-def cut_silence(clip, row: dict):
-    """The clip without the silence recorded before and after its speech (`world.build_speech.record`'s)."""
-    return clip[int(row["leading_silence"] * 16000) : len(clip) - int(row["trailing_silence"] * 16000)]
 
 
 def main():

@@ -17,11 +17,10 @@ from english.build_corpus import (
     LLM_DEV,
     PIPER,
     PIPER_VOICE,
-    PITCH_CENTS,
     SEMIOTIC_DEV,
     clip_plan,
-    write_pitched_split,
 )
+from english.derived import PITCH_CENTS, write_cut_split, write_pitched_split
 from english.kokoro import KOKORO, KokoroSpeaker, phonemize
 from english.kokoro import VOICES as KOKORO_VOICES
 from english.real_speech import real_speech_rows
@@ -292,3 +291,19 @@ def test_pitched_clips_are_higher_by_the_recorded_shift_and_as_long(tmp_path):
         assert peak == pytest.approx(200 * 2 ** (row["pitch_cents"] / 1200), rel=0.03)
     with pytest.raises(FileNotFoundError, match="build missing first"):
         write_pitched_split(str(tmp_path / "missing"), str(tmp_path / "out"), seed=0)
+
+
+def test_cut_clips_are_the_speech_between_the_recorded_silences(tmp_path):
+    source = tmp_path / "dev"
+    source.mkdir()
+    clip = np.linspace(-0.5, 0.5, 32000).astype(np.float32)
+    row = {"file_name": "0.flac", "text": "a ramp", "duration": 2.0, "leading_silence": 0.25, "trailing_silence": 0.5}
+    soundfile.write(source / "0.flac", clip, 16000, subtype="PCM_16")
+    (source / "metadata.jsonl").write_text(json.dumps(row) + "\n")
+    assert write_cut_split(str(source), str(tmp_path / "dev_cut")) == [
+        {**row, "duration": 1.25, "leading_silence": 0.0, "trailing_silence": 0.0}
+    ]
+    cut, rate = soundfile.read(tmp_path / "dev_cut" / "0.flac", dtype="float32")
+    assert rate == 16000 and np.allclose(cut, clip[4000:-8000], atol=1e-4)
+    with pytest.raises(FileNotFoundError, match="build missing first"):
+        write_cut_split(str(tmp_path / "missing"), str(tmp_path / "out"))

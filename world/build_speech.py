@@ -173,6 +173,12 @@ def record(speech: np.ndarray, conditions: dict, rng: np.random.Generator) -> np
     return (recording * (peak / np.abs(recording).max())).astype(np.float32)
 
 
+def cut_silence(clip: np.ndarray, conditions: dict) -> np.ndarray:
+    """A recorded clip without the silence `record` put before and after its speech (the speech's own margins kept)."""
+    lead, tail = (int(conditions[name] * SAMPLING_RATE) for name in ("leading_silence", "trailing_silence"))
+    return clip[lead : len(clip) - tail]
+
+
 def pick_sentences(sentences: list[Sentence], count: int, rng: random.Random) -> list[Sentence]:
     """`count` distinct sentences, taken in turn from each template so that rare templates are all represented."""
     by_template = defaultdict(list)
