@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import train_adapter
-from blsp_steps.augmentation import AugmentationArguments, SpeechAugmentation
+from blsp_steps.augmentation import AugmentationArguments, SpeechAugmentation, speech_bounds
 from blsp_steps.training import BlspTrainer, SpeechPromptCollator
 from processing_blsp import BlspProcessor
 
@@ -55,11 +55,31 @@ def test_masks_stay_inside_each_clip_and_repeat_with_the_seed():
     assert changed[0].sum() > 0 and changed[1, :120].sum() > 0
 
 
+def test_cut_edges_keep_the_speech_and_at_most_the_drawn_margin_of_the_noise_around_it():
+    rng = np.random.default_rng(0)
+    speech = tone((300.0, 1200.0))
+    clip = np.concatenate([np.zeros(8000), speech, np.zeros(12000)]).astype(np.float32)
+    clip += 0.003 * rng.standard_normal(len(clip)).astype(np.float32)  # noise 34 dB under the speech
+    assert speech_bounds(clip, RATE) == (8000, 24000)
+    tight = SpeechAugmentation(AugmentationArguments(edge_trim_probability=1.0, max_edge_margin_seconds=0.0), RATE)
+    assert np.array_equal(tight.waveform(clip), clip[8000:24000])
+    args = AugmentationArguments(edge_trim_probability=1.0, max_edge_margin_seconds=0.1)
+    lengths = {len(SpeechAugmentation(args, RATE, seed=seed).waveform(clip)) for seed in range(20)}
+    assert min(lengths) >= 16000 and max(lengths) <= 16000 + 3200 and len(lengths) > 10
+    assert speech_bounds(np.zeros(100, dtype=np.float32), RATE) == (0, 100)  # too short to tell
+    untouched = SpeechAugmentation(
+        AugmentationArguments(edge_trim_probability=0.0, telephone_band_probability=0.0), RATE
+    )
+    assert np.array_equal(untouched.waveform(clip), clip)
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="speed_perturbation"):
         AugmentationArguments(speed_perturbation=[0.0, 1.0])
     with pytest.raises(ValueError, match="telephone_band_probability"):
         AugmentationArguments(telephone_band_probability=1.5)
+    with pytest.raises(ValueError, match="edge_trim_probability"):
+        AugmentationArguments(edge_trim_probability=-0.1)
     assert not AugmentationArguments().enabled
 
 
