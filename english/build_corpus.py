@@ -99,14 +99,14 @@ MAX_SPAN_WORDS = 4
 SHORT_PIPER_SHARE = 0.25
 """The share of `train_short`'s and `train_phrases`' clips spoken in Piper's voice."""
 SEMIOTIC_DEV = 200
-LLM_DEV = 100
 """Clips of `dev_semiotic` (numbers, dates and letters drawn apart from `train_semiotic`'s)."""
+LLM_DEV = 100
+"""Clips of `dev_llm` (LLM-written sentences apart from `train_llm`'s)."""
 PIPER = "piper"
 PIPER_VOICE = "en_US-joe-medium"
 FLITE_VOICES = ("awb", "rms", "slt")
 """flite's statistical voices, each made from one person's recordings (CMU ARCTIC: a Scottish and an American man, an
 American woman; slt is also festival's training voice `cmu_us_slt_arctic_hts`)."""
-"""`--pitch_piper`: each split is its source's clips with the pitch raised (sox's `pitch`): a higher Piper voice."""
 TEST_SPLITS = ("test_seen_voice", "test_heldout_voice", "test_heldout_festival_voice", "test_piper", REAL_SPEECH_SPLIT)
 
 
