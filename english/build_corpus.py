@@ -54,7 +54,6 @@ background noise.
 """
 
 import argparse
-import json
 import multiprocessing
 import os
 import random
@@ -64,7 +63,7 @@ import numpy as np
 import soundfile
 import soxr
 
-from english.derived import derived_splits
+from english.derived import derived_splits, write_rows
 from english.kokoro import KOKORO, KokoroSpeaker
 from english.kokoro import VOICES as KOKORO_VOICES
 from english.real_speech import REAL_SPEECH_SPLIT, prompt_transcripts, write_real_speech_split
@@ -330,8 +329,7 @@ def write_split(directory: str, rows: list[dict], seed: tuple[int, ...], num_wor
         recording = record(samples, row, np.random.default_rng([*seed, index]))
         soundfile.write(os.path.join(directory, row["file_name"]), recording, SAMPLING_RATE, subtype="PCM_16")
         row["duration"] = round(len(recording) / SAMPLING_RATE, 3)
-    with open(os.path.join(directory, "metadata.jsonl"), "w", encoding="utf-8") as file:
-        file.writelines(json.dumps(row) + "\n" for row in rows)
+    write_rows(directory, rows)
 
 
 def report_hours(split: str, rows: list[dict]) -> None:

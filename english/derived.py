@@ -42,6 +42,7 @@ def read_rows(source: str, hint: str = "") -> list[dict]:
 
 
 def write_rows(directory: str, rows: list[dict]) -> list[dict]:
+    """`rows` as the split's `metadata.jsonl`."""
     with open(os.path.join(directory, "metadata.jsonl"), "w", encoding="utf-8") as file:
         file.writelines(json.dumps(row) + "\n" for row in rows)
     return rows

@@ -16,6 +16,7 @@ import torch
 from blsp_steps import evaluation as scoring
 from blsp_steps.augmentation import telephone_band
 from english.build_corpus import TEST_SPLITS
+from english.derived import read_rows
 from modeling_blsp import BlspForConditionalGeneration, ctc_readout
 from processing_blsp import BlspProcessor, load_audio
 from world.build_speech import cut_silence
@@ -77,8 +78,7 @@ def main():
     channels += [("+telephone", lambda clip, row: telephone_band(clip, 16000))] if args.telephone_band else []
     channels += [("+cut", cut_silence)] if args.cut_silence else []
     for split, (suffix, channel) in ((split, channel) for split in args.splits for channel in channels):
-        with open(os.path.join(args.data_dir, split, "metadata.jsonl"), encoding="utf-8") as file:
-            rows = [json.loads(line) for line in file][: args.max_samples]
+        rows = read_rows(os.path.join(args.data_dir, split))[: args.max_samples]
         if channel is cut_silence and not all(row.keys() >= SILENCES for row in rows):
             print(f"{split}+cut left out: its rows do not record their silences")
             continue

@@ -9,6 +9,7 @@ import re
 
 import soundfile
 
+from english.derived import write_rows
 from english.sentences import question_fields
 from processing_blsp import load_audio
 from world.build_speech import SAMPLING_RATE
@@ -73,8 +74,7 @@ def write_real_speech_split(directory: str, sounds_dir: str = ASTERISK_SOUNDS) -
         samples = load_audio(os.path.join(sounds_dir, row["source"] + ".wav"), SAMPLING_RATE)
         soundfile.write(os.path.join(directory, row["file_name"]), samples, SAMPLING_RATE, subtype="PCM_16")
         row["duration"] = round(len(samples) / SAMPLING_RATE, 3)
-    with open(os.path.join(directory, "metadata.jsonl"), "w", encoding="utf-8") as file:
-        file.writelines(json.dumps(row) + "\n" for row in rows)
+    write_rows(directory, rows)
     with open(os.path.join(directory, "left_out.json"), "w", encoding="utf-8") as file:
         json.dump(left_out, file, indent=1)
     return rows

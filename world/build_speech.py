@@ -162,9 +162,14 @@ def colored_noise(length: int, exponent: float, rng: np.random.Generator) -> np.
     return noise / np.sqrt(np.mean(noise**2))
 
 
+def recorded_silences(conditions: dict) -> tuple[int, int]:
+    """The samples of silence `record` puts before and after the speech under these drawn conditions."""
+    return tuple(int(conditions[name] * SAMPLING_RATE) for name in ("leading_silence", "trailing_silence"))
+
+
 def record(speech: np.ndarray, conditions: dict, rng: np.random.Generator) -> np.ndarray:
     """The trimmed speech between silences, under background noise at the drawn SNR, scaled to the drawn peak."""
-    lead, tail = (int(conditions[name] * SAMPLING_RATE) for name in ("leading_silence", "trailing_silence"))
+    lead, tail = recorded_silences(conditions)
     signal = np.concatenate([np.zeros(lead), speech, np.zeros(tail)])
     speech_rms = np.sqrt(np.mean(speech**2))
     noise_rms = speech_rms / 10 ** (conditions["snr_db"] / 20)
@@ -175,7 +180,7 @@ def record(speech: np.ndarray, conditions: dict, rng: np.random.Generator) -> np
 
 def cut_silence(clip: np.ndarray, conditions: dict) -> np.ndarray:
     """A recorded clip without the silence `record` put before and after its speech (the speech's own margins kept)."""
-    lead, tail = (int(conditions[name] * SAMPLING_RATE) for name in ("leading_silence", "trailing_silence"))
+    lead, tail = recorded_silences(conditions)
     return clip[lead : len(clip) - tail]
 
 
