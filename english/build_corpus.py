@@ -41,6 +41,10 @@ Splits (audiofolders: 16 kHz mono FLAC + `metadata.jsonl` with `file_name`, `tex
 - `train_llm` and `dev_llm` (with `--num_llm_train N --continuations DIR...`): sentences SmolLM2 wrote in step 1
   (everyday text: "I'm on a budget and I'm planning to eat at a local restaurant tomorrow."), voiced as
   `train_semiotic`; none that a dev or test split or a real prompt says;
+- `train_fortunes` (with `--num_fortune_train N`): N sentences of Debian's fortune cookies (`apt-get install fortunes`;
+  `english.sentences.fortune_sentences`: sayings, jokes, advice) in the training voices; none that a dev or test split
+  or a real prompt says: new text, since the adapter learns the sentences it hears many times (it read 200 `train`
+  clips at 14% WER and the dev sentences in the same voices at 39%);
 - `dev_cut` and `dev_short_cut` (`english.derived`, built from `dev` and `dev_short` when those are built, or asked for
   by name): their clips with the recorded silence cut off, as tight at the speech as people's recorded prompts often
   are;
@@ -71,6 +75,7 @@ from english.semiotic import semiotic_sentences
 from english.sentences import (
     WORDNET_DIR,
     continuation_sentences,
+    fortune_sentences,
     question_fields,
     sentence_key,
     split_sentences,
@@ -124,6 +129,7 @@ def clip_plan(
     num_semiotic_train: int = 0,
     num_llm_train: int = 0,
     continuations: tuple[str, ...] = (),
+    num_fortune_train: int = 0,
 ) -> dict[str, list[dict]]:
     """Every split's metadata rows: sentence, synthesizer, voice, speed and drawn recording conditions.
 
@@ -143,7 +149,8 @@ def clip_plan(
     half in the training voices and Piper's, and `dev_semiotic` `SEMIOTIC_DEV` other draws of them. With
     `num_llm_train`, `train_llm` and `dev_llm` speak that many and `LLM_DEV` of the sentences SmolLM2 wrote in step 1
     (`continuations`: its output directories), voiced as `train_semiotic`; any sentence that a dev or test split or
-    the real prompts say is left out."""
+    the real prompts say is left out. With `num_fortune_train`, `train_fortunes` speaks that many sentences of Debian's
+    fortune cookies (drawn with the seed; training voices), none that a dev or test split or a real prompt says."""
     rest, test = split_sentences(wordnet_sentences(wordnet_dir), num_train, num_test, seed)
     dev_start = len(rest) - num_dev
     train, extra, dev = rest[:num_train], rest[num_train : num_train + num_extra_train], rest[dev_start:]
@@ -202,15 +209,27 @@ def clip_plan(
         plan["dev_semiotic"] = plan_rows(dev_rows, half_kokoro_voice(dev_rng), dev_rng)
     if num_llm_train:
         plan.update(llm_splits(num_llm_train, continuations, plan, seed + 20))
+    if num_fortune_train:
+        found = [text for text in fortune_sentences() if sentence_key(text) not in held_out_keys(plan)]
+        if num_fortune_train > len(found):
+            raise ValueError(f"--num_fortune_train {num_fortune_train} is more than the {len(found)} fortune sentences")
+        rng = random.Random(seed + 23)
+        drawn = [{"text": text} for text in rng.sample(found, num_fortune_train)]
+        plan["train_fortunes"] = plan_rows(drawn, training_voice(rng), rng)
     return plan
+
+
+def held_out_keys(plan: dict) -> set[str]:
+    """The `sentence_key` of every sentence a dev or test split of `plan` or a real prompt says: text that training
+    splits made of other sources must leave out."""
+    held_out = {row["text"] for split, rows in plan.items() if split.startswith(("dev", "test")) for row in rows}
+    return {sentence_key(text) for text in held_out | set(prompt_transcripts().values())}
 
 
 def llm_splits(count: int, continuations: tuple[str, ...], plan: dict, seed: int) -> dict[str, list[dict]]:
     """`dev_llm` (the first `LLM_DEV`) and `train_llm` (the next `count`) of the continuations' sentences shuffled with
     `seed`, none said by a dev or test split of `plan` or by a real prompt."""
-    held_out = {row["text"] for split, rows in plan.items() if split.startswith(("dev", "test")) for row in rows}
-    held_out = {sentence_key(text) for text in held_out | set(prompt_transcripts().values())}
-    found = continuation_sentences(list(continuations), held_out)
+    found = continuation_sentences(list(continuations), held_out_keys(plan))
     if count + LLM_DEV > len(found):
         raise ValueError(
             f"--num_llm_train {count} and {LLM_DEV} dev sentences asked for, the continuations in {continuations} hold "
@@ -354,6 +373,7 @@ def build_corpus(
     num_semiotic_train=0,
     num_llm_train=0,
     continuations=(),
+    num_fortune_train=0,
 ) -> dict:
     """Write the splits (all by default) under `output_dir`, each replacing its folder; returns their rows."""
     plan = clip_plan(
@@ -370,6 +390,7 @@ def build_corpus(
         num_semiotic_train=num_semiotic_train,
         num_llm_train=num_llm_train,
         continuations=tuple(continuations),
+        num_fortune_train=num_fortune_train,
     )
     for position, (split, rows) in enumerate(plan.items()):
         if splits and split not in splits or not rows:
@@ -467,6 +488,13 @@ def main():
         default=[],
         help="Output directories of generate_continuations.py whose continuations --num_llm_train speaks.",
     )
+    parser.add_argument(
+        "--num_fortune_train",
+        type=int,
+        default=0,
+        help="Also build `train_fortunes`: N sentences of Debian's fortune cookies (apt-get install fortunes) in the "
+        "training voices: new text.",
+    )
     parser.add_argument("--splits", nargs="*", default=None, help="Build only these splits.")
     parser.add_argument("--num_workers", type=int, default=os.cpu_count(), help="Synthesis processes.")
     parser.add_argument("--seed", type=int, default=0)
@@ -489,6 +517,7 @@ def main():
         args.num_semiotic_train,
         args.num_llm_train,
         args.continuations,
+        args.num_fortune_train,
     )
 
 

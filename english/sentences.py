@@ -1,5 +1,6 @@
 """The English corpus's text: WordNet's example sentences, filtered and split, and the one-word category questions
-that held-out and dev sentences carry ("Which animal is mentioned? Answer with one word.")."""
+that held-out and dev sentences carry ("Which animal is mentioned? Answer with one word."); more training text from
+step 1's continuations and from Debian's fortune cookies."""
 
 import glob
 import os
@@ -7,6 +8,7 @@ import random
 import re
 
 WORDNET_DIR = "/usr/share/wordnet"
+FORTUNES_DIR = "/usr/share/games/fortunes"
 MIN_WORDS, MAX_WORDS = 6, 14
 LLM_MIN_WORDS, LLM_MAX_WORDS = 4, 16
 CATEGORIES = {
@@ -81,6 +83,34 @@ def continuation_sentences(directories: list[str], exclude: set[str] = frozenset
                     ):
                         found.setdefault(sentence_key(sentence), sentence)
     return sorted(sentence for key, sentence in found.items() if key not in exclude)
+
+
+def fortune_sentences(fortunes_dir: str = FORTUNES_DIR) -> list[str]:
+    """The sentences of Debian's fortune cookies (`apt-get install fortunes`): sayings, jokes and advice ("If you fall
+    in a pond, check your pockets for fish."), everyday English of another kind than WordNet's examples. Each cookie's
+    lines are joined (its `--` attribution left out) and split after `.`, `!` and `?`; sentences of 6-14 words of
+    letters, commas, apostrophes and hyphens are kept when they start with a capital and no word is in capitals
+    (headlines, acronyms), deduplicated case-insensitively, sorted."""
+    paths = sorted(path for path in glob.glob(os.path.join(fortunes_dir, "*")) if "." not in os.path.basename(path))
+    if not paths:
+        raise FileNotFoundError(f"no fortune files in {fortunes_dir}: apt-get install fortunes")
+    found = {}
+    for path in paths:
+        with open(path, encoding="utf-8", errors="replace") as file:
+            cookies = re.split(r"^%$", file.read(), flags=re.MULTILINE)
+        for cookie in cookies:
+            lines = [line.strip() for line in cookie.splitlines() if line.strip() and not line.strip().startswith("--")]
+            for sentence in re.split(r"(?<=[.!?])\s+", " ".join(lines)):
+                words = sentence.split()
+                if (
+                    MIN_WORDS <= len(words) <= MAX_WORDS
+                    and PLAIN_RE.fullmatch(sentence)
+                    and sentence[0].isupper()
+                    and "--" not in sentence
+                    and not any(len(word) > 1 and word.isupper() for word in words)
+                ):
+                    found.setdefault(sentence_key(sentence), sentence)
+    return sorted(found.values())
 
 
 def sentence_key(sentence: str) -> str:

@@ -26,7 +26,14 @@ from english.kokoro import VOICES as KOKORO_VOICES
 from english.real_speech import real_speech_rows
 from english.semiotic import CLASSES as SEMIOTIC_CLASSES
 from english.semiotic import semiotic_sentences
-from english.sentences import QUESTION, continuation_sentences, question_for, wordnet_phrases, wordnet_sentences
+from english.sentences import (
+    QUESTION,
+    continuation_sentences,
+    fortune_sentences,
+    question_for,
+    wordnet_phrases,
+    wordnet_sentences,
+)
 from world.build_speech import ESPEAK, FESTIVAL, FLITE, speak_flite
 
 ANIMALS = ["dog", "cat", "horse", "sheep", "goat", "duck"]
@@ -254,6 +261,37 @@ def test_llm_sentences_are_new_speakable_text_in_two_more_splits_and_none_is_hel
         clip_plan(**kwargs, num_llm_train=101, continuations=(first, second))
     with pytest.raises(FileNotFoundError, match="run generate_continuations.py first"):
         continuation_sentences([str(tmp_path)])
+
+
+def test_fortune_sentences_are_new_speakable_text_in_one_more_split_and_none_is_held_out(
+    wordnet_dir, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(
+        english.build_corpus, "prompt_transcripts", lambda: {"enter": "Please enter your account number now."}
+    )
+    plan = clip_plan(num_train=4, num_test=4, seed=0, num_extra_train=5, wordnet_dir=wordnet_dir, num_dev=3)
+    sayings = [f"Never trust a {a} {n} on a rainy day." for a in ("red", "big", "old") for n in PLACES]
+    said = [plan["dev"][0]["text"].capitalize() + ".", plan["test_piper"][0]["text"].upper().capitalize()]
+    said += ["Please enter your account number now!"]
+    unspeakable = ["THE DAILY PLANET SAVES THE DAY AGAIN!", "Too short to say.", "He paid 42 dollars for a hat."]
+    fortunes = tmp_path / "fortunes"
+    fortunes.mkdir()
+    cookies = [" ".join(sayings[:30]), "\n".join(sayings[30:]) + "\n\t\t-- Someone Famous", *said, *unspeakable]
+    (fortunes / "sayings").write_text("\n%\n".join(cookies) + "\n%\n")
+    (fortunes / "sayings.dat").write_bytes(b"\x00\x02index")  # strfile's index, not text
+    found = fortune_sentences(str(fortunes))
+    assert found == sorted(sayings + said)  # split at the full stops, attributions, capitals, short and digits left out
+    monkeypatch.setattr(english.build_corpus, "fortune_sentences", lambda: found)
+    kwargs = dict(num_train=4, num_test=4, seed=0, num_extra_train=5, wordnet_dir=wordnet_dir, num_dev=3)
+    more = clip_plan(**kwargs, num_fortune_train=len(sayings))
+    train = more.pop("train_fortunes")
+    assert more == plan
+    assert sorted(row["text"] for row in train) == sorted(sayings)  # what a dev or test split or a prompt says left out
+    assert {row["synthesizer"] for row in train} <= {ESPEAK, FESTIVAL}
+    with pytest.raises(ValueError, match=f"num_fortune_train {len(sayings) + 1} is more than the {len(sayings)}"):
+        clip_plan(**kwargs, num_fortune_train=len(sayings) + 1)
+    with pytest.raises(FileNotFoundError, match="apt-get install fortunes"):
+        fortune_sentences(str(tmp_path / "none"))
 
 
 def test_kokoro_without_its_packages_or_voices_says_how_to_install_them(tmp_path):
