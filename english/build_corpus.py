@@ -45,6 +45,8 @@ Splits (audiofolders: 16 kHz mono FLAC + `metadata.jsonl` with `file_name`, `tex
   `english.sentences.fortune_sentences`: sayings, jokes, advice) in the training voices; none that a dev or test split
   or a real prompt says: new text, since the adapter learns the sentences it hears many times (it read 200 `train`
   clips at 14% WER and the dev sentences in the same voices at 39%);
+- `train_fresh` (`english.derived`, built with `train_extra` or asked for by name): `train_extra`'s rows 6,000-11,999,
+  the sentences no other training split speaks, their clips linked: new text in the training voices;
 - `dev_cut` and `dev_short_cut` (`english.derived`, built from `dev` and `dev_short` when those are built, or asked for
   by name): their clips with the recorded silence cut off, as tight at the speech as people's recorded prompts often
   are;

@@ -1,4 +1,5 @@
-"""Splits made from another split's clips: a higher voice (`--pitch_piper`) and clips cut tight at the speech.
+"""Splits made from another split's clips: a higher voice (`--pitch_piper`), clips cut tight at the speech, and the
+part of `train_extra` whose sentences no other training split speaks.
 
 People's recorded prompts are often cut close to the speech; the corpus's clips all have silence around theirs
 (`world.build_speech.record`). A split cut tight (`dev_cut`, `dev_short_cut`) measures what that costs."""
@@ -21,6 +22,10 @@ PITCH_CENTS = (300, 900)
 Hz). sox's `pitch` moves the formants along, as a shorter vocal tract does."""
 CUT_SPLITS = {"dev_cut": "dev", "dev_short_cut": "dev_short"}
 """Each split is its source's clips with their recorded silence cut off (`cut_silence`)."""
+FRESH_SPLIT, FRESH_ROWS = "train_fresh", (6000, 12000)
+"""`train_fresh`: `train_extra`'s rows 6,000-11,999, the sentences no other training split speaks when the corpus is
+built as english/README.md says (`train_flite` takes the first 6,000, `train_short`'s spans the last 3,000 and
+`train_kokoro` the last 2,000), so that a mixture can draw new text without the rest of `train_extra`."""
 
 
 def derived_splits(pitch_piper: bool, seed: int) -> list[tuple]:
@@ -29,7 +34,8 @@ def derived_splits(pitch_piper: bool, seed: int) -> list[tuple]:
         (split, source, functools.partial(write_pitched_split, seed=seed + 8 + position))
         for position, (split, source) in enumerate(PITCHED_SPLITS.items() if pitch_piper else [])
     ]
-    return pitched + [(split, source, write_cut_split) for split, source in CUT_SPLITS.items()]
+    cut = [(split, source, write_cut_split) for split, source in CUT_SPLITS.items()]
+    return pitched + cut + [(FRESH_SPLIT, "train_extra", write_fresh_split)]
 
 
 def read_rows(source: str, hint: str = "") -> list[dict]:
@@ -72,4 +78,30 @@ def write_cut_split(source: str, directory: str) -> list[dict]:
         clip = cut_silence(load_audio(os.path.join(source, row["file_name"]), SAMPLING_RATE), row)
         soundfile.write(os.path.join(directory, row["file_name"]), clip, SAMPLING_RATE, subtype="PCM_16")
         row.update(leading_silence=0.0, trailing_silence=0.0, duration=round(len(clip) / SAMPLING_RATE, 3))
+    return write_rows(directory, rows)
+
+
+def write_fresh_split(source: str, directory: str) -> list[dict]:
+    """`source`'s rows `FRESH_ROWS`, their clips linked, not copied. Refused if a training split beside `source` speaks
+    one of their sentences (built with other sizes than the README's), or if `source` has too few rows."""
+    rows = read_rows(source)[slice(*FRESH_ROWS)]
+    if len(rows) < FRESH_ROWS[1] - FRESH_ROWS[0]:
+        raise ValueError(f"{source} has fewer than {FRESH_ROWS[1]} rows: build it with --num_extra_train 16000")
+    texts, parent = {row["text"] for row in rows}, os.path.dirname(os.path.abspath(source))
+    for split in sorted(os.listdir(parent)):
+        metadata = os.path.join(parent, split, "metadata.jsonl")
+        if (
+            split.startswith("train")
+            and split not in (FRESH_SPLIT, os.path.basename(source))
+            and os.path.exists(metadata)
+        ):
+            said = texts & {row["text"] for row in read_rows(os.path.join(parent, split))}
+            if said:
+                raise ValueError(
+                    f"{split} speaks {len(said)} of {FRESH_SPLIT}'s sentences ({sorted(said)[0]!r}): build it with the "
+                    "sizes english/README.md gives, or leave it out of the mixture"
+                )
+    os.makedirs(directory, exist_ok=True)
+    for row in rows:
+        os.link(os.path.join(source, row["file_name"]), os.path.join(directory, row["file_name"]))
     return write_rows(directory, rows)

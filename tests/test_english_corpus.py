@@ -12,6 +12,7 @@ import pytest
 import soundfile
 
 import english.build_corpus
+import english.derived
 from english.build_corpus import (
     FLITE_VOICES,
     LLM_DEV,
@@ -20,7 +21,7 @@ from english.build_corpus import (
     SEMIOTIC_DEV,
     clip_plan,
 )
-from english.derived import PITCH_CENTS, write_cut_split, write_pitched_split
+from english.derived import PITCH_CENTS, write_cut_split, write_fresh_split, write_pitched_split
 from english.kokoro import KOKORO, KokoroSpeaker, phonemize
 from english.kokoro import VOICES as KOKORO_VOICES
 from english.real_speech import real_speech_rows
@@ -345,3 +346,27 @@ def test_cut_clips_are_the_speech_between_the_recorded_silences(tmp_path):
     assert rate == 16000 and np.allclose(cut, clip[4000:-8000], atol=1e-4)
     with pytest.raises(FileNotFoundError, match="build missing first"):
         write_cut_split(str(tmp_path / "missing"), str(tmp_path / "out"))
+
+
+def test_fresh_split_is_train_extra_rows_no_other_training_split_speaks(tmp_path, monkeypatch):
+    monkeypatch.setattr(english.derived, "FRESH_ROWS", (2, 4))
+
+    def split(name, texts):
+        (tmp_path / name).mkdir()
+        rows = [{"file_name": f"{index}.flac", "text": text} for index, text in enumerate(texts)]
+        for row in rows:
+            (tmp_path / name / row["file_name"]).write_bytes(row["text"].encode())
+        (tmp_path / name / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        return rows
+
+    extra = split("train_extra", ["the first one", "the second one", "a fresh one", "another fresh one", "the last"])
+    split("train_flite", ["the first one", "the second one"])
+    split("train_kokoro", ["the last"])
+    assert write_fresh_split(str(tmp_path / "train_extra"), str(tmp_path / "train_fresh")) == extra[2:4]
+    assert (tmp_path / "train_fresh" / "3.flac").stat().st_ino == (tmp_path / "train_extra" / "3.flac").stat().st_ino
+    split("train_semiotic", ["another fresh one"])
+    with pytest.raises(ValueError, match="train_semiotic speaks 1 of train_fresh's sentences"):
+        write_fresh_split(str(tmp_path / "train_extra"), str(tmp_path / "again"))
+    monkeypatch.setattr(english.derived, "FRESH_ROWS", (2, 6))
+    with pytest.raises(ValueError, match="fewer than 6 rows"):
+        write_fresh_split(str(tmp_path / "train_extra"), str(tmp_path / "again"))
