@@ -71,7 +71,6 @@ import soxr
 
 from english.derived import derived_splits, write_rows
 from english.kokoro import KOKORO, KokoroSpeaker
-from english.kokoro import VOICES as KOKORO_VOICES
 from english.real_speech import REAL_SPEECH_SPLIT, prompt_transcripts, write_real_speech_split
 from english.semiotic import semiotic_sentences
 from english.sentences import (
@@ -84,17 +83,24 @@ from english.sentences import (
     wordnet_phrases,
     wordnet_sentences,
 )
+from english.voices import (
+    PIPER,
+    flite_voice,
+    half_kokoro_voice,
+    kokoro_voice,
+    mixed_voice,
+    piper_voice,
+    training_voice,
+)
 from world.build_speech import (
     ESPEAK,
     FESTIVAL,
-    FLITE,
     HELD_OUT_FESTIVAL_VOICE,
     HELD_OUT_SPEED,
     HELD_OUT_VOICE,
     SAMPLING_RATE,
     TRAIN_SPEEDS,
     draw_recording,
-    pick_training_voice,
     record,
     speak_rows,
     trim,
@@ -102,17 +108,10 @@ from world.build_speech import (
 
 MAX_SPAN_WORDS = 4
 """The longest word span of `train_short` and `dev_short` (single words and short phrases, as people also speak)."""
-SHORT_PIPER_SHARE = 0.25
-"""The share of `train_short`'s and `train_phrases`' clips spoken in Piper's voice."""
 SEMIOTIC_DEV = 200
 """Clips of `dev_semiotic` (numbers, dates and letters drawn apart from `train_semiotic`'s)."""
 LLM_DEV = 100
 """Clips of `dev_llm` (LLM-written sentences apart from `train_llm`'s)."""
-PIPER = "piper"
-PIPER_VOICE = "en_US-joe-medium"
-FLITE_VOICES = ("awb", "rms", "slt")
-"""flite's statistical voices, each made from one person's recordings (CMU ARCTIC: a Scottish and an American man, an
-American woman; slt is also festival's training voice `cmu_us_slt_arctic_hts`)."""
 TEST_SPLITS = ("test_seen_voice", "test_heldout_voice", "test_heldout_festival_voice", "test_piper", REAL_SPEECH_SPLIT)
 
 
@@ -255,38 +254,6 @@ def voice_splits(name: str, count: int, voice, extra: list[dict], dev: list[dict
         f"train_{name}": plan_rows(extra[:count], voice(train_rng), train_rng),
         f"dev_{name}": plan_rows(dev, voice(dev_rng), dev_rng),
     }
-
-
-def training_voice(rng: random.Random):
-    """Draws of (synthesizer, voice, speed) among the training voices, from `rng`."""
-    return lambda: (*pick_training_voice(rng), rng.choice(TRAIN_SPEEDS))
-
-
-def piper_voice(rng: random.Random):
-    """Draws of (synthesizer, voice, speed) in Piper's voice, from `rng`."""
-    return lambda: (PIPER, PIPER_VOICE, rng.choice(TRAIN_SPEEDS))
-
-
-def flite_voice(rng: random.Random):
-    """Draws of (synthesizer, voice, speed) among flite's voices, from `rng`."""
-    return lambda: (FLITE, rng.choice(FLITE_VOICES), rng.choice(TRAIN_SPEEDS))
-
-
-def kokoro_voice(rng: random.Random):
-    """Draws of (synthesizer, voice, speed) among Kokoro's English voices, from `rng`."""
-    return lambda: (KOKORO, rng.choice(KOKORO_VOICES), rng.choice(TRAIN_SPEEDS))
-
-
-def mixed_voice(rng: random.Random):
-    """Draws among the training voices and, in `SHORT_PIPER_SHARE` of them, Piper's, from `rng`."""
-    piper, training = piper_voice(rng), training_voice(rng)
-    return lambda: piper() if rng.random() < SHORT_PIPER_SHARE else training()
-
-
-def half_kokoro_voice(rng: random.Random):
-    """Draws among Kokoro's voices in half of them, else `mixed_voice`'s, from `rng`."""
-    kokoro, mixed = kokoro_voice(rng), mixed_voice(rng)
-    return lambda: kokoro() if rng.random() < 0.5 else mixed()
 
 
 def word_span(sentence: str, rng: random.Random) -> str:

@@ -13,14 +13,7 @@ import soundfile
 
 import english.build_corpus
 import english.derived
-from english.build_corpus import (
-    FLITE_VOICES,
-    LLM_DEV,
-    PIPER,
-    PIPER_VOICE,
-    SEMIOTIC_DEV,
-    clip_plan,
-)
+from english.build_corpus import LLM_DEV, SEMIOTIC_DEV, clip_plan
 from english.derived import PITCH_CENTS, write_cut_split, write_fresh_split, write_pitched_split
 from english.kokoro import KOKORO, KokoroSpeaker, phonemize
 from english.kokoro import VOICES as KOKORO_VOICES
@@ -35,6 +28,7 @@ from english.sentences import (
     wordnet_phrases,
     wordnet_sentences,
 )
+from english.voices import FLITE_VOICES, PIPER, PIPER_VOICE
 from world.build_speech import ESPEAK, FESTIVAL, FLITE, speak_flite
 
 ANIMALS = ["dog", "cat", "horse", "sheep", "goat", "duck"]
