@@ -211,7 +211,8 @@ def clip_plan(
     if num_llm_train:
         plan.update(llm_splits(num_llm_train, continuations, plan, seed + 20))
     if num_fortune_train:
-        found = [text for text in fortune_sentences() if sentence_key(text) not in held_out_keys(plan)]
+        held_out = held_out_keys(plan)
+        found = [text for text in fortune_sentences() if sentence_key(text) not in held_out]
         if num_fortune_train > len(found):
             raise ValueError(f"--num_fortune_train {num_fortune_train} is more than the {len(found)} fortune sentences")
         rng = random.Random(seed + 23)
