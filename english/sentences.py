@@ -74,14 +74,8 @@ def continuation_sentences(directories: list[str], exclude: set[str] = frozenset
             raise FileNotFoundError(f"no continuations in {directory}/data: run generate_continuations.py first")
         for path in paths:
             for continuation in pyarrow.parquet.read_table(path, columns=["continuation"]).column(0).to_pylist():
-                for sentence in re.split(r"(?<=[.!?])\s+", " ".join(continuation.split())):
-                    words = sentence.split()
-                    if (
-                        LLM_MIN_WORDS <= len(words) <= LLM_MAX_WORDS
-                        and PLAIN_RE.fullmatch(sentence)
-                        and "--" not in sentence
-                    ):
-                        found.setdefault(sentence_key(sentence), sentence)
+                for sentence in speakable_sentences(" ".join(continuation.split()), LLM_MIN_WORDS, LLM_MAX_WORDS):
+                    found.setdefault(sentence_key(sentence), sentence)
     return sorted(sentence for key, sentence in found.items() if key not in exclude)
 
 
@@ -100,17 +94,21 @@ def fortune_sentences(fortunes_dir: str = FORTUNES_DIR) -> list[str]:
             cookies = re.split(r"^%$", file.read(), flags=re.MULTILINE)
         for cookie in cookies:
             lines = [line.strip() for line in cookie.splitlines() if line.strip() and not line.strip().startswith("--")]
-            for sentence in re.split(r"(?<=[.!?])\s+", " ".join(lines)):
-                words = sentence.split()
-                if (
-                    MIN_WORDS <= len(words) <= MAX_WORDS
-                    and PLAIN_RE.fullmatch(sentence)
-                    and sentence[0].isupper()
-                    and "--" not in sentence
-                    and not any(len(word) > 1 and word.isupper() for word in words)
-                ):
+            for sentence in speakable_sentences(" ".join(lines), MIN_WORDS, MAX_WORDS):
+                if sentence[0].isupper() and not any(len(word) > 1 and word.isupper() for word in sentence.split()):
                     found.setdefault(sentence_key(sentence), sentence)
     return sorted(found.values())
+
+
+def speakable_sentences(text: str, min_words: int, max_words: int) -> list[str]:
+    """`text` split after `.`, `!` and `?`, the sentences of `min_words`-`max_words` words of letters, commas,
+    apostrophes and hyphens kept (no `--`)."""
+    sentences = re.split(r"(?<=[.!?])\s+", text)
+    return [
+        sentence
+        for sentence in sentences
+        if min_words <= len(sentence.split()) <= max_words and PLAIN_RE.fullmatch(sentence) and "--" not in sentence
+    ]
 
 
 def sentence_key(sentence: str) -> str:
