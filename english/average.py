@@ -6,7 +6,8 @@ arXiv 1803.05407) over the ends of the CTC warm-up's cosine cycles, each a low p
 
 Every floating-point weight is the mean of the checkpoints' (the frozen bases are equal in all, so they stay as they
 are); the checkpoints must share their config, and the first one's processor is saved beside the average with
-`averaged_from.json` (each checkpoint and its step).
+`averaged_from.json` (each checkpoint and its step). Tried once (english/README.md, step 4t): the average of three
+cycle ends read the dev splits like the last of them, the two older ones being worse.
 """
 
 import argparse
