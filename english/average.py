@@ -16,6 +16,7 @@ import os
 
 import torch
 from safetensors.torch import load_file
+from transformers import TrainerState
 
 from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import BlspProcessor
@@ -36,10 +37,7 @@ def read_config(checkpoint: str) -> dict:
 
 def checkpoint_step(checkpoint: str) -> int | None:
     path = os.path.join(checkpoint, "trainer_state.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as file:
-        return json.load(file).get("global_step")
+    return TrainerState.load_from_json(path).global_step if os.path.isfile(path) else None
 
 
 def average_state_dicts(checkpoints: list[str]) -> dict[str, torch.Tensor]:
