@@ -21,6 +21,8 @@ def test_score_counts_words_and_exact_matches():
     one_wrong = score(["the cat sat down"], ["the dog sat down"])
     assert one_wrong["wer"] == 25.0
     assert one_wrong["exact_match"] == 0.0
+    trailing_off = score(["to exit the menu", "press 1.5 now"], ["To exit the menu...", "Press 1.5 now."])
+    assert trailing_off["wer"] == 0.0
 
 
 @pytest.fixture(scope="module")
