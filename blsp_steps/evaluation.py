@@ -164,15 +164,16 @@ def normalize_words(text: str) -> str:
     return " ".join(text.lower().translate(str.maketrans("", "", string.punctuation)).split())
 
 
-def wer_words(text: str) -> str:
+def wer_words(text: str, normalizer: EnglishTextNormalizer) -> str:
     """Whisper's English normaliser, without the lone "." it leaves where a text trails off ("To exit the menu...")."""
-    return " ".join(word for word in EnglishTextNormalizer({})(text).split() if any(c.isalnum() for c in word))
+    return " ".join(word for word in normalizer(text).split() if any(c.isalnum() for c in word))
 
 
 def score(predictions: list[str], references: list[str]) -> dict[str, float]:
     """WER (Whisper English normaliser), BLEU (sacrebleu, normalised words) and exact-match accuracy."""
-    wer_references = [wer_words(reference) or "<empty>" for reference in references]
-    wer_predictions = [wer_words(prediction) for prediction in predictions]
+    normalizer = EnglishTextNormalizer({})
+    wer_references = [wer_words(reference, normalizer) or "<empty>" for reference in references]
+    wer_predictions = [wer_words(prediction, normalizer) for prediction in predictions]
     words_predictions = [normalize_words(prediction) for prediction in predictions]
     words_references = [normalize_words(reference) for reference in references]
     exact = sum(p == r for p, r in zip(words_predictions, words_references))
