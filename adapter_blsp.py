@@ -1,5 +1,8 @@
 """BLSP's speech side: the Whisper encoder on clips of any length up to 30 s, the modality adapter that turns its
-states into LLM input embeddings, and the adapter's CTC readout through the LLM's token embeddings."""
+states into LLM input embeddings, and the adapter's CTC readout through the LLM's token embeddings (greedy, or by a
+prefix beam search that the LLM rescores)."""
+
+import math
 
 import torch
 from torch import nn
@@ -107,23 +110,117 @@ def ctc_readout(speech_embeds: torch.Tensor, embeddings: torch.Tensor) -> torch.
     return torch.cat([logits.new_zeros(*logits.shape[:-1], 1), logits], dim=-1)
 
 
+CTC_BEAM_TOKENS_PER_FRAME, CTC_BEAM_MIN_LOG_PROB = 8, -8.0
+"""The tokens a frame may extend a prefix with in `ctc_prefix_beam_search`: its best 8 other than the blank, each of
+log-probability above -8 (the pruning of speech recognisers' beam searches: paths through less are never the best)."""
+
+
+def _log_add(a: float, b: float) -> float:
+    if a == -math.inf or b == -math.inf:
+        return max(a, b)
+    return max(a, b) + math.log1p(math.exp(-abs(a - b)))
+
+
+def _add_path(beams: dict, prefix: tuple, frames: tuple, blank: float = -math.inf, token: float = -math.inf):
+    """Adds a path's probability of ending in a blank or in the prefix's last token to `beams[prefix]`, whose frames
+    are those of its most likely single contribution."""
+    if blank == token == -math.inf:  # no path: a repeat right after its token
+        return
+    entry = beams.setdefault(prefix, [-math.inf, -math.inf, frames, -math.inf])
+    entry[0], entry[1] = _log_add(entry[0], blank), _log_add(entry[1], token)
+    if max(blank, token) > entry[3]:
+        entry[2], entry[3] = frames, max(blank, token)
+
+
+def ctc_prefix_beam_search(log_probs: torch.Tensor, beam_size: int) -> list[tuple[list[int], list[int], float]]:
+    """CTC prefix beam search over one clip's (frames, 1 + vocabulary) log-probabilities (column 0: the blank): the
+    `beam_size` best token sequences as (tokens, the frame each token enters at, log-probability summed over all the
+    paths that collapse to the tokens), best first. Where paths that enter a token at different frames merge, the
+    frames of the likelier contribution stay.
+
+    Written here because the decoders that exist do not fit: pyctcdecode's language models score words, not a
+    byte-level BPE vocabulary, and torchaudio's flashlight decoder is a compiled dependency a Hub file cannot assume.
+    """
+    top = log_probs.float().topk(min(CTC_BEAM_TOKENS_PER_FRAME + 1, log_probs.shape[-1]), dim=-1)
+    blanks = log_probs[:, 0].float().tolist()
+    # prefix -> [log p ending in a blank, log p ending in its last token, frames, best single contribution]
+    beams = {(): [0.0, -math.inf, (), 0.0]}
+    for frame, (values, indices) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
+        candidates = [
+            (index - 1, value) for value, index in zip(values, indices) if index and value > CTC_BEAM_MIN_LOG_PROB
+        ]
+        extended = {}
+        for prefix, (blank, token, frames, _) in beams.items():
+            total = _log_add(blank, token)
+            _add_path(extended, prefix, frames, blank=total + blanks[frame])
+            for candidate, value in candidates:
+                if prefix and prefix[-1] == candidate:  # a repeat collapses unless a blank came between
+                    _add_path(extended, prefix, frames, token=token + value)
+                    _add_path(extended, prefix + (candidate,), frames + (frame,), token=blank + value)
+                else:
+                    _add_path(extended, prefix + (candidate,), frames + (frame,), token=total + value)
+        ranked = sorted(extended.items(), key=lambda item: -_log_add(item[1][0], item[1][1]))
+        beams = dict(ranked[:beam_size])
+    return [(list(prefix), list(entry[2]), _log_add(entry[0], entry[1])) for prefix, entry in beams.items()]
+
+
+def pick_hypothesis(
+    hypotheses: list[tuple[list[int], list[int], float]],
+    language_scores: list[float],
+    lm_weight: float,
+    length_bonus: float,
+) -> tuple[list[int], list[int], float]:
+    """The hypothesis of `ctc_prefix_beam_search` with the best CTC log-probability + `lm_weight` x its language
+    model's log-probability + `length_bonus` per token (shallow fusion, by n-best rescoring)."""
+    scores = [
+        ctc + lm_weight * lm + length_bonus * len(tokens) for (tokens, _, ctc), lm in zip(hypotheses, language_scores)
+    ]
+    return hypotheses[max(range(len(hypotheses)), key=scores.__getitem__)]
+
+
+@torch.no_grad()
+def text_log_probs(language_model: nn.Module, token_lists: list[list[int]], boundary: int) -> list[float]:
+    """A causal LM's log-probability of each token list as a text of its own, between two `boundary` tokens."""
+    texts = [[boundary, *tokens, boundary] for tokens in token_lists]
+    device = next(language_model.parameters()).device
+    input_ids = torch.zeros(len(texts), max(map(len, texts)), dtype=torch.long, device=device)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, text in enumerate(texts):
+        input_ids[row, : len(text)] = torch.tensor(text, device=device)
+        attention_mask[row, : len(text)] = 1
+    logits = language_model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+    token_log_probs = logits[:, :-1].log_softmax(-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    return (token_log_probs * attention_mask[:, 1:]).sum(-1).tolist()
+
+
+def most_read_frame(logits: torch.Tensor) -> int:
+    """Of a clip's frames' CTC logits, the frame whose best token comes nearest the blank (the one a clip read as
+    all blanks keeps)."""
+    return int((logits[:, 1:].max(-1).values - logits[:, 0]).argmax())
+
+
+def clip_of_each_frame(speech_mask: torch.Tensor) -> torch.Tensor:
+    """The clip (run of speech placeholders, counted over the (rows, positions) mask) of every frame, in placeholder
+    order."""
+    starts = speech_mask & ~nn.functional.pad(speech_mask[:, :-1], (1, 0), value=False)
+    return (starts.flatten().cumsum(0) - 1)[speech_mask.flatten()]
+
+
 def keep_one_frame_per_clip(left_out: torch.Tensor, speech_mask: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """`left_out` (CTC's greedy collapse over the (rows, positions) `speech_mask`) with, in each run of speech
     placeholders (a clip) that it would leave out whole, the frame most read as a token kept: a clip read as all
     blanks still reaches the LLM, which would otherwise answer as if it had no audio. `logits`: the frames' CTC
     logits, in placeholder order."""
-    starts = speech_mask & ~nn.functional.pad(speech_mask[:, :-1], (1, 0), value=False)
-    run = (starts.flatten().cumsum(0) - 1)[speech_mask.flatten()]  # each frame's run, in placeholder order
+    run = clip_of_each_frame(speech_mask)
     kept = (~left_out.flatten()[speech_mask.flatten()]).long()
     silent = run.new_zeros(int(run.max()) + 1 if len(run) else 0).index_add_(0, run, kept) == 0
     if not silent.any():
         return left_out
-    score = logits[:, 1:].max(-1).values - logits[:, 0]  # how much the frame's best token beats the blank
     positions = speech_mask.flatten().nonzero().squeeze(1)
     left_out = left_out.clone()
     for index in silent.nonzero().squeeze(1).tolist():
         frames = (run == index).nonzero().squeeze(1)
-        left_out.view(-1)[positions[frames[score[frames].argmax()]]] = False
+        left_out.view(-1)[positions[frames[most_read_frame(logits[frames])]]] = False
     return left_out
 
 
@@ -176,8 +273,13 @@ __all__ = [
     "BlspAdapterTransformerLayer",
     "BlspModalityAdapter",
     "character_logits",
+    "clip_of_each_frame",
+    "ctc_prefix_beam_search",
     "ctc_readout",
     "keep_one_frame_per_clip",
+    "most_read_frame",
+    "pick_hypothesis",
+    "text_log_probs",
     "encode_unmasked",
     "encode_variable_length",
 ]

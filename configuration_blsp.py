@@ -28,6 +28,19 @@ def add_speech_token(tokenizer, speech_token: str) -> int:
     return tokenizer.convert_tokens_to_ids(speech_token)
 
 
+def check_ctc_decoding(config) -> None:
+    """`ctc_beam_size` above 1 chooses the tokens the LLM reads: it needs CTC compression at temperature 0. Checked
+    when the config is built and again when the model reads speech (a setting changed after loading)."""
+    if config.ctc_beam_size < 1:
+        raise ValueError(f"ctc_beam_size must be 1 or more, got {config.ctc_beam_size}.")
+    if config.ctc_beam_size > 1 and (config.speech_compression != "ctc" or config.ctc_temperature != 0):
+        raise ValueError(
+            f"ctc_beam_size={config.ctc_beam_size} chooses the tokens the LLM reads, which needs "
+            f'speech_compression="ctc" and ctc_temperature=0 (got {config.speech_compression!r} and '
+            f"{config.ctc_temperature}): set ctc_temperature=0 too, or leave ctc_beam_size at 1."
+        )
+
+
 class BlspConfig(PreTrainedConfig):
     r"""
     Configuration of [`BlspForConditionalGeneration`].
@@ -76,6 +89,17 @@ class BlspConfig(PreTrainedConfig):
             objectives train; lower values weigh each frame's best token more, and 0 enters it as that token's
             embedding alone (the LLM reads the adapter's recognition as text). Override it at load time,
             `from_pretrained(path, ctc_temperature=0.0)`.
+        ctc_beam_size (`int`, defaults to 1):
+            With `speech_compression="ctc"` at `ctc_temperature=0`, a decode-time setting (eval mode): above 1, each
+            clip's tokens are the best of a CTC prefix beam search of this width, its hypotheses rescored by the
+            model's own LLM reading each as a text (`ctc_lm_weight`, `ctc_length_bonus`), instead of CTC's greedy
+            collapse. The LLM then reads what its own language model finds likelier among what the adapter heard.
+        ctc_lm_weight (`float`, defaults to 0.0), ctc_length_bonus (`float`, defaults to 0.0):
+            The beam's rescoring: CTC log-probability + `ctc_lm_weight` x the LLM's log-probability of the
+            hypothesis (between two `ctc_lm_boundary_token_id`s) + `ctc_length_bonus` per token.
+        ctc_lm_boundary_token_id (`int`, *optional*):
+            The token that opens and closes each hypothesis the LLM rescores (e.g. the id of "\\n"); defaults to the
+            LLM's end-of-sequence token.
         speech_model_name_or_path (`str`, *optional*), text_model_name_or_path (`str`, *optional*):
             The pretrained Whisper and LLM this model was built from (Hub ids or paths), as
             `from_speech_text_pretrained` records them.
@@ -123,6 +147,10 @@ class BlspConfig(PreTrainedConfig):
     encoder_padding: Literal["longest", "max_length", "unmasked"] = "longest"
     speech_compression: Literal["ctc"] | None = None
     ctc_temperature: float = 1.0
+    ctc_beam_size: int = 1
+    ctc_lm_weight: float = 0.0
+    ctc_length_bonus: float = 0.0
+    ctc_lm_boundary_token_id: int | None = None
     tie_word_embeddings: bool = False
     speech_model_name_or_path: str | None = None
     text_model_name_or_path: str | None = None
@@ -149,6 +177,7 @@ class BlspConfig(PreTrainedConfig):
             raise ValueError(f"speech_compression must be None or 'ctc', got {self.speech_compression!r}.")
         if self.ctc_temperature < 0:
             raise ValueError(f"ctc_temperature must be 0 or more, got {self.ctc_temperature}.")
+        check_ctc_decoding(self)
         if self.adapter_only and not (self.speech_model_name_or_path and self.text_model_name_or_path):
             raise ValueError(
                 "An adapter-only BLSP config must name its frozen bases: set speech_model_name_or_path and "
@@ -184,4 +213,4 @@ def list_among_multimodal_lms() -> None:
 
 list_among_multimodal_lms()
 
-__all__ = ["BlspConfig", "add_speech_token", "conv_output_length"]
+__all__ = ["BlspConfig", "add_speech_token", "check_ctc_decoding", "conv_output_length"]

@@ -39,3 +39,20 @@ def resolve_aliases(settings: dict, dataclass_types: tuple) -> dict:
         for alias in item.metadata.get("aliases", [])
     }
     return {renames.get(key, key): value for key, value in settings.items()}
+
+
+def parse_config_overrides(overrides: str | None) -> dict:
+    """`"ctc_beam_size=16,ctc_lm_weight=0.3"` -> keyword arguments for `from_pretrained`, which validates them with
+    the config (as examples/pytorch's `--config_overrides`; values are JSON numbers, booleans or null, else strings)."""
+    settings = {}
+    for item in (overrides or "").split(","):
+        if not item.strip():
+            continue
+        key, separator, value = item.partition("=")
+        if not separator or not key.strip():
+            raise ValueError(f"--config_overrides {overrides!r}: {item!r} is not key=value (e.g. ctc_beam_size=16).")
+        try:
+            settings[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key.strip()] = value
+    return settings

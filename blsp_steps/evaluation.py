@@ -22,10 +22,11 @@ from transformers import (
 )
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
+from configuration_blsp import check_ctc_decoding
 from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import TASK_INSTRUCTIONS, AudioInputError, BlspProcessor, load_audio, render_prompt
 
-from .arguments import dtype_field
+from .arguments import dtype_field, parse_config_overrides
 from .corpora import ROW_ID, SAMPLING_RATE, CorpusArguments, load_source
 from .rejects import audio_source
 
@@ -82,6 +83,13 @@ class EvaluationArguments:
         metadata={
             "help": "A BLSP checkpoint's ctc_temperature for this run (speech_compression='ctc'; 0: each kept frame "
             "enters as its best token's embedding); the checkpoint's own when not set."
+        },
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": "Override a BLSP checkpoint's decode-time config settings for this run, as examples/pytorch does: "
+            "e.g. 'ctc_beam_size=16,ctc_lm_weight=0.3,ctc_length_bonus=2'."
         },
     )
     trust_remote_code: bool = field(
@@ -211,7 +219,9 @@ class Generator:
             bases = {key: value for key, value in bases.items() if value}
             if args.ctc_temperature is not None:
                 bases["ctc_temperature"] = args.ctc_temperature
+            bases.update(parse_config_overrides(args.config_overrides))
             model = BlspForConditionalGeneration.from_pretrained(args.model_name_or_path, dtype=dtype, **bases)
+            check_ctc_decoding(model.config)  # from_pretrained sets its keyword arguments after the config's checks
             self.processor = BlspProcessor.from_pretrained(args.model_name_or_path, trust_remote_code=trust)
             self.tokenizer = self.processor.tokenizer
             self.model = (model if args.input == "speech" else model.language_model).to(device).eval()

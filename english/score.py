@@ -175,7 +175,10 @@ def run_task(system: dict, evaluation_set: str, task: str, output_dir: str, args
     prompt, question = PROMPTS[task], task == "question"
     history = prompt.history(args.prompt_layout)
     settings = {
-        "system": {key: system.get(key) for key in ("path", "input", "ctc_temperature")},
+        "system": {
+            **{key: system.get(key) for key in ("path", "input", "ctc_temperature")},
+            **({"config_overrides": system["config_overrides"]} if system.get("config_overrides") else {}),
+        },
         "prompt": {"instruction": prompt.instruction, "history": history},
         "layout": args.prompt_layout,
         "no_repeat_reply_ngram_size": args.no_repeat_reply_ngram_size,
@@ -216,6 +219,7 @@ def run_task(system: dict, evaluation_set: str, task: str, output_dir: str, args
         max_new_tokens=prompt.max_new_tokens,
         history_file=history_file,
         ctc_temperature=system.get("ctc_temperature"),
+        config_overrides=system.get("config_overrides"),
         no_repeat_reply_ngram_size=args.no_repeat_reply_ngram_size or None,
         **transcription_settings(task),
     )
@@ -245,6 +249,7 @@ def systems_to_score(args) -> dict[str, dict]:
     systems = {}
     if args.blsp:
         blsp = {"path": args.blsp, "input": "speech", "title": "BLSP (speech)", "ctc_temperature": args.ctc_temperature}
+        blsp["config_overrides"] = args.config_overrides
         systems["blsp"] = blsp
     if args.untrained and "untrained" in args.systems:
         path = save_untrained(args.asr, args.llm, args.output_dir)
@@ -301,6 +306,12 @@ def main():
         default=None,
         help="The BLSP checkpoint's ctc_temperature for this run (0: each kept frame as its best token); its own when "
         "not set.",
+    )
+    parser.add_argument(
+        "--config_overrides",
+        default=None,
+        help="The BLSP checkpoint's decode-time settings for this run, e.g. 'ctc_beam_size=16,ctc_lm_weight=0.3,"
+        "ctc_length_bonus=2' (chosen on dev with english.readout); its own when not set.",
     )
     parser.add_argument(
         "--no_repeat_reply_ngram_size",

@@ -19,8 +19,9 @@ import shutil
 import torch
 from transformers import pipeline
 
+from blsp_steps.arguments import parse_config_overrides
 from blsp_steps.evaluation import first_line, score
-from configuration_blsp import BlspConfig
+from configuration_blsp import BlspConfig, check_ctc_decoding
 from english.score import PROMPTS, TRANSCRIBE_INSTRUCTION
 from modeling_blsp import BlspForConditionalGeneration
 from processing_blsp import BlspProcessor
@@ -120,6 +121,12 @@ def main():
         help="The shipped config's ctc_temperature (chosen on dev with english.score --ctc_temperature); the "
         "checkpoint's when not set.",
     )
+    parser.add_argument(
+        "--config_overrides",
+        default=None,
+        help="Decode-time settings of the shipped config, e.g. 'ctc_beam_size=16,ctc_lm_weight=0.3,ctc_length_bonus=2' "
+        "(chosen on dev with english.readout and english.score).",
+    )
     args = parser.parse_args()
     bases = {key: getattr(args, key) for key in ("speech_model_name_or_path", "text_model_name_or_path")}
     model = BlspForConditionalGeneration.from_pretrained(
@@ -133,6 +140,11 @@ def main():
     model.config.adapter_only = True
     if args.ctc_temperature is not None:
         model.config.ctc_temperature = args.ctc_temperature
+    for key, value in parse_config_overrides(args.config_overrides).items():
+        if not hasattr(model.config, key):
+            parser.error(f"--config_overrides: {key!r} is not a setting of {args.checkpoint}'s config.")
+        setattr(model.config, key, value)
+    check_ctc_decoding(model.config)
     model.config.speech_model_name_or_path, model.config.text_model_name_or_path = names
     model.adapter.to(torch.bfloat16)
     shutil.rmtree(args.output_dir, ignore_errors=True)

@@ -22,25 +22,47 @@ from transformers.utils import SAFE_WEIGHTS_NAME, cached_file
 try:
     from .adapter_blsp import (
         BlspModalityAdapter,
+        clip_of_each_frame,
+        ctc_prefix_beam_search,
         ctc_readout,
         encode_unmasked,
         encode_variable_length,
         keep_one_frame_per_clip,
         length_mask,
+        pick_hypothesis,
+        text_log_probs,
     )
     from .bases_blsp import BASE_MODULES, adapter_weights, base_fingerprints, bases_kwargs, check_bases, load_bases
-    from .configuration_blsp import HUB_KWARGS, IGNORE_INDEX, BlspConfig, add_speech_token, conv_output_length
+    from .configuration_blsp import (
+        HUB_KWARGS,
+        IGNORE_INDEX,
+        BlspConfig,
+        add_speech_token,
+        check_ctc_decoding,
+        conv_output_length,
+    )
 except ImportError:  # imported as a top-level module by this repository's scripts
     from adapter_blsp import (
         BlspModalityAdapter,
+        clip_of_each_frame,
+        ctc_prefix_beam_search,
         ctc_readout,
         encode_unmasked,
         encode_variable_length,
         keep_one_frame_per_clip,
         length_mask,
+        pick_hypothesis,
+        text_log_probs,
     )
     from bases_blsp import BASE_MODULES, adapter_weights, base_fingerprints, bases_kwargs, check_bases, load_bases
-    from configuration_blsp import HUB_KWARGS, IGNORE_INDEX, BlspConfig, add_speech_token, conv_output_length
+    from configuration_blsp import (
+        HUB_KWARGS,
+        IGNORE_INDEX,
+        BlspConfig,
+        add_speech_token,
+        check_ctc_decoding,
+        conv_output_length,
+    )
 
 PIPELINE_TASK = "blsp-speech-to-text"
 PIPELINE_FILE, PIPELINE_CLASS = "pipeline_blsp.py", "pipeline_blsp.BlspPipeline"
@@ -459,23 +481,72 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
         self, speech_embeds: torch.Tensor, speech_mask: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`speech_compression="ctc"`: the frames as mixtures of token embeddings, and the attention mask without the
-        frames read as the blank or as the token of the frame before (placeholders stay, so the processor's token
-        counts hold); of a clip read as all blanks, its frame most read as a token stays. The mixture's softmax runs at
-        `config.ctc_temperature` (0: the best token's embedding alone)."""
+        frames that `read_speech_tokens` leaves out (placeholders stay, so the processor's token counts hold). The
+        mixture's softmax runs at `config.ctc_temperature` (0: the token `read_speech_tokens` reads alone)."""
         embeddings = self.get_input_embeddings().weight
         logits = ctc_readout(speech_embeds, embeddings)
+        tokens, left_out = self.read_speech_tokens(logits, speech_mask)
+        if attention_mask is None:
+            attention_mask = torch.ones(speech_mask.shape, dtype=torch.long, device=speech_mask.device)
+        temperature = self.config.ctc_temperature
+        if temperature == 0:
+            mixture = embeddings[tokens]
+        else:
+            mixture = nn.functional.softmax(logits[:, 1:].float() / temperature, dim=-1).to(embeddings.dtype)
+            mixture = mixture @ embeddings
+        return mixture, attention_mask.masked_fill(left_out, 0)
+
+    def read_speech_tokens(self, logits: torch.Tensor, speech_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each frame's token (placeholder order) and the (rows, positions) placeholders left out of the LLM's
+        attention, from the frames' CTC `logits` (`ctc_readout`).
+
+        CTC's greedy collapse: frames read as the blank, or as the token of the frame before, are left out; the others
+        read as their best token. Of a clip read as all blanks, its frame most read as a token stays. In eval mode with
+        `config.ctc_beam_size` > 1 (at `ctc_temperature` 0), each clip's tokens are instead the best of its CTC prefix
+        beam search rescored by this model's own LLM (`rescorable_hypotheses`, `pick_hypothesis`), each entering at
+        the frame it is read at."""
+        tokens = logits[:, 1:].argmax(-1)
         layout = torch.full(speech_mask.shape, -1, dtype=torch.long, device=speech_mask.device)
         layout[speech_mask] = logits.argmax(-1)  # 0: the blank
         previous = nn.functional.pad(layout[:, :-1], (1, 0), value=-1)
-        left_out = keep_one_frame_per_clip(speech_mask & ((layout == 0) | (layout == previous)), speech_mask, logits)
-        if attention_mask is None:
-            attention_mask = torch.ones(speech_mask.shape, dtype=torch.long, device=speech_mask.device)
-        temperature, scores = self.config.ctc_temperature, logits[:, 1:].float()
-        if temperature == 0:
-            mixture = embeddings[scores.argmax(-1)]
-        else:
-            mixture = nn.functional.softmax(scores / temperature, dim=-1).to(embeddings.dtype) @ embeddings
-        return mixture, attention_mask.masked_fill(left_out, 0)
+        left_out = speech_mask & ((layout == 0) | (layout == previous))
+        check_ctc_decoding(self.config)
+        if self.config.ctc_beam_size > 1 and not self.training:
+            tokens, left_out = self.beam_search_speech_tokens(logits, speech_mask, tokens)
+        return tokens, keep_one_frame_per_clip(left_out, speech_mask, logits)
+
+    @torch.no_grad()
+    def beam_search_speech_tokens(
+        self, logits: torch.Tensor, speech_mask: torch.Tensor, tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`read_speech_tokens` by beam search: every clip (run of placeholders) decoded on its own."""
+        log_probs = nn.functional.log_softmax(logits.float(), dim=-1)
+        run = clip_of_each_frame(speech_mask)
+        kept = torch.zeros(len(run), dtype=torch.bool, device=run.device)
+        tokens = tokens.clone()
+        for clip in range(int(run.max()) + 1 if len(run) else 0):
+            frames = (run == clip).nonzero().squeeze(1)
+            hypotheses, language = self.rescorable_hypotheses(log_probs[frames])
+            best, emitted, _ = pick_hypothesis(
+                hypotheses, language, self.config.ctc_lm_weight, self.config.ctc_length_bonus
+            )
+            emitted = frames[torch.tensor(emitted, dtype=torch.long, device=frames.device)]
+            tokens[emitted] = torch.tensor(best, dtype=tokens.dtype, device=tokens.device)
+            kept[emitted] = True
+        left_out = speech_mask.clone()
+        left_out[speech_mask] = ~kept
+        return tokens, left_out
+
+    def rescorable_hypotheses(self, log_probs: torch.Tensor) -> tuple[list[tuple[list[int], list[int], float]], list]:
+        """One clip's `ctc_prefix_beam_search` hypotheses (`config.ctc_beam_size` of them) from its frames' CTC
+        log-probabilities, and the LLM's log-probability of each as a text of its own, between two
+        `ctc_lm_boundary_token_id`s (by default its end-of-sequence token)."""
+        hypotheses = ctc_prefix_beam_search(log_probs, self.config.ctc_beam_size)
+        boundary = self.config.ctc_lm_boundary_token_id
+        if boundary is None:
+            boundary = self.language_model.config.eos_token_id
+        boundary = boundary[0] if isinstance(boundary, list) else boundary
+        return hypotheses, text_log_probs(self.language_model, [tokens for tokens, _, _ in hypotheses], boundary)
 
     def generate(self, inputs=None, generation_config=None, **kwargs):
         """`GenerationMixin.generate`, refusing a prompt (speech tokens included) that with the tokens to generate
@@ -588,6 +659,7 @@ __all__ = [
     "BlspForConditionalGeneration",
     "BlspModalityAdapter",
     "BlspPreTrainedModel",
+    "ctc_prefix_beam_search",
     "ctc_readout",
     "encode_unmasked",
     "encode_variable_length",
