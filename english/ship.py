@@ -130,7 +130,9 @@ def main():
     args = parser.parse_args()
     bases = {key: getattr(args, key) for key in ("speech_model_name_or_path", "text_model_name_or_path")}
     model = BlspForConditionalGeneration.from_pretrained(
-        args.checkpoint, **{key: value for key, value in bases.items() if value}
+        args.checkpoint,
+        **{key: value for key, value in bases.items() if value},
+        **parse_config_overrides(args.config_overrides),
     )
     with open(os.path.join(args.checkpoint, "config.json"), encoding="utf-8") as file:
         saved = json.load(file)
@@ -140,10 +142,6 @@ def main():
     model.config.adapter_only = True
     if args.ctc_temperature is not None:
         model.config.ctc_temperature = args.ctc_temperature
-    for key, value in parse_config_overrides(args.config_overrides).items():
-        if not hasattr(model.config, key):
-            parser.error(f"--config_overrides: {key!r} is not a setting of {args.checkpoint}'s config.")
-        setattr(model.config, key, value)
     check_ctc_decoding(model.config)
     model.config.speech_model_name_or_path, model.config.text_model_name_or_path = names
     model.adapter.to(torch.bfloat16)

@@ -505,14 +505,15 @@ class BlspForConditionalGeneration(BlspPreTrainedModel, GenerationMixin):
         `config.ctc_beam_size` > 1 (at `ctc_temperature` 0), each clip's tokens are instead the best of its CTC prefix
         beam search rescored by this model's own LLM (`rescorable_hypotheses`, `pick_hypothesis`), each entering at
         the frame it is read at."""
-        tokens = logits[:, 1:].argmax(-1)
-        layout = torch.full(speech_mask.shape, -1, dtype=torch.long, device=speech_mask.device)
-        layout[speech_mask] = logits.argmax(-1)  # 0: the blank
-        previous = nn.functional.pad(layout[:, :-1], (1, 0), value=-1)
-        left_out = speech_mask & ((layout == 0) | (layout == previous))
         check_ctc_decoding(self.config)
+        tokens = logits[:, 1:].argmax(-1)
         if self.config.ctc_beam_size > 1 and not self.training:
             tokens, left_out = self.beam_search_speech_tokens(logits, speech_mask, tokens)
+        else:
+            layout = torch.full(speech_mask.shape, -1, dtype=torch.long, device=speech_mask.device)
+            layout[speech_mask] = logits.argmax(-1)  # 0: the blank
+            previous = nn.functional.pad(layout[:, :-1], (1, 0), value=-1)
+            left_out = speech_mask & ((layout == 0) | (layout == previous))
         return tokens, keep_one_frame_per_clip(left_out, speech_mask, logits)
 
     @torch.no_grad()
