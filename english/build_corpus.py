@@ -50,6 +50,9 @@ Splits (audiofolders: 16 kHz mono FLAC + `metadata.jsonl` with `file_name`, `tex
 - `dev_cut` and `dev_short_cut` (`english.derived`, built from `dev` and `dev_short` when those are built, or asked for
   by name): their clips with the recorded silence cut off, as tight at the speech as people's recorded prompts often
   are;
+- `dev_long` (`english.derived`, built from `dev` when it is built, or asked for by name): runs of 4-6 `dev` clips in
+  one voice said as one clip (10-21 s, 26-58 words), as long as the longest real prompts, where a transcript's end is
+  far from its start;
 - `dev`: the last `--num_dev` WordNet sentences (in no other split) in training voices, with a question where the
   sentence has one, for choosing between training runs and prompts, so that no decision reads a held-out split;
 - `test_real_speech`: real human speech, never trained on: the recorded prompts of Debian's

@@ -5,7 +5,8 @@ scored with text input.
     python -m english.prompts [--llm converted/smollm2-135m-instruct] [--num_sentences 100]
 
 Transcription candidates are scored by WER against the text, on training sentences and on spans of 1-4 words
-(`train_short`), each with `english.score`'s budget per clip and first line; question candidates by the share of
+(`train_short`) and on runs of 4-6 training sentences said as one text (`english.derived.long_runs`, as `dev_long`'s
+clips), each with `english.score`'s budget per clip and first line; question candidates by the share of
 replies that hold the answer word among their first words (`english.score.answer_accuracy`), on the first training
 sentences that carry a category question (`english.sentences.question_fields`). The prompts `english.score` uses
 (`PROMPTS` there) are the best rows of this table for SmolLM2-135M-Instruct; the table is in `english/README.md`.
@@ -17,9 +18,13 @@ import os
 import tempfile
 
 from blsp_steps.evaluation import EvaluationArguments, Generator, first_line, row_budget, score
+from english.derived import long_row, long_runs
 from english.score import (
     ANSWER_WORDS,
     PROMPTS,
+    RUN_EXAMPLES,
+    SENTENCE_EXAMPLE,
+    SPAN_EXAMPLE,
     TRANSCRIBE_INSTRUCTION,
     Prompt,
     answer_accuracy,
@@ -35,8 +40,26 @@ CANDIDATES = [
     ("transcribe", Prompt("Repeat the following text.", 160), "instruction_first"),
     ("transcribe", Prompt("Please transcribe the following audio.", 160), "instruction_first"),
     ("transcribe", Prompt(TRANSCRIBE_INSTRUCTION, 160), "instruction_first"),
-    ("transcribe", Prompt(TRANSCRIBE_INSTRUCTION, 160, PROMPTS["transcribe"].examples[:1]), "instruction_first"),
+    ("transcribe", Prompt(TRANSCRIBE_INSTRUCTION, 160, (SENTENCE_EXAMPLE,)), "instruction_first"),
+    ("transcribe", Prompt(TRANSCRIBE_INSTRUCTION, 160, (SENTENCE_EXAMPLE, SPAN_EXAMPLE)), "instruction_first"),
+    ("transcribe", Prompt(TRANSCRIBE_INSTRUCTION, 160, tuple(RUN_EXAMPLES)), "instruction_first"),
     ("transcribe", PROMPTS["transcribe"], "instruction_first"),
+    ("transcribe", Prompt(TRANSCRIBE_INSTRUCTION, 160, (SPAN_EXAMPLE, *RUN_EXAMPLES)), "instruction_first"),
+    (
+        "transcribe",
+        Prompt(TRANSCRIBE_INSTRUCTION, 160, (RUN_EXAMPLES[0], SPAN_EXAMPLE, RUN_EXAMPLES[1])),
+        "instruction_first",
+    ),
+    (
+        "transcribe",
+        Prompt(TRANSCRIBE_INSTRUCTION, 160, (*RUN_EXAMPLES, SENTENCE_EXAMPLE, SPAN_EXAMPLE)),
+        "instruction_first",
+    ),
+    (
+        "transcribe",
+        Prompt(TRANSCRIBE_INSTRUCTION, 160, (SENTENCE_EXAMPLE, *RUN_EXAMPLES, SPAN_EXAMPLE)),
+        "instruction_first",
+    ),
     ("question", Prompt("{question}", 8), "speech_first"),
     ("question", Prompt("{question}", 8), "instruction_first"),
     ("question", Prompt("Answer the question about the following text. {question}", 8), "instruction_first"),
@@ -49,9 +72,10 @@ CANDIDATES = [
 earlier chat turns (few-shot)."""
 
 
-def training_rows(data_dir: str, count: int) -> tuple[list[dict], list[dict], list[dict]]:
-    """The first `count` sentences of `train`, the first `count` of them with a question, and the first `count`
-    spans of `train_short` (none when it was not built)."""
+def training_rows(data_dir: str, count: int, num_runs: int) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
+    """The first `count` sentences of `train`, the first `count` of them with a question, the first `count` spans of
+    `train_short` (none when it was not built), and `num_runs` runs of the sentences after the first `count` (the
+    text and duration of a `dev_long` clip made of them)."""
     with open(os.path.join(data_dir, "train", "metadata.jsonl"), encoding="utf-8") as file:
         rows = [json.loads(line) for line in file]
     questions = [{**row, **fields} for row in rows if (fields := question_fields(row["text"]))]
@@ -60,7 +84,8 @@ def training_rows(data_dir: str, count: int) -> tuple[list[dict], list[dict], li
     if os.path.exists(short):
         with open(short, encoding="utf-8") as file:
             spans = [json.loads(line) for line in file][:count]
-    return rows[:count], questions[:count], spans
+    runs = [long_row(run) for run in long_runs(rows[count:])[:num_runs]]
+    return rows[:count], questions[:count], spans, runs
 
 
 def generate(llm: str, layout: str, task: str, prompt: Prompt, instructions: list[str], rows: list[dict]) -> list[str]:
@@ -96,18 +121,19 @@ def main():
     parser.add_argument("--llm", default="converted/smollm2-135m-instruct")
     parser.add_argument("--data_dir", default=os.path.join(ENGLISH_DIR, "data"))
     parser.add_argument("--num_sentences", type=int, default=100)
+    parser.add_argument("--num_runs", type=int, default=40, help="Runs of 4-6 sentences (after the first ones).")
     parser.add_argument("--candidates", nargs="*", type=int, default=None, help="Score only these rows (0-based).")
     args = parser.parse_args()
-    sentences, questions, spans = training_rows(args.data_dir, args.num_sentences)
+    sentences, questions, spans, runs = training_rows(args.data_dir, args.num_sentences, args.num_runs)
     lines = [
-        "| task | instruction | examples | layout | sentences | spans (train_short) |",
-        "|---|---|---|---|---|---|",
+        "| task | instruction | examples | layout | sentences | spans (train_short) | runs of 4-6 sentences |",
+        "|---|---|---|---|---|---|---|",
     ]
     chosen = [CANDIDATES[index] for index in args.candidates] if args.candidates is not None else CANDIDATES
     for task, prompt, layout in chosen:
         if task == "transcribe":
             results = []
-            for rows in (sentences, spans):
+            for rows in (sentences, spans, runs):
                 replies = (
                     generate(args.llm, layout, task, prompt, [prompt.instruction] * len(rows), rows) if rows else []
                 )
@@ -116,11 +142,12 @@ def main():
             instructions = [question_instruction(row["question"], prompt) for row in questions]
             replies = generate(args.llm, layout, task, prompt, instructions, questions)
             records = [{"prediction": reply, "reference": row["answer"]} for reply, row in zip(replies, questions)]
-            results = [f"answer in first {ANSWER_WORDS} words {answer_accuracy(records)[0]:.1f}%", ""]
+            results = [f"answer in first {ANSWER_WORDS} words {answer_accuracy(records)[0]:.1f}%", "", ""]
         examples = len(prompt.examples)
-        lines.append(f"| {task} | {prompt.instruction} | {examples} | {layout} | {results[0]} | {results[1]} |")
+        lines.append(f"| {task} | {prompt.instruction} | {examples} | {layout} | " + " | ".join(results) + " |")
         print(lines[-1], flush=True)
-    print(f"{len(sentences)} sentences, {len(questions)} questions, {len(spans)} spans\n" + "\n".join(lines))
+    counts = f"{len(sentences)} sentences, {len(questions)} questions, {len(spans)} spans, {len(runs)} runs"
+    print(counts + "\n" + "\n".join(lines))
 
 
 if __name__ == "__main__":

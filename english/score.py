@@ -54,19 +54,22 @@ class Prompt:
 
 
 TRANSCRIBE_INSTRUCTION = "Repeat the following text exactly, word for word, and write nothing else."
+SENTENCE_EXAMPLE, SPAN_EXAMPLE, *RUN_EXAMPLES = (
+    (TRANSCRIBE_INSTRUCTION, text, text)
+    for text in (
+        "The accent falls on the first syllable",
+        "the price",
+        "The horse was tough to break She was found out when she tried to cash the stolen checks She detected high "
+        "levels of lead in her drinking water",
+        "The grandparents want to bond with the child the newcomers were met by smiling greeters the baby began to cry "
+        "again",
+    )
+)
+"""Worked examples of transcription (text for every system): the last sentence of `train`, the last span of
+`train_short`, and two runs of three `train` sentences said as one text, as `dev_long`'s clips (sentences -9 to -7
+and -4 to -2): no evaluated sentence."""
 PROMPTS = {
-    "transcribe": Prompt(
-        TRANSCRIBE_INSTRUCTION,
-        160,
-        (
-            (
-                TRANSCRIBE_INSTRUCTION,
-                "The accent falls on the first syllable",
-                "The accent falls on the first syllable",
-            ),
-            (TRANSCRIBE_INSTRUCTION, "the price", "the price"),
-        ),
-    ),
+    "transcribe": Prompt(TRANSCRIBE_INSTRUCTION, 160, (*RUN_EXAMPLES, SPAN_EXAMPLE)),
     "question": Prompt(
         "Which {category} is mentioned?",
         8,
@@ -74,9 +77,9 @@ PROMPTS = {
     ),
     "continue": Prompt(CONTINUATION_INSTRUCTION, 40),
 }
-"""Chosen by `python -m english.prompts` on training sentences and spans so that the LLM reading the transcript is a
-real ceiling. The examples are the last sentence of `train`, the last span of `train_short` and the last `train`
-sentence that carries a question: no evaluated sentence."""
+"""Chosen by `python -m english.prompts` on training sentences, spans and runs of sentences so that the LLM reading
+the transcript is a real ceiling (the transcription examples: two runs, then a span; from 2026-12-08, a sentence and a
+span before). The question's example is the last `train` sentence that carries one: no evaluated sentence."""
 TRANSCRIPT_TOKENS_PER_SECOND = 5
 """A transcript's room: each clip gets `blsp_steps.evaluation.BUDGET_TOKENS` plus 5 tokens a second of its own
 audio (speech rarely passes 3 words a second), and the reply's first line is scored (the instruction says to write

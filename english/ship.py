@@ -58,7 +58,7 @@ def copy_examples(data_dir: str, output_dir: str) -> list[dict]:
 
 
 def few_shot_conversation(clip: str) -> list[dict]:
-    """The transcription prompt `english.score` scores with: two worked examples as earlier chat turns, then the
+    """The transcription prompt `english.score` scores with: its worked examples as earlier chat turns, then the
     instruction and the clip."""
     content = [{"type": "text", "text": TRANSCRIBE_INSTRUCTION}, {"type": "audio", "path": clip}]
     return PROMPTS["transcribe"].history("instruction_first") + [{"role": "user", "content": content}]

@@ -123,7 +123,7 @@ def test_shipped_adapter_gives_its_recorded_instruction_first_answers(shipped_an
 
 
 def test_shipped_adapter_transcribes_held_out_clips_under_the_bound_after_worked_examples(shipped_answers, recorded):
-    """After english.score's two worked examples (text chat turns), as its card shows: the recorded answers, a WER
+    """After english.score's worked examples (text chat turns), as its card shows: the recorded answers, a WER
     under 100% on the 12 held-out clips (real speech among them), and under the instruction alone's."""
     assert shipped_answers["few_shot"] == recorded["few_shot"]
     predictions = [first_line(answer) for answer in shipped_answers["few_shot"].values()]
@@ -143,9 +143,10 @@ def test_app_serves_the_shipped_adapter_on_local_bases(real_whisper, real_llm, r
     assert answer == recorded["answers"][first]
 
 
-def test_the_cards_code_runs_as_written_offline(real_whisper, real_llm, tmp_path):
+def test_the_cards_code_runs_as_written_offline(real_whisper, real_llm, recorded, tmp_path):
     """The model card's Python block, run in a fresh process offline, from a folder where `converted/` holds the
-    bases (as the English recipe converts them) and `english/models/` the adapter, with the project not importable."""
+    bases (as the English recipe converts them) and `english/models/` the adapter, with the project not importable:
+    its few-shot answer is the one recorded after english.score's worked examples."""
     with open(os.path.join(ADAPTER_DIR, "README.md"), encoding="utf-8") as file:
         card = file.read()
     code = card.split("```python\n", 1)[1].split("```", 1)[0]
@@ -161,3 +162,5 @@ def test_the_cards_code_runs_as_written_offline(real_whisper, real_llm, tmp_path
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "generated_text" in completed.stdout
+    clip = code.split('clip = f"{path}/examples/', 1)[1].split('"', 1)[0]
+    assert completed.stdout.strip().splitlines()[-1] == first_line(recorded["few_shot"][clip])

@@ -14,7 +14,15 @@ import soundfile
 import english.build_corpus
 import english.derived
 from english.build_corpus import LLM_DEV, SEMIOTIC_DEV, clip_plan
-from english.derived import PITCH_CENTS, write_cut_split, write_fresh_split, write_pitched_split
+from english.derived import (
+    PITCH_CENTS,
+    long_row,
+    long_runs,
+    write_cut_split,
+    write_fresh_split,
+    write_long_split,
+    write_pitched_split,
+)
 from english.kokoro import KOKORO, KokoroSpeaker, phonemize
 from english.kokoro import VOICES as KOKORO_VOICES
 from english.real_speech import real_speech_rows
@@ -340,6 +348,40 @@ def test_cut_clips_are_the_speech_between_the_recorded_silences(tmp_path):
     assert rate == 16000 and np.allclose(cut, clip[4000:-8000], atol=1e-4)
     with pytest.raises(FileNotFoundError, match="build missing first"):
         write_cut_split(str(tmp_path / "missing"), str(tmp_path / "out"))
+
+
+def test_long_clips_are_runs_of_one_voice_with_short_pauses(tmp_path, monkeypatch):
+    monkeypatch.setattr(english.derived, "LONG_GROUP_SIZES", (3, 2))
+    source = tmp_path / "dev"
+    source.mkdir()
+    voices = [("festival", "kal"), ("espeak-ng", "a"), ("festival", "kal"), ("espeak-ng", "b")] + [("festival", "slt")]
+    rows, clips = [], []
+    for index, (synthesizer, voice) in enumerate(voices * 2):
+        # one second of silence (value 0), the speech (value index + 1), half a second of silence
+        clip = np.concatenate([np.zeros(16000), np.full(8000, (index + 1) / 20), np.zeros(8000)]).astype(np.float32)
+        row = {"file_name": f"{index}.flac", "text": f"s{index}", "synthesizer": synthesizer, "voice": voice}
+        rows.append({**row, "leading_silence": 1.0, "trailing_silence": 0.5, "duration": 2.0, "question": "q?"})
+        soundfile.write(source / row["file_name"], clip, 16000, subtype="PCM_16")
+        clips.append(clip)
+    (source / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    long = write_long_split(str(source), str(tmp_path / "dev_long"))
+    # sizes 3, 2, 3, 2 in turn: kal 0 2 5 (7 left over), espeak-ng pooled 1 3 and 6 8, slt 4 9
+    assert [row["sources"] for row in long] == [
+        [f"{i}.flac" for i in run] for run in ([0, 2, 5], [1, 3], [6, 8], [4, 9])
+    ]
+    assert [row["text"] for row in long] == ["s0 s2 s5", "s1 s3", "s6 s8", "s4 s9"]
+    assert [row["voice"] for row in long] == ["kal", "mixed", "mixed", "slt"]
+    assert all("question" not in row for row in long)
+    samples, rate = soundfile.read(tmp_path / "dev_long" / long[0]["file_name"], dtype="float32")
+    pause = np.zeros(int(english.derived.LONG_PAUSE * 16000), dtype=np.float32)
+    expected = np.concatenate([clips[0][:24000], pause, clips[2][16000:24000], pause, clips[5][16000:]])
+    assert rate == 16000 and long[0]["duration"] == len(expected) / 16000 and np.allclose(samples, expected, atol=1e-4)
+    assert (long[0]["leading_silence"], long[0]["trailing_silence"]) == (1.0, 0.5)
+    # the rows of the clips as english.prompts reads them without audio: the same text and duration
+    assert [
+        {**long_row(run), "file_name": row["file_name"], "sources": row["sources"]}
+        for run, row in zip(long_runs(rows), long)
+    ] == long
 
 
 def test_fresh_split_is_train_extra_rows_no_other_training_split_speaks(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ from blsp_steps.evaluation import EvaluationArguments, row_budget
 from english import score
 from english.score import (
     PROMPTS,
+    RUN_EXAMPLES,
     TRANSCRIBE_INSTRUCTION,
     evenly_spaced,
     question_instruction,
@@ -43,8 +44,11 @@ def test_questions_ask_for_the_rows_category_after_a_worked_example():
     assert [turn["role"] for turn in history] == ["user", "assistant"]
     assert history[0]["content"].startswith("Which family member is mentioned? The proud father")
     assert history[1]["content"] == "father"
-    spoken_after = PROMPTS["transcribe"].history("speech_first")[0]["content"]
-    assert spoken_after == "The accent falls on the first syllable " + TRANSCRIBE_INSTRUCTION
+    transcripts = PROMPTS["transcribe"].history("speech_first")
+    assert transcripts[0]["content"] == RUN_EXAMPLES[0][1] + " " + TRANSCRIBE_INSTRUCTION
+    assert RUN_EXAMPLES[0][1].startswith("The horse was tough to break She was found out")
+    # runs of sentences first, a short span last (spans are not continued): english.prompts chose them
+    assert [turn["content"] for turn in transcripts[1::2]] == [RUN_EXAMPLES[0][1], RUN_EXAMPLES[1][1], "the price"]
 
 
 def test_replies_are_reused_only_when_made_with_the_same_settings(tmp_path):
