@@ -34,6 +34,11 @@ from english.score import (
 from english.sentences import question_fields
 
 ENGLISH_DIR = os.path.dirname(os.path.abspath(__file__))
+THIRD_RUN = (TRANSCRIBE_INSTRUCTION,) + (
+    "the headings and the items listed thereunder The ambassador was recalled to his country your assumption that I "
+    "would agree was unwarranted",
+) * 2
+"""A third run of three `train` sentences (-14 to -12), for a candidate only."""
 FULL_EXAMPLE = ("Which family member is mentioned? Answer with one word.",) + PROMPTS["question"].examples[0][1:]
 CANDIDATES = [
     ("transcribe", Prompt("Repeat the following text.", 160), "speech_first"),
@@ -43,7 +48,7 @@ CANDIDATES = [
     ("transcribe", Prompt(TRANSCRIBE_INSTRUCTION, 160, (SENTENCE_EXAMPLE,)), "instruction_first"),
     ("transcribe", Prompt(TRANSCRIBE_INSTRUCTION, 160, (SENTENCE_EXAMPLE, SPAN_EXAMPLE)), "instruction_first"),
     ("transcribe", Prompt(TRANSCRIBE_INSTRUCTION, 160, tuple(RUN_EXAMPLES)), "instruction_first"),
-    ("transcribe", PROMPTS["transcribe"], "instruction_first"),
+    ("transcribe", Prompt(TRANSCRIBE_INSTRUCTION, 160, (*RUN_EXAMPLES, SPAN_EXAMPLE)), "instruction_first"),
     ("transcribe", Prompt(TRANSCRIBE_INSTRUCTION, 160, (SPAN_EXAMPLE, *RUN_EXAMPLES)), "instruction_first"),
     (
         "transcribe",
@@ -60,6 +65,13 @@ CANDIDATES = [
         Prompt(TRANSCRIBE_INSTRUCTION, 160, (SENTENCE_EXAMPLE, *RUN_EXAMPLES, SPAN_EXAMPLE)),
         "instruction_first",
     ),
+    ("transcribe", Prompt(TRANSCRIBE_INSTRUCTION, 160, (THIRD_RUN, *RUN_EXAMPLES, SPAN_EXAMPLE)), "instruction_first"),
+    (
+        "transcribe",
+        Prompt(TRANSCRIBE_INSTRUCTION, 160, (SPAN_EXAMPLE, *RUN_EXAMPLES, SPAN_EXAMPLE)),
+        "instruction_first",
+    ),
+    ("transcribe", PROMPTS["transcribe"], "instruction_first"),
     ("question", Prompt("{question}", 8), "speech_first"),
     ("question", Prompt("{question}", 8), "instruction_first"),
     ("question", Prompt("Answer the question about the following text. {question}", 8), "instruction_first"),

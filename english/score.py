@@ -54,22 +54,23 @@ class Prompt:
 
 
 TRANSCRIBE_INSTRUCTION = "Repeat the following text exactly, word for word, and write nothing else."
-SENTENCE_EXAMPLE, SPAN_EXAMPLE, *RUN_EXAMPLES = (
+SENTENCE_EXAMPLE, SPAN_EXAMPLE, LAST_SPAN_EXAMPLE, *RUN_EXAMPLES = (
     (TRANSCRIBE_INSTRUCTION, text, text)
     for text in (
         "The accent falls on the first syllable",
         "the price",
+        "school picked",
         "The horse was tough to break She was found out when she tried to cash the stolen checks She detected high "
         "levels of lead in her drinking water",
         "The grandparents want to bond with the child the newcomers were met by smiling greeters the baby began to cry "
         "again",
     )
 )
-"""Worked examples of transcription (text for every system): the last sentence of `train`, the last span of
+"""Worked examples of transcription (text for every system): the last sentence of `train`, the last two spans of
 `train_short`, and two runs of three `train` sentences said as one text, as `dev_long`'s clips (sentences -9 to -7
 and -4 to -2): no evaluated sentence."""
 PROMPTS = {
-    "transcribe": Prompt(TRANSCRIBE_INSTRUCTION, 160, (*RUN_EXAMPLES, SPAN_EXAMPLE)),
+    "transcribe": Prompt(TRANSCRIBE_INSTRUCTION, 160, (*RUN_EXAMPLES, LAST_SPAN_EXAMPLE)),
     "question": Prompt(
         "Which {category} is mentioned?",
         8,

@@ -3,8 +3,8 @@
 Loaded in a fresh process, from another directory, with the project not importable, through `AutoModel`,
 `AutoProcessor` and `pipeline`, its bases pointed at the converted checkpoints (`tests/helpers/real_weights.py`), it
 gives the greedy answers recorded when it was shipped (`examples/answers.json`) on held-out clips (real human speech,
-Piper's neural voice, the held-out espeak-ng and festival voices), and after two worked examples it transcribes the
-12 shipped clips under 100% WER and better than with the instruction alone. The bound: it scored 45.9% on them when
+Piper's neural voice, the held-out espeak-ng and festival voices), and after the worked examples it transcribes the
+12 shipped clips under 100% WER and better than with the instruction alone. The bound: it scored 46.9% on them when
 shipped (66.3% with the instruction alone; its config reads the speech by a CTC beam that SmolLM2 rescores), where an
 empty answer scores 100% and an untrained adapter far more (it hears nothing, and SmolLM2 writes on); what the bound
 proves is that the speech reaches the LLM, the recorded answers prove the exact load. Its card's code runs as

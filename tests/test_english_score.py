@@ -48,7 +48,7 @@ def test_questions_ask_for_the_rows_category_after_a_worked_example():
     assert transcripts[0]["content"] == RUN_EXAMPLES[0][1] + " " + TRANSCRIBE_INSTRUCTION
     assert RUN_EXAMPLES[0][1].startswith("The horse was tough to break She was found out")
     # runs of sentences first, a short span last (spans are not continued): english.prompts chose them
-    assert [turn["content"] for turn in transcripts[1::2]] == [RUN_EXAMPLES[0][1], RUN_EXAMPLES[1][1], "the price"]
+    assert [turn["content"] for turn in transcripts[1::2]] == [RUN_EXAMPLES[0][1], RUN_EXAMPLES[1][1], "school picked"]
 
 
 def test_replies_are_reused_only_when_made_with_the_same_settings(tmp_path):
