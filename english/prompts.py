@@ -34,43 +34,35 @@ from english.score import (
 from english.sentences import question_fields
 
 ENGLISH_DIR = os.path.dirname(os.path.abspath(__file__))
-THIRD_RUN = (TRANSCRIBE_INSTRUCTION,) + (
+THIRD_RUN_TEXT = (
     "the headings and the items listed thereunder The ambassador was recalled to his country your assumption that I "
-    "would agree was unwarranted",
-) * 2
+    "would agree was unwarranted"
+)
+THIRD_RUN = (TRANSCRIBE_INSTRUCTION, THIRD_RUN_TEXT, THIRD_RUN_TEXT)
 """A third run of three `train` sentences (-14 to -12), for a candidate only."""
+
+
+def transcription(*examples: tuple[str, str, str]) -> tuple[str, Prompt, str]:
+    """A transcription candidate: the word-for-word instruction first, after these worked examples."""
+    return "transcribe", Prompt(TRANSCRIBE_INSTRUCTION, 160, examples), "instruction_first"
+
+
 FULL_EXAMPLE = ("Which family member is mentioned? Answer with one word.",) + PROMPTS["question"].examples[0][1:]
 CANDIDATES = [
     ("transcribe", Prompt("Repeat the following text.", 160), "speech_first"),
     ("transcribe", Prompt("Repeat the following text.", 160), "instruction_first"),
     ("transcribe", Prompt("Please transcribe the following audio.", 160), "instruction_first"),
-    ("transcribe", Prompt(TRANSCRIBE_INSTRUCTION, 160), "instruction_first"),
-    ("transcribe", Prompt(TRANSCRIBE_INSTRUCTION, 160, (SENTENCE_EXAMPLE,)), "instruction_first"),
-    ("transcribe", Prompt(TRANSCRIBE_INSTRUCTION, 160, (SENTENCE_EXAMPLE, SPAN_EXAMPLE)), "instruction_first"),
-    ("transcribe", Prompt(TRANSCRIBE_INSTRUCTION, 160, tuple(RUN_EXAMPLES)), "instruction_first"),
-    ("transcribe", Prompt(TRANSCRIBE_INSTRUCTION, 160, (*RUN_EXAMPLES, SPAN_EXAMPLE)), "instruction_first"),
-    ("transcribe", Prompt(TRANSCRIBE_INSTRUCTION, 160, (SPAN_EXAMPLE, *RUN_EXAMPLES)), "instruction_first"),
-    (
-        "transcribe",
-        Prompt(TRANSCRIBE_INSTRUCTION, 160, (RUN_EXAMPLES[0], SPAN_EXAMPLE, RUN_EXAMPLES[1])),
-        "instruction_first",
-    ),
-    (
-        "transcribe",
-        Prompt(TRANSCRIBE_INSTRUCTION, 160, (*RUN_EXAMPLES, SENTENCE_EXAMPLE, SPAN_EXAMPLE)),
-        "instruction_first",
-    ),
-    (
-        "transcribe",
-        Prompt(TRANSCRIBE_INSTRUCTION, 160, (SENTENCE_EXAMPLE, *RUN_EXAMPLES, SPAN_EXAMPLE)),
-        "instruction_first",
-    ),
-    ("transcribe", Prompt(TRANSCRIBE_INSTRUCTION, 160, (THIRD_RUN, *RUN_EXAMPLES, SPAN_EXAMPLE)), "instruction_first"),
-    (
-        "transcribe",
-        Prompt(TRANSCRIBE_INSTRUCTION, 160, (SPAN_EXAMPLE, *RUN_EXAMPLES, SPAN_EXAMPLE)),
-        "instruction_first",
-    ),
+    transcription(),
+    transcription(SENTENCE_EXAMPLE),
+    transcription(SENTENCE_EXAMPLE, SPAN_EXAMPLE),
+    transcription(*RUN_EXAMPLES),
+    transcription(*RUN_EXAMPLES, SPAN_EXAMPLE),
+    transcription(SPAN_EXAMPLE, *RUN_EXAMPLES),
+    transcription(RUN_EXAMPLES[0], SPAN_EXAMPLE, RUN_EXAMPLES[1]),
+    transcription(*RUN_EXAMPLES, SENTENCE_EXAMPLE, SPAN_EXAMPLE),
+    transcription(SENTENCE_EXAMPLE, *RUN_EXAMPLES, SPAN_EXAMPLE),
+    transcription(THIRD_RUN, *RUN_EXAMPLES, SPAN_EXAMPLE),
+    transcription(SPAN_EXAMPLE, *RUN_EXAMPLES, SPAN_EXAMPLE),
     ("transcribe", PROMPTS["transcribe"], "instruction_first"),
     ("question", Prompt("{question}", 8), "speech_first"),
     ("question", Prompt("{question}", 8), "instruction_first"),

@@ -79,8 +79,8 @@ PROMPTS = {
     "continue": Prompt(CONTINUATION_INSTRUCTION, 40),
 }
 """Chosen by `python -m english.prompts` on training sentences, spans and runs of sentences so that the LLM reading
-the transcript is a real ceiling (the transcription examples: two runs, then a span; from 2026-12-08, a sentence and a
-span before). The question's example is the last `train` sentence that carries one: no evaluated sentence."""
+the transcript is a real ceiling (the transcription examples: two runs, then a span; until 2026-12-08, a sentence and
+a span). The question's example is the last `train` sentence that carries one: no evaluated sentence."""
 TRANSCRIPT_TOKENS_PER_SECOND = 5
 """A transcript's room: each clip gets `blsp_steps.evaluation.BUDGET_TOKENS` plus 5 tokens a second of its own
 audio (speech rarely passes 3 words a second), and the reply's first line is scored (the instruction says to write
